@@ -1,0 +1,83 @@
+"""Augmenters: the distillation ingredients (plain KD, attention transfer, IG overlay, ...).
+
+An augmenter may
+(a) ``prepare`` once before training (precompute into the artifact cache),
+(b) ``transform`` a batch of inputs before geometric augmentation (it gets the batch's dataset indices),
+(c) add named loss terms in ``losses``.
+It declares which teacher outputs it needs; the training loop runs the teacher once per batch for all augmenters
+(or reads the outputs from the cache). The engine, not the augmenters, combines the terms:
+``total = task_weight * ce + sum(weight * term)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+
+@dataclass
+class Outputs:
+    """A network's outputs for one batch: logits and features at named layers."""
+
+    logits: torch.Tensor
+    features: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class StepBatch:
+    """What an augmenter's ``losses`` sees for one training step."""
+
+    x: torch.Tensor  # the normalised inputs the student saw
+    y: torch.Tensor
+    index: torch.Tensor  # dataset indices of the batch
+    student: Outputs
+    teacher: Outputs | None
+
+
+@dataclass
+class PrepareContext:
+    """Handed to ``Augmenter.prepare`` once per training run."""
+
+    teacher: nn.Module | None
+    student: nn.Module
+    data: Any  # automl_kd.data.DataSplits
+    cache: Any  # automl_kd.cache.ArtifactCache
+    device: torch.device
+    run_dir: Any
+    log: Any
+
+
+class Augmenter:
+    """Base class of augmenters. Every weight is an option, so it can be a searched parameter of the study."""
+
+    name: ClassVar[str] = "augmenter"
+    #: whether the teacher's logits are needed in ``losses``
+    needs_teacher_logits: ClassVar[bool] = False
+
+    def teacher_layers(self) -> list[str]:
+        """Names of teacher layers whose outputs ``losses`` needs (empty: none)."""
+        return []
+
+    def student_layers(self) -> list[str]:
+        """Names of student layers whose outputs ``losses`` needs (empty: none)."""
+        return []
+
+    def prepare(self, ctx: PrepareContext) -> None:
+        """Run once before training: resolve layer names, precompute caches."""
+
+    def transform(self, x: torch.Tensor, index: torch.Tensor, y: torch.Tensor,
+                  generator: torch.Generator) -> torch.Tensor:
+        """Transform a batch of [0, 1] images before geometric augmentation; default: unchanged."""
+        return x
+
+    def task_weight(self) -> float:
+        """Multiplier this augmenter puts on the cross-entropy term (KD's ``1 - alpha``); default 1."""
+        return 1.0
+
+    def losses(self, batch: StepBatch) -> dict[str, tuple[float, torch.Tensor]]:
+        """Named loss terms as ``name -> (weight, value)``; default none."""
+        return {}

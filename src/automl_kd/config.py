@@ -1,0 +1,227 @@
+"""Typed configuration: YAML in, validated models out, one clear message for every user error.
+
+``load_config(path, overrides=["search.n_trials=6"])`` reads YAML, applies ``--set`` overrides, and validates the
+whole tree at once. An unknown key, a wrong type or an out-of-range value raises :class:`ConfigError` whose message
+names the dotted key and what is allowed; the CLI turns it into exit code 2.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import pydantic
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from .errors import ConfigError
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PluginRef(_Model):
+    """A plugin by registered name, with its options (validated against the plugin's signature)."""
+
+    name: str
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class DataConfig(_Model):
+    """Which dataset, where it lives, how it is split and augmented."""
+
+    dataset: Literal["fashion-mnist", "cifar10", "cifar100", "imagefolder"] = "fashion-mnist"
+    root: str | None = None
+    download: bool = False
+    #: fraction of the training set held out for validation (selection); the test split is for reporting only
+    val_fraction: float = Field(0.1, gt=0.0, lt=0.9)
+    #: use a stratified subset of this many training images (before the validation split); None = all
+    train_size: int | None = Field(None, ge=10)
+    test_size: int | None = Field(None, ge=10)
+    #: resize ImageFolder images to this size (square); None = keep (all images must then share one size)
+    image_size: int | None = Field(None, ge=8, le=1024)
+    crop_padding: int = Field(4, ge=0, le=64)
+    flip: bool = True
+    split_seed: int = 0
+
+
+class ConstraintsConfig(_Model):
+    """Hard constraints: a candidate that breaks one is rejected before any training."""
+
+    max_params: int | None = Field(None, gt=0)
+    macs: tuple[float, float] | None = None
+
+    @field_validator("macs")
+    @classmethod
+    def _window(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None and not 0 <= v[0] < v[1]:
+            raise ValueError("must be [low, high] with 0 <= low < high (multiply-adds per image)")
+        return v
+
+
+Objective = Literal["val_acc", "params", "macs", "latency"]
+
+
+class SearchConfig(_Model):
+    proposer: PluginRef = PluginRef(name="optuna")
+    #: the study's target number of finished trials (rerunning with a larger number adds the difference)
+    n_trials: int = Field(10, ge=1, le=1_000_000)
+    #: seconds; stop starting new trials after this long (per invocation)
+    timeout: float | None = Field(None, gt=0)
+    objectives: list[Objective] = Field(default_factory=lambda: ["val_acc"], min_length=1)
+    constraints: ConstraintsConfig = ConstraintsConfig()
+    pruner: Literal["none", "median", "hyperband"] = "none"
+
+    @field_validator("objectives")
+    @classmethod
+    def _objectives(cls, v: list[str]) -> list[str]:
+        if v[0] != "val_acc" or len(set(v)) != len(v):
+            raise ValueError("the first objective must be val_acc, then any of params, macs, latency, each once")
+        return v
+
+
+class StorageConfig(_Model):
+    """Optuna storage. ``url`` None = SQLite file ``study.db`` in the run directory."""
+
+    url: str | None = None
+    heartbeat_interval: int = Field(10, ge=1)
+    grace_period: int = Field(30, ge=2)
+
+    @model_validator(mode="after")
+    def _grace(self) -> StorageConfig:
+        if self.grace_period <= self.heartbeat_interval:
+            raise ValueError("grace_period must be larger than heartbeat_interval")
+        return self
+
+
+class TeacherTrainConfig(_Model):
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    weight_decay: float = Field(0.0, ge=0)
+
+
+class TeacherConfig(_Model):
+    """The teacher: a timm model name, a candidate of a space, or a space's reference network.
+
+    Weights come from ``checkpoint`` (loaded with ``weights_only=True``) or are trained by the library and cached
+    by content hash.
+    """
+
+    model: str | None = None
+    space: str | None = None
+    params: dict[str, Any] | None = None
+    space_options: dict[str, Any] = Field(default_factory=dict)
+    checkpoint: str | None = None
+    train: TeacherTrainConfig = TeacherTrainConfig()
+
+    @model_validator(mode="after")
+    def _one_source(self) -> TeacherConfig:
+        if (self.model is None) == (self.space is None):
+            raise ValueError("give exactly one of teacher.model (a timm name) or teacher.space")
+        return self
+
+
+class Config(_Model):
+    """A whole run: data, space, search, evaluator, teacher, augmenters, storage."""
+
+    name: str = Field("automl-kd", pattern=r"^[A-Za-z0-9_.-]+$")
+    seed: int = 0
+    device: str = "auto"
+    run_dir: str | None = None
+    data: DataConfig = DataConfig()
+    space: PluginRef = PluginRef(name="mbv2")
+    search: SearchConfig = SearchConfig()
+    evaluator: PluginRef = PluginRef(name="train")
+    teacher: TeacherConfig | None = None
+    augmenters: list[PluginRef] = Field(default_factory=list)
+    storage: StorageConfig = StorageConfig()
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if v not in ("auto", "cpu", "mps") and not v.startswith("cuda"):
+            raise ValueError("must be auto, cpu, cuda, cuda:N or mps")
+        return v
+
+    @property
+    def resolved_run_dir(self) -> Path:
+        return Path(self.run_dir) if self.run_dir else Path("runs") / self.name
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def _format_error(exc: pydantic.ValidationError) -> str:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"]) or "<root>"
+    if err["type"] == "extra_forbidden":
+        parent: Any = Config
+        for part in err["loc"][:-1]:
+            field = parent.model_fields.get(str(part)) if isinstance(parent, type) else None
+            ann = field.annotation if field else None
+            parent = next((a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type)
+                           and issubclass(a, BaseModel)), None)
+        allowed = ", ".join(parent.model_fields) if parent else "?"
+        return f"config key {loc!r} is unknown; allowed here: {allowed}"
+    msg = err["msg"]
+    if "input" in err and err["type"] not in ("missing",):
+        msg += f" (got {err['input']!r})"
+    more = f" (and {len(exc.errors()) - 1} more error(s))" if len(exc.errors()) > 1 else ""
+    return f"config key {loc!r}: {msg}{more}"
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply ``key.path=value`` overrides (values parsed as YAML) to a nested dict, returning a copy."""
+    out = copy.deepcopy(raw)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. search.n_trials=6")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {item!r}: value is not valid YAML: {exc}") from None
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            nxt = node.get(part)
+            if nxt is None:
+                nxt = node[part] = {}
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"--set {item!r}: {part!r} is not a mapping")
+            node = nxt
+        node[parts[-1]] = value
+    return out
+
+
+def load_config(source: str | Path | Mapping[str, Any] | None = None, overrides: Sequence[str] = ()) -> Config:
+    """Read and validate a config from a YAML file, a mapping, or nothing (all defaults).
+
+    Example::
+
+        cfg = load_config("examples/configs/quick.yaml", overrides=["search.n_trials=6"])
+    """
+    if source is None:
+        raw: Any = {}
+    elif isinstance(source, Mapping):
+        raw = dict(source)
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {exc}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config file {str(path)!r} must hold a mapping at the top level")
+    raw = apply_overrides(raw, overrides)
+    try:
+        return Config.model_validate(raw)
+    except pydantic.ValidationError as exc:
+        raise ConfigError(_format_error(exc)) from None

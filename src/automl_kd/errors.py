@@ -1,0 +1,66 @@
+"""Exceptions raised by automl-kd.
+
+Every error a user can cause derives from :class:`AutomlKdError`; the CLI prints its message (no traceback) and
+exits with :attr:`AutomlKdError.exit_code`.
+"""
+
+from __future__ import annotations
+
+
+class AutomlKdError(Exception):
+    """Base class of every error automl-kd raises on purpose."""
+
+    exit_code = 1
+
+
+class ConfigError(AutomlKdError):
+    """A configuration value is missing, unknown, of the wrong type or out of range.
+
+    The message names the key (dotted path) and what is allowed.
+    """
+
+    exit_code = 2
+
+
+class PluginError(AutomlKdError):
+    """A plugin failed to load, registered a bad object, or raised inside a hook."""
+
+    exit_code = 3
+
+
+class DuplicateNameError(PluginError):
+    """Two plugins registered the same name for the same kind."""
+
+
+class UnknownNameError(ConfigError):
+    """A config names a plugin that is not registered."""
+
+
+class InvalidCandidate(AutomlKdError):
+    """A candidate does not belong to its search space (unknown parameter, value out of range, bad text)."""
+
+
+class CandidateRejected(AutomlKdError):
+    """A valid candidate breaks a hard constraint (params limit, MACs window); it is never trained."""
+
+
+class InfeasibleCandidate(AutomlKdError):
+    """An evaluator cannot score this candidate (for example a table has no entry for it)."""
+
+
+class DataError(AutomlKdError):
+    """A dataset is missing, unreadable or malformed."""
+
+    exit_code = 4
+
+
+class CacheError(AutomlKdError):
+    """A cache entry is corrupt, truncated or was computed for other inputs."""
+
+
+class BudgetExhausted(AutomlKdError):
+    """A proposer ran out of its budget (tokens, cost, requests); the search stops cleanly."""
+
+
+class TrainingDiverged(AutomlKdError):
+    """The loss became NaN or infinite; the trial fails with this reason."""

@@ -1,0 +1,215 @@
+"""Building the plugin manager: hookspecs, built-in plugin modules, entry points, blocking, validation.
+
+``get_plugin_manager()`` builds a fresh manager every call (no import-time global), so tests get their own.
+Built-in plugins are the modules under :mod:`automl_kd.plugins`, registered with the same call a third-party plugin
+goes through; third-party plugins come from the entry-point group ``automl_kd``. A plugin that fails to import,
+fails validation or raises inside a ``register_*`` hook is recorded in :attr:`PluginManager.errors` with its name
+and distribution, and every other plugin still works.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import logging
+import os
+import pkgutil
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import pluggy
+
+from . import hookspecs
+from .errors import PluginError
+from .registry import Registry
+
+log = logging.getLogger("automl_kd")
+
+ENTRY_POINT_GROUP = "automl_kd"
+DISABLE_ENV = "AUTOML_KD_DISABLE_PLUGINS"
+BUILTIN_PACKAGE = "automl_kd.plugins"
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    """A registered plugin: its name, where it came from and what it provides."""
+
+    name: str
+    distribution: str | None  # None for built-ins
+    version: str | None
+    hooks: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class PluginFailure:
+    """A plugin that could not be used, and why."""
+
+    name: str
+    distribution: str | None
+    error: str
+
+    def message(self) -> str:
+        dist = f" (distribution {self.distribution})" if self.distribution else ""
+        return f"plugin {self.name!r}{dist} failed: {self.error}"
+
+
+def builtin_plugin_modules() -> list[str]:
+    """The built-in plugin modules: every module below :mod:`automl_kd.plugins`, in a stable order."""
+    pkg = importlib.import_module(BUILTIN_PACKAGE)
+    names = [m.name for m in pkgutil.walk_packages(pkg.__path__, prefix=BUILTIN_PACKAGE + ".") if not m.ispkg]
+    return sorted(names)
+
+
+def disabled_from_env() -> set[str]:
+    raw = os.environ.get(DISABLE_ENV, "")
+    return {p.strip() for p in raw.split(",") if p.strip()}
+
+
+class PluginManager:
+    """A typed wrapper over :class:`pluggy.PluginManager`; the rest of the code never touches ``pm.hook``.
+
+    Attributes ``spaces``, ``proposers``, ``evaluators`` and ``augmenters`` are the registries filled by the
+    ``register_*`` hooks.
+    """
+
+    def __init__(self, pm: pluggy.PluginManager) -> None:
+        self.pm = pm
+        self.errors: list[PluginFailure] = []
+        self.infos: dict[str, PluginInfo] = {}
+        self.spaces: Registry[Any] = Registry("search space")
+        self.proposers: Registry[Any] = Registry("proposer")
+        self.evaluators: Registry[Any] = Registry("evaluator")
+        self.augmenters: Registry[Any] = Registry("augmenter")
+        self._dists: dict[str, str | None] = {}
+
+    # -- loading ---------------------------------------------------------------------------------------------
+    def add(self, plugin: Any, name: str, distribution: str | None = None, version: str | None = None) -> bool:
+        """Register one plugin object; on failure record it in :attr:`errors` and return False."""
+        if self.pm.is_blocked(name):
+            return False
+        try:
+            self.pm.register(plugin, name=name)
+        except Exception as exc:  # a bad hookimpl signature, a misspelt hook marker, ...
+            self.errors.append(PluginFailure(name, distribution, f"{type(exc).__name__}: {exc}"))
+            return False
+        hooks = tuple(sorted(c.name for c in self.pm.get_hookcallers(plugin) or []))
+        self.infos[name] = PluginInfo(name, distribution, version, hooks)
+        self._dists[name] = distribution
+        return True
+
+    def load_entry_points(self, group: str = ENTRY_POINT_GROUP) -> None:
+        """Import and register every entry point of ``group``; a broken one is recorded, not fatal."""
+        seen: set[str] = set()
+        for dist in importlib.metadata.distributions():
+            for ep in dist.entry_points:
+                if ep.group != group or ep.name in seen:
+                    continue
+                seen.add(ep.name)
+                dist_name = dist.metadata["Name"]
+                if self.pm.is_blocked(ep.name):
+                    continue
+                try:
+                    plugin = ep.load()
+                except Exception as exc:
+                    self.errors.append(PluginFailure(ep.name, dist_name, f"import failed: {type(exc).__name__}: {exc}"))
+                    continue
+                self.add(plugin, ep.name, dist_name, dist.version)
+
+    def check_pending(self) -> None:
+        """Hook implementations that match no hookspec (a misspelt name) make their plugin fail."""
+        for name, plugin in list(self.pm.list_name_plugin()):
+            try:
+                for hook_name in dir(plugin):
+                    if self.pm.parse_hookimpl_opts(plugin, hook_name) is None:
+                        continue
+                    hc = getattr(self.pm.hook, hook_name, None)
+                    if hc is None or not hc.has_spec():
+                        raise pluggy.PluginValidationError(
+                            plugin, f"unknown hook {hook_name!r} (a misspelling of one of the automl_kd hooks?)"
+                        )
+            except pluggy.PluginValidationError as exc:
+                self.errors.append(PluginFailure(name, self._dists.get(name), str(exc)))
+                self.pm.unregister(name=name)
+                self.infos.pop(name, None)
+
+    def collect(self) -> None:
+        """Call every ``register_*`` hook, one plugin at a time, so one failure doesn't hide the others."""
+        for hook_name, registry in (
+            ("register_search_spaces", self.spaces),
+            ("register_proposers", self.proposers),
+            ("register_evaluators", self.evaluators),
+            ("register_augmenters", self.augmenters),
+        ):
+            caller = getattr(self.pm.hook, hook_name)
+            # pluggy calls the last registered first; registration order is more natural for a registry
+            for impl in reversed(caller.get_hookimpls()):
+                registry._set_current_plugin(impl.plugin_name)
+                try:
+                    impl.function(register=registry)
+                except Exception as exc:
+                    self.errors.append(
+                        PluginFailure(impl.plugin_name, self._dists.get(impl.plugin_name),
+                                      f"{hook_name} raised {type(exc).__name__}: {exc}")
+                    )
+
+    # -- typed hook calls ------------------------------------------------------------------------------------
+    def on_trial_end(self, study_name: str, trial_number: int, state: str, values: list[float] | None,
+                     attrs: dict[str, Any]) -> None:
+        for impl in self.pm.hook.on_trial_end.get_hookimpls():
+            try:
+                impl.function(study_name=study_name, trial_number=trial_number, state=state, values=values,
+                              attrs=attrs)
+            except Exception as exc:
+                log.warning("plugin %r: on_trial_end raised %s: %s", impl.plugin_name, type(exc).__name__, exc)
+
+    def raise_errors(self) -> None:
+        """Raise a :class:`PluginError` listing every failed plugin (for strict callers)."""
+        if self.errors:
+            raise PluginError("; ".join(f.message() for f in self.errors))
+
+    def distribution_of(self, plugin_name: str) -> str | None:
+        return self._dists.get(plugin_name)
+
+
+def get_plugin_manager(
+    disable: Iterable[str] = (),
+    *,
+    entry_points: bool = True,
+    extra_plugins: Iterable[tuple[str, Any]] = (),
+) -> PluginManager:
+    """Build a fresh plugin manager.
+
+    ``disable`` (plus the comma-separated ``AUTOML_KD_DISABLE_PLUGINS``) blocks plugins by name: an entry-point
+    name for third-party plugins, the module name (``automl_kd.plugins.proposers.llm``) for built-ins.
+    ``extra_plugins`` registers ``(name, object)`` pairs, for tests and for programmatic use.
+
+    Example::
+
+        pm = get_plugin_manager()
+        print(pm.spaces.names(), [f.message() for f in pm.errors])
+    """
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    for name in {*disable, *disabled_from_env()}:
+        pm.set_blocked(name)
+    manager = PluginManager(pm)
+    for modname in builtin_plugin_modules():
+        if pm.is_blocked(modname):
+            continue
+        try:
+            module = importlib.import_module(modname)
+        except Exception as exc:
+            manager.errors.append(PluginFailure(modname, None, f"import failed: {type(exc).__name__}: {exc}"))
+            continue
+        if any(pm.parse_hookimpl_opts(module, attr) is not None for attr in dir(module)):
+            manager.add(module, modname)  # helper modules without hooks are not plugins
+    if entry_points:
+        manager.load_entry_points()
+    for name, plugin in extra_plugins:
+        manager.add(plugin, name)
+    manager.check_pending()
+    manager.collect()
+    for failure in manager.errors:
+        log.warning("%s", failure.message())
+    return manager

@@ -1,0 +1,87 @@
+"""Validation of plugin options against the plugin factory's signature.
+
+A plugin's options come from the config as a plain mapping. Rather than each plugin checking its own keys, the host
+builds a pydantic model from the factory's typed signature, so every plugin gets the same clear messages
+("space.options.widths: Input should be a valid list") without writing any validation code.
+"""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from collections.abc import Mapping
+from typing import Any
+
+import pydantic
+
+from .errors import ConfigError
+
+# Parameters a host passes itself; they are not user options.
+HOST_PARAMS = frozenset({"self", "space", "seed", "directions", "context"})
+
+
+def _signature_target(factory: Any) -> Any:
+    return factory.__init__ if inspect.isclass(factory) else factory
+
+
+def option_fields(factory: Any) -> dict[str, tuple[Any, Any]]:
+    """The user-settable options of ``factory``: name -> (type, default)."""
+    target = _signature_target(factory)
+    try:
+        hints = typing.get_type_hints(target)
+    except Exception:
+        hints = {}
+    fields: dict[str, tuple[Any, Any]] = {}
+    for p in inspect.signature(target).parameters.values():
+        if p.name in HOST_PARAMS or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        default = ... if p.default is p.empty else p.default
+        fields[p.name] = (hints.get(p.name, Any), default)
+    return fields
+
+
+def parameter_names(factory: Any) -> set[str]:
+    """Every keyword the factory accepts (host arguments included)."""
+    return set(inspect.signature(_signature_target(factory)).parameters) - {"self"}
+
+
+def accepts_var_keywords(factory: Any) -> bool:
+    target = _signature_target(factory)
+    return any(p.kind is p.VAR_KEYWORD for p in inspect.signature(target).parameters.values())
+
+
+def validate_options(factory: Any, options: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """Check ``options`` against ``factory``'s signature; return them converted to the declared types.
+
+    Raises :class:`ConfigError` naming ``where.key`` and what is allowed.
+    """
+    fields = option_fields(factory)
+    if not accepts_var_keywords(factory):
+        unknown = sorted(set(options) - set(fields))
+        if unknown:
+            allowed = ", ".join(sorted(fields)) or "none"
+            raise ConfigError(f"{where}: unknown option {unknown[0]!r}; allowed: {allowed}")
+    known = {k: v for k, v in options.items() if k in fields}
+    model = pydantic.create_model(  # type: ignore[call-overload]
+        "Options",
+        __config__=pydantic.ConfigDict(arbitrary_types_allowed=True, extra="forbid"),
+        **fields,
+    )
+    try:
+        validated = model(**known)
+    except pydantic.ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        raise ConfigError(f"{where}.{loc}: {err['msg']} (got {err.get('input')!r})") from None
+    out = {k: getattr(validated, k) for k in known}
+    out.update({k: v for k, v in options.items() if k not in fields})
+    return out
+
+
+def build_with_options(entry: Any, options: Mapping[str, Any], where: str, **host: Any) -> Any:
+    """Validate ``options`` for a registry entry and call its factory with them plus host arguments."""
+    opts = validate_options(entry.factory, options, f"{where} {entry.name!r} options")
+    try:
+        return entry.factory(**host, **opts)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{where} {entry.name!r}: {exc}") from exc

@@ -1,0 +1,82 @@
+"""The ``train`` evaluator: trains the candidate on real data and scores it on the validation split.
+
+The test split is evaluated once after training, for the report only; it never reaches the proposer.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Literal
+
+from automl_kd.augmenter import PrepareContext
+from automl_kd.evaluator import Evaluator, TrialContext
+from automl_kd.hookspecs import hookimpl
+from automl_kd.metrics import count_macs, count_params, measure_latency
+from automl_kd.space import Candidate
+from automl_kd.training import TrainSettings, accuracy, train_student
+
+
+class TrainEvaluator(Evaluator):
+    """Train each candidate (cross-entropy plus the configured augmenters) and report validation accuracy."""
+
+    name = "train"
+    trains = True
+
+    def __init__(
+        self,
+        epochs: int = 2,
+        batch_size: int = 128,
+        lr: float = 1e-3,
+        optimizer: Literal["adam", "adamw", "sgd"] = "adam",
+        weight_decay: float = 0.0,
+        schedule: Literal["cosine", "none"] = "cosine",
+        label_smoothing: float = 0.0,
+        grad_clip: float | None = None,
+        max_steps_per_epoch: int | None = None,
+        latency: bool = True,
+        latency_batch_sizes: list[int] | None = None,
+    ) -> None:
+        if epochs < 1 or batch_size < 1 or lr <= 0:
+            raise ValueError("epochs and batch_size must be >= 1 and lr > 0")
+        self.settings = dict(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
+                             weight_decay=weight_decay, schedule=schedule, label_smoothing=label_smoothing,
+                             grad_clip=grad_clip, max_steps_per_epoch=max_steps_per_epoch)
+        self.latency = latency
+        self.latency_batch_sizes = latency_batch_sizes or [1, 64]
+
+    def evaluate(self, candidate: Candidate, context: TrialContext) -> dict[str, Any]:
+        data = context.resource("data")
+        data_cfg = context.resource("data_config")
+        settings = TrainSettings(**self.settings, crop_padding=data_cfg.crop_padding, flip=data_cfg.flip)
+        model = context.space.build(candidate.params).to(context.device)
+        teacher = context.resource("teacher") if context.augmenters else None
+        if context.augmenters:
+            prep = PrepareContext(teacher=teacher, student=model, data=data, cache=context.resource("cache"),
+                                  device=context.device, run_dir=context.run_dir, log=context.log)
+            for aug in context.augmenters:
+                aug.prepare(prep)
+        t0 = time.perf_counter()
+        result = train_student(model, data, settings, seed=context.seed, augmenters=context.augmenters,
+                               teacher=teacher, report=context.report, log=context.log,
+                               should_stop=context.should_stop)
+        train_s = time.perf_counter() - t0
+        shape = (data.in_chans, data.input_size, data.input_size)
+        metrics: dict[str, Any] = {
+            "val_acc": result.val_acc,
+            "test_acc": accuracy(model, data.test, data, settings.eval_batch_size),  # report only
+            "val_acc_curve": [round(v, 4) for v in result.val_curve],
+            "loss_terms": {k: round(v, 6) for k, v in result.loss_terms.items()},
+            "epochs": result.epochs_run,
+            "train_steps": result.steps,
+            "train_seconds": round(train_s, 3),
+            "params": count_params(model),
+            "macs": count_macs(model, shape),
+        }
+        if self.latency:
+            metrics.update(measure_latency(model, shape, context.device, self.latency_batch_sizes))
+        return metrics
+
+
+@hookimpl
+def register_evaluators(register: Any) -> None:
+    register("train", TrainEvaluator, description="train on real data; validation accuracy is the objective")

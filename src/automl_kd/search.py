@@ -1,0 +1,372 @@
+"""The search engine: a proposer, a space and an evaluator over an Optuna study.
+
+The trial store is Optuna storage (SQLite in the run directory by default; any RDB URL, or a Journal file), so a
+run is resumable by construction: rerunning the same study continues it, and ``n_trials`` is the study's target
+number of finished trials. A process killed mid-trial loses only that trial: the heartbeat marks it failed and
+Optuna's retry callback re-enqueues its parameters once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import FrozenTrial, TrialState
+
+from .config import Config, ConstraintsConfig
+from .errors import BudgetExhausted, CandidateRejected, ConfigError, InvalidCandidate, TrainingDiverged
+from .evaluator import Evaluator, TrialContext
+from .manager import PluginManager, get_plugin_manager
+from .metrics import resolve_device
+from .options import accepts_var_keywords, parameter_names
+from .proposer import ATTR_PROPOSER, Proposer, ProposerSampler
+from .space import Candidate, Cost, SearchSpace
+from .storage import open_storage
+
+log = logging.getLogger("automl_kd")
+
+#: known data shapes, so a space can be built before the data is loaded
+DATA_SHAPES = {"fashion-mnist": (10, 1, 28), "cifar10": (10, 3, 32), "cifar100": (100, 3, 32)}
+MAX_CONSECUTIVE_FAILURES = 5
+
+
+@dataclass(frozen=True)
+class Constraints:
+    """Hard constraints checked on the analytic cost, before any training."""
+
+    max_params: int | None = None
+    macs: tuple[float, float] | None = None
+
+    @classmethod
+    def from_config(cls, c: ConstraintsConfig) -> Constraints:
+        return cls(c.max_params, c.macs)
+
+    def check(self, cost: Cost) -> str | None:
+        """The reason ``cost`` breaks a constraint, with the exact margin, or None."""
+        if self.max_params is not None and cost.params > self.max_params:
+            return (f"params {cost.params / 1e6:.3f}M exceed the limit {self.max_params / 1e6:.3f}M "
+                    f"by {(cost.params - self.max_params) / 1e6:.3f}M")
+        if self.macs is not None:
+            lo, hi = self.macs
+            if cost.macs > hi:
+                return f"MACs {cost.macs / 1e6:.1f}M exceed the upper bound {hi / 1e6:.1f}M by {(cost.macs - hi) / 1e6:.1f}M"
+            if cost.macs < lo:
+                return f"MACs {cost.macs / 1e6:.1f}M are below the lower bound {lo / 1e6:.1f}M by {(lo - cost.macs) / 1e6:.1f}M"
+        return None
+
+
+def trial_seed(study_seed: int, number: int) -> int:
+    """Each trial's seed derives from the study seed and the trial number (stable across processes)."""
+    digest = hashlib.sha256(f"automl-kd:{study_seed}:{number}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+def suggest(trial: optuna.Trial, name: str, dist: BaseDistribution) -> Any:
+    if isinstance(dist, CategoricalDistribution):
+        return trial.suggest_categorical(name, dist.choices)
+    if isinstance(dist, IntDistribution):
+        return trial.suggest_int(name, dist.low, dist.high, step=dist.step, log=dist.log)
+    if isinstance(dist, FloatDistribution):
+        return trial.suggest_float(name, dist.low, dist.high, step=dist.step, log=dist.log)
+    raise TypeError(f"unsupported distribution for {name}: {dist!r}")
+
+
+def is_finished(t: FrozenTrial) -> bool:
+    """Counts toward ``n_trials``: complete, pruned, or failed/rejected on its own merits (not interrupted)."""
+    if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
+        return True
+    return t.state == TrialState.FAIL and t.user_attrs.get("outcome") in ("failed", "rejected")
+
+
+class Search:
+    """A search over one Optuna study.
+
+    Example::
+
+        cfg = load_config("examples/configs/quick.yaml")
+        search = Search(cfg)
+        study = search.run()
+        print(study.best_trial.user_attrs["val_acc"])
+    """
+
+    def __init__(self, config: Config, *, pm: PluginManager | None = None, storage: str | None = None,
+                 study_name: str | None = None, progress: Any = None) -> None:
+        self.config = config
+        self.pm = pm or get_plugin_manager()
+        self.run_dir = config.resolved_run_dir
+        self.study_name = study_name or config.name
+        self.storage_url = storage or config.storage.url
+        self.progress = progress
+        self.device = resolve_device(config.device)
+        self._resources: dict[str, Any] = {}
+        self._stop = False
+        self.directions = ["maximize"] + ["minimize"] * (len(config.search.objectives) - 1)
+        self.constraints = Constraints.from_config(config.search.constraints)
+
+        self.evaluator: Evaluator = self.pm.evaluators.create(config.evaluator.name, config.evaluator.options)
+        self.space: SearchSpace = self._make_space()
+        for ref in config.augmenters:  # validate names and options now, build fresh ones per trial
+            self.pm.augmenters.create(ref.name, ref.options)
+        if config.augmenters and not getattr(self.evaluator, "trains", False):
+            raise ConfigError(f"augmenters need a training evaluator; {config.evaluator.name!r} does not train")
+        self.sampler = self._make_sampler()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.storage = open_storage(self.storage_url, self.run_dir, config.storage)
+        self.study = optuna.create_study(
+            study_name=self.study_name, storage=self.storage, sampler=self.sampler, pruner=self._make_pruner(),
+            directions=self.directions, load_if_exists=True,
+        )
+        if "config" not in self.study.user_attrs:
+            self.study.set_user_attr("config", config.to_dict())
+            self.study.set_user_attr("objectives", list(config.search.objectives))
+
+    # -- construction ----------------------------------------------------------------------------------------
+    def _host_args(self, factory: Any, candidates: dict[str, Any]) -> dict[str, Any]:
+        if accepts_var_keywords(factory):
+            return candidates
+        names = parameter_names(factory)
+        return {k: v for k, v in candidates.items() if k in names}
+
+    def _make_space(self) -> SearchSpace:
+        ref = self.config.space
+        entry = self.pm.spaces.get(ref.name)
+        shape = DATA_SHAPES.get(self.config.data.dataset)
+        if shape is None and getattr(self.evaluator, "trains", False):
+            data = self.resource("data")
+            shape = (data.num_classes, data.in_chans, data.input_size)
+        host = dict(zip(("num_classes", "in_chans", "input_size"), shape, strict=True)) if shape else {}
+        host = {k: v for k, v in self._host_args(entry.factory, host).items() if k not in ref.options}
+        from .options import build_with_options
+
+        space = build_with_options(entry, ref.options, "space", **host)
+        if getattr(self.evaluator, "trains", False) and not getattr(space, "buildable", True):
+            raise ConfigError(f"space {ref.name!r} cannot build networks; use a table evaluator with it")
+        return space  # type: ignore[no-any-return]
+
+    def _make_sampler(self) -> optuna.samplers.BaseSampler:
+        ref = self.config.search.proposer
+        entry = self.pm.proposers.get(ref.name)
+        host = self._host_args(entry.factory, {
+            "space": self.space, "seed": self.config.seed, "directions": self.directions,
+            "constraints": self.constraints, "run_dir": self.run_dir,
+        })
+        from .options import build_with_options
+
+        obj = build_with_options(entry, ref.options, "proposer", **host)
+        if isinstance(obj, Proposer):
+            return ProposerSampler(obj, self.space, seed=self.config.seed)
+        if isinstance(obj, optuna.samplers.BaseSampler):
+            return obj
+        raise ConfigError(f"proposer {ref.name!r} returned {type(obj).__name__}, not a sampler or Proposer")
+
+    def _make_pruner(self) -> optuna.pruners.BasePruner:
+        kind = self.config.search.pruner
+        if kind == "median":
+            return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0)
+        if kind == "hyperband":
+            epochs = int(self.config.evaluator.options.get("epochs", 10))
+            return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(epochs, 2))
+        return optuna.pruners.NopPruner()
+
+    # -- shared resources ------------------------------------------------------------------------------------
+    def resource(self, name: str) -> Any:
+        """Objects shared by every trial of this process, built on first use."""
+        if name not in self._resources:
+            self._resources[name] = self._build_resource(name)
+        return self._resources[name]
+
+    def _build_resource(self, name: str) -> Any:
+        if name == "data":
+            from .data import load_data
+
+            return load_data(self.config.data).to(self.device)
+        if name == "data_config":
+            return self.config.data
+        if name == "cache":
+            from .cache import ArtifactCache
+
+            return ArtifactCache.default()
+        if name == "teacher":
+            if self.config.teacher is None:
+                return None
+            from .teacher import get_teacher
+
+            return get_teacher(self.config.teacher, self.resource("data"), self.device, self.resource("cache"),
+                               pm=self.pm)
+        if name == "reference_params":
+            teacher = self.resource("teacher") if self.config.teacher else None
+            if teacher is not None:
+                return sum(p.numel() for p in teacher.parameters())
+            ref = self.space.reference()
+            return self.space.cost(ref).params if ref else None
+        raise KeyError(f"unknown resource {name!r}")
+
+    # -- one trial -------------------------------------------------------------------------------------------
+    def _objective(self, trial: optuna.Trial) -> float | list[float]:
+        t0 = time.perf_counter()
+        params = {name: suggest(trial, name, d) for name, d in self.space.distributions().items()}
+        # Optuna 5 keeps system attributes (proposer, rationale, retry origin) off the public Trial API
+        system = self.study._storage.get_trial_system_attrs(trial._trial_id)
+        origin = system.get("failed_trial")
+        seed = trial_seed(self.config.seed, int(origin) if origin is not None else trial.number)
+        trial.set_user_attr("seed", seed)
+        trial.set_user_attr("proposer", system.get(ATTR_PROPOSER, self.config.search.proposer.name))
+        trial.set_user_attr("augmenters", [{"name": a.name, "options": a.options} for a in self.config.augmenters])
+        if self.progress:
+            self.progress.trial_started(trial.number)
+        try:
+            candidate = self.space.candidate(params, rationale=str(system.get("automl_kd:rationale", "")))
+            cost = self.space.cost(candidate.params)
+            trial.set_user_attr("params", cost.params)
+            trial.set_user_attr("macs", cost.macs)
+            reason = self.constraints.check(cost)
+            if reason:
+                raise CandidateRejected(reason)
+            metrics = self._evaluate(trial, candidate, seed)
+        except (CandidateRejected, InvalidCandidate) as exc:
+            trial.set_user_attr("outcome", "rejected")
+            trial.set_user_attr("fail_reason", f"rejected: {exc}")
+            raise
+        except optuna.TrialPruned:
+            trial.set_user_attr("outcome", "pruned")
+            raise
+        except Exception as exc:
+            trial.set_user_attr("outcome", "failed")
+            trial.set_user_attr("fail_reason", _reason(exc))
+            raise
+        finally:
+            trial.set_user_attr("wall_clock_s", round(time.perf_counter() - t0, 3))
+        trial.set_user_attr("outcome", "complete")
+        values = [float(metrics["val_acc"])]
+        for obj in self.config.search.objectives[1:]:
+            key = "latency_ms_b1" if obj == "latency" else obj
+            if key not in metrics:
+                raise ConfigError(f"objective {obj!r} needs metric {key!r}, which evaluator "
+                                  f"{self.config.evaluator.name!r} does not report")
+            values.append(float(metrics[key]))
+        return values[0] if len(values) == 1 else values
+
+    def _evaluate(self, trial: optuna.Trial, candidate: Candidate, seed: int) -> dict[str, Any]:
+        def report(step: int, value: float) -> None:
+            trial.report(value, step)
+            if self.progress:
+                self.progress.epoch_done(trial.number, step, value)
+            if len(self.directions) == 1 and trial.should_prune():
+                raise optuna.TrialPruned(f"pruned after epoch {step + 1} at val_acc {value:.2f}")
+
+        augmenters = [self.pm.augmenters.create(ref.name, ref.options) for ref in self.config.augmenters]
+        ctx = TrialContext(
+            number=trial.number, seed=seed, device=self.device, run_dir=self.run_dir, space=self.space,
+            report=report, record=trial.set_user_attr, resource=self.resource, augmenters=augmenters,
+            should_stop=lambda: self._stop,
+        )
+        metrics = self.evaluator.evaluate(candidate, ctx)
+        if "val_acc" not in metrics or not math.isfinite(float(metrics["val_acc"])):
+            raise TrainingDiverged(f"evaluator {self.config.evaluator.name!r} returned no finite val_acc")
+        ref_params = self.resource("reference_params")
+        if ref_params and metrics.get("params"):
+            metrics["compression_factor"] = round(ref_params / float(metrics["params"]), 4)
+        for key, value in metrics.items():
+            trial.set_user_attr(key, _jsonable(value))
+        return metrics
+
+    def _after_trial(self, study: optuna.Study, frozen: FrozenTrial) -> None:
+        state = frozen.user_attrs.get("outcome") or frozen.state.name.lower()
+        if state == "failed" or (frozen.state == TrialState.FAIL and "outcome" not in frozen.user_attrs):
+            self._consecutive_failures += 1
+        elif state != "rejected":
+            self._consecutive_failures = 0
+        if self.progress:
+            self.progress.trial_finished(frozen)
+        self.pm.on_trial_end(self.study_name, frozen.number, state, frozen.values, dict(frozen.user_attrs))
+
+    # -- the loop --------------------------------------------------------------------------------------------
+    def finished_count(self) -> int:
+        return sum(1 for t in self.study.get_trials(deepcopy=False) if is_finished(t))
+
+    def stop(self) -> None:
+        """Ask the loop to stop after the running trial (its training stops at the next batch)."""
+        self._stop = True
+
+    def run(self, n_trials: int | None = None, timeout: float | None = None,
+            should_stop: Callable[[], bool] | None = None) -> optuna.Study:
+        """Run until the study has ``n_trials`` finished trials (default: the config's), or ``timeout`` seconds.
+
+        A trial that fails (training error, infeasible) is recorded with its reason and the search goes on;
+        ``MAX_CONSECUTIVE_FAILURES`` failures in a row stop it with an error. A spent proposer budget stops it
+        cleanly.
+        """
+        target = n_trials or self.config.search.n_trials
+        timeout = timeout if timeout is not None else self.config.search.timeout
+        start = time.monotonic()
+        self._consecutive_failures = 0
+        self.stop_reason = "target reached"
+        if self.progress:
+            self.progress.started(self, target, self.finished_count())
+        try:
+            while True:
+                done = self.finished_count()
+                if done >= target:
+                    break
+                if self._stop or (should_stop and should_stop()):
+                    self.stop_reason = "stopped"
+                    break
+                if timeout is not None and time.monotonic() - start >= timeout:
+                    self.stop_reason = "timeout"
+                    break
+                try:
+                    self.study.optimize(self._objective, n_trials=1, catch=(Exception,),
+                                        callbacks=[self._after_trial], gc_after_trial=False)
+                except BudgetExhausted as exc:
+                    self.stop_reason = f"proposer budget spent: {exc}"
+                    log.warning("search stopped: %s", exc)
+                    break
+                if self._consecutive_failures >= MAX_CONSECUTIVE_FAILURES:
+                    last = self.study.get_trials(deepcopy=False)[-1]
+                    reason = last.user_attrs.get("fail_reason") or last.system_attrs.get("fail_reason")
+                    raise TrainingDiverged(
+                        f"{MAX_CONSECUTIVE_FAILURES} trials failed in a row; the last failed with: {reason}")
+        finally:
+            if self.progress:
+                self.progress.finished(self)
+        return self.study
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, MemoryError) or "out of memory" in str(exc).lower():
+        return f"out of memory: {exc}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _jsonable(value: Any) -> Any:
+    try:
+        json.dumps(value)
+        return value
+    except (TypeError, ValueError):
+        return json.loads(json.dumps(value, default=str))
+
+
+def load_study(storage: str | None, run_dir: Path, study_name: str | None) -> optuna.Study:
+    """Open an existing study for reading (``show``, ``report``); its only study if no name is given."""
+    from .config import StorageConfig
+
+    st = open_storage(storage, run_dir, StorageConfig(), create=False)
+    names = [s.study_name for s in optuna.get_all_study_summaries(st)]
+    if not names:
+        raise ConfigError(f"no study found in {storage or run_dir}")
+    if study_name is None:
+        if len(names) > 1:
+            raise ConfigError(f"several studies in this storage ({', '.join(names)}); pick one with --study")
+        study_name = names[0]
+    if study_name not in names:
+        raise ConfigError(f"study {study_name!r} not found; studies: {', '.join(names)}")
+    return optuna.load_study(study_name=study_name, storage=st)
