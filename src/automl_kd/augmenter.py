@@ -69,8 +69,9 @@ class Augmenter:
     def prepare(self, ctx: PrepareContext) -> None:
         """Run once before training: resolve layer names, precompute caches."""
 
-    def transform(self, x: torch.Tensor, index: torch.Tensor, y: torch.Tensor,
-                  generator: torch.Generator) -> torch.Tensor:
+    def transform(
+        self, x: torch.Tensor, index: torch.Tensor, y: torch.Tensor, generator: torch.Generator
+    ) -> torch.Tensor:
         """Transform a batch of [0, 1] images before geometric augmentation; default: unchanged."""
         return x
 

@@ -97,13 +97,29 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # -- plugins ---------------------------------------------------------------------------------------------------
 def cmd_plugins(args: argparse.Namespace) -> int:
     pm = _pm(args)
-    kinds = {"spaces": pm.spaces, "proposers": pm.proposers, "evaluators": pm.evaluators,
-             "augmenters": pm.augmenters}
+    kinds = {
+        "spaces": pm.spaces,
+        "proposers": pm.proposers,
+        "evaluators": pm.evaluators,
+        "augmenters": pm.augmenters,
+    }
     data = {
-        "plugins": [{"name": i.name, "distribution": i.distribution, "version": i.version, "hooks": list(i.hooks)}
-                    for i in pm.infos.values()],
-        **{k: [{"name": e.name, "plugin": e.plugin, "distribution": pm.distribution_of(e.plugin),
-                "description": e.description} for e in reg] for k, reg in kinds.items()},
+        "plugins": [
+            {"name": i.name, "distribution": i.distribution, "version": i.version, "hooks": list(i.hooks)}
+            for i in pm.infos.values()
+        ],
+        **{
+            k: [
+                {
+                    "name": e.name,
+                    "plugin": e.plugin,
+                    "distribution": pm.distribution_of(e.plugin),
+                    "description": e.description,
+                }
+                for e in reg
+            ]
+            for k, reg in kinds.items()
+        },
         "errors": [{"name": f.name, "distribution": f.distribution, "error": f.error} for f in pm.errors],
     }
     if args.json:
@@ -132,9 +148,18 @@ def _print_leaderboard(rows: list[dict[str, Any]], title: str) -> None:
     from rich.table import Table
 
     table = Table(title=f"leaderboard: {title} (ranked by validation accuracy)")
-    cols = [("rank", "#"), ("trial", "trial"), ("proposer", "proposer"), ("val_acc", "val %"),
-            ("test_acc", "test %"), ("params", "params"), ("macs", "MACs"), ("compression_factor", "CF"),
-            ("latency_ms_b1", "ms@1"), ("latency_ms_b64", "ms@64")]
+    cols = [
+        ("rank", "#"),
+        ("trial", "trial"),
+        ("proposer", "proposer"),
+        ("val_acc", "val %"),
+        ("test_acc", "test %"),
+        ("params", "params"),
+        ("macs", "MACs"),
+        ("compression_factor", "CF"),
+        ("latency_ms_b1", "ms@1"),
+        ("latency_ms_b64", "ms@64"),
+    ]
     for _, head in cols:
         table.add_column(head, justify="right")
     for r in rows:
@@ -170,13 +195,19 @@ def cmd_show(args: argparse.Namespace) -> int:
 # -- parser ----------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="automl-kd", description="Find small, fast students and distil them.")
-    p.add_argument("--disable-plugin", action="append", metavar="NAME",
-                   help="block a plugin by name (repeatable); also AUTOML_KD_DISABLE_PLUGINS=a,b")
+    p.add_argument(
+        "--disable-plugin",
+        action="append",
+        metavar="NAME",
+        help="block a plugin by name (repeatable); also AUTOML_KD_DISABLE_PLUGINS=a,b",
+    )
     p.add_argument("-v", "--verbose", action="store_true")
     sub = p.add_subparsers(dest="command", required=True)
 
     def run_opts(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value (repeatable)")
+        sp.add_argument(
+            "--set", action="append", metavar="KEY=VALUE", help="override a config value (repeatable)"
+        )
         sp.add_argument("--storage", help="Optuna storage URL (default: SQLite in the run directory)")
         sp.add_argument("--study", help="study name (default: the config's name)")
         sp.add_argument("--run-dir", help="run directory (default: runs/<name>)")

@@ -71,7 +71,7 @@ class SearchConfig(_Model):
     n_trials: int = Field(10, ge=1, le=1_000_000)
     #: seconds; stop starting new trials after this long (per invocation)
     timeout: float | None = Field(None, gt=0)
-    objectives: list[Objective] = Field(default_factory=lambda: ["val_acc"], min_length=1)
+    objectives: list[Objective] = Field(default_factory=lambda: list[Objective](["val_acc"]), min_length=1)
     constraints: ConstraintsConfig = ConstraintsConfig()
     pruner: Literal["none", "median", "hyperband"] = "none"
 
@@ -79,8 +79,19 @@ class SearchConfig(_Model):
     @classmethod
     def _objectives(cls, v: list[str]) -> list[str]:
         if v[0] != "val_acc" or len(set(v)) != len(v):
-            raise ValueError("the first objective must be val_acc, then any of params, macs, latency, each once")
+            raise ValueError(
+                "the first objective must be val_acc, then any of params, macs, latency, each once"
+            )
         return v
+
+    @model_validator(mode="after")
+    def _pruning_needs_one_objective(self) -> SearchConfig:
+        if self.pruner != "none" and len(self.objectives) > 1:
+            raise ValueError(
+                "pruning works with a single objective (Optuna cannot prune multi-objective trials); "
+                "set search.pruner: none"
+            )
+        return self
 
 
 class StorageConfig(_Model):
@@ -162,10 +173,16 @@ def _format_error(exc: pydantic.ValidationError) -> str:
     if err["type"] == "extra_forbidden":
         parent: Any = Config
         for part in err["loc"][:-1]:
-            field = parent.model_fields.get(str(part)) if isinstance(parent, type) else None
+            field = parent.model_fields.get(str(part)) if parent is not None else None
             ann = field.annotation if field else None
-            parent = next((a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type)
-                           and issubclass(a, BaseModel)), None)
+            parent = next(
+                (
+                    a
+                    for a in getattr(ann, "__args__", (ann,))
+                    if isinstance(a, type) and issubclass(a, BaseModel)
+                ),
+                None,
+            )
         allowed = ", ".join(parent.model_fields) if parent else "?"
         return f"config key {loc!r} is unknown; allowed here: {allowed}"
     msg = err["msg"]
@@ -173,6 +190,14 @@ def _format_error(exc: pydantic.ValidationError) -> str:
         msg += f" (got {err['input']!r})"
     more = f" (and {len(exc.errors()) - 1} more error(s))" if len(exc.errors()) > 1 else ""
     return f"config key {loc!r}: {msg}{more}"
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """One line: what is wrong and where (PyYAML's own message spans several lines)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{problem}{where}"
 
 
 def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
@@ -185,7 +210,7 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
         try:
             value = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            raise ConfigError(f"--set {item!r}: value is not valid YAML: {exc}") from None
+            raise ConfigError(f"--set {item!r}: value is not valid YAML: {_yaml_problem(exc)}") from None
         node = out
         parts = key.strip().split(".")
         for part in parts[:-1]:
@@ -199,7 +224,9 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
     return out
 
 
-def load_config(source: str | Path | Mapping[str, Any] | None = None, overrides: Sequence[str] = ()) -> Config:
+def load_config(
+    source: str | Path | Mapping[str, Any] | None = None, overrides: Sequence[str] = ()
+) -> Config:
     """Read and validate a config from a YAML file, a mapping, or nothing (all defaults).
 
     Example::
@@ -217,7 +244,7 @@ def load_config(source: str | Path | Mapping[str, Any] | None = None, overrides:
         try:
             raw = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {exc}") from None
+            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {_yaml_problem(exc)}") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"config file {str(path)!r} must hold a mapping at the top level")
     raw = apply_overrides(raw, overrides)

@@ -22,8 +22,18 @@ import torch
 from .config import DataConfig
 from .errors import DataError
 
-FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
-                         "Bag", "Ankle boot"]
+FASHION_MNIST_CLASSES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 #: where Debian's dataset-fashion-mnist package puts the original files
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
@@ -71,8 +81,16 @@ class DataSplits:
         return int(self.train.x.shape[-1])
 
     def to(self, device: torch.device) -> DataSplits:
-        return DataSplits(self.name, self.train.to(device), self.val.to(device), self.test.to(device),
-                          self.classes, self.mean, self.std, self.fingerprint)
+        return DataSplits(
+            self.name,
+            self.train.to(device),
+            self.val.to(device),
+            self.test.to(device),
+            self.classes,
+            self.mean,
+            self.std,
+            self.fingerprint,
+        )
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """[0, 1] float images -> normalised with the training split's per-channel mean and std."""
@@ -92,7 +110,7 @@ def _read_idx(path: Path) -> np.ndarray:
     if len(data) < 8 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
         raise DataError(f"{path} is not an IDX file of unsigned bytes (bad magic number)")
     ndim = data[3]
-    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != int(np.prod(shape)):
         raise DataError(f"{path} is truncated: header says {shape}, found {body.size} bytes")
@@ -160,12 +178,16 @@ def load_cifar(cfg: DataConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
     ten = cfg.dataset == "cifar10"
     folder = root / ("cifar-10-batches-py" if ten else "cifar-100-python")
     if not folder.is_dir():
-        raise DataError(f"{cfg.dataset}: {folder} not found (expected the torchvision format; data.download: true "
-                        "fetches it when online)")
+        raise DataError(
+            f"{cfg.dataset}: {folder} not found (expected the torchvision format; data.download: true "
+            "fetches it when online)"
+        )
     label_key = "labels" if ten else "fine_labels"
     train_files = [folder / f"data_batch_{i}" for i in range(1, 6)] if ten else [folder / "train"]
     test_files = [folder / "test_batch"] if ten else [folder / "test"]
-    meta = _unpickle_meta(folder / ("batches.meta" if ten else "meta"), "label_names" if ten else "fine_label_names")
+    meta = _unpickle_meta(
+        folder / ("batches.meta" if ten else "meta"), "label_names" if ten else "fine_label_names"
+    )
 
     def read(files: list[Path]) -> tuple[np.ndarray, np.ndarray]:
         xs, ys = [], []
@@ -201,29 +223,34 @@ def load_imagefolder(cfg: DataConfig) -> tuple[np.ndarray, np.ndarray, np.ndarra
     root = Path(cfg.root)
     test_dir = root / "test" if (root / "test").is_dir() else root / "val"
     if not (root / "train").is_dir() or not test_dir.is_dir():
-        raise DataError(f"imagefolder: {root} must contain train/ and test/ (or val/) folders of class folders")
+        raise DataError(
+            f"imagefolder: {root} must contain train/ and test/ (or val/) folders of class folders"
+        )
     classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
     if not classes:
         raise DataError(f"imagefolder: {root / 'train'} has no class folders")
     exts = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
 
     def read(folder: Path) -> tuple[np.ndarray, np.ndarray]:
-        xs, ys = [], []
+        xs: list[np.ndarray] = []
+        ys: list[int] = []
         for ci, c in enumerate(classes):
             for f in sorted((folder / c).iterdir()) if (folder / c).is_dir() else []:
                 if f.suffix.lower() not in exts:
                     continue
                 try:
-                    with Image.open(f) as im:
-                        im = im.convert("RGB")
-                        if cfg.image_size:
-                            im = im.resize((cfg.image_size, cfg.image_size), Image.BILINEAR)
-                        arr = np.asarray(im, dtype=np.uint8)
+                    with Image.open(f) as opened:
+                        rgb = opened.convert("RGB")
+                    if cfg.image_size:
+                        rgb = rgb.resize((cfg.image_size, cfg.image_size), Image.Resampling.BILINEAR)
+                    arr = np.asarray(rgb, dtype=np.uint8)
                 except OSError as exc:
                     raise DataError(f"imagefolder: cannot decode {f}: {exc}") from None
                 if xs and arr.shape != xs[0].shape:
-                    raise DataError(f"imagefolder: {f} is {arr.shape[1]}x{arr.shape[0]} but earlier images are "
-                                    f"{xs[0].shape[1]}x{xs[0].shape[0]}; set data.image_size to resize")
+                    raise DataError(
+                        f"imagefolder: {f} is {arr.shape[1]}x{arr.shape[0]} but earlier images are "
+                        f"{xs[0].shape[1]}x{xs[0].shape[0]}; set data.image_size to resize"
+                    )
                 xs.append(arr)
                 ys.append(ci)
         if not xs:
@@ -236,7 +263,9 @@ def load_imagefolder(cfg: DataConfig) -> tuple[np.ndarray, np.ndarray, np.ndarra
 
 
 # -- splitting -------------------------------------------------------------------------------------------------
-def stratified_indices(y: np.ndarray, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def stratified_indices(
+    y: np.ndarray, fraction: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """Split indices so each class keeps ``fraction`` of its members on the first side (at least one)."""
     first, second = [], []
     for c in np.unique(y):
@@ -250,8 +279,12 @@ def stratified_indices(y: np.ndarray, fraction: float, rng: np.random.Generator)
 
 def load_data(cfg: DataConfig) -> DataSplits:
     """Load, subset and split a dataset as configured; deterministic for a given ``split_seed``."""
-    loader = {"fashion-mnist": load_fashion_mnist, "cifar10": load_cifar, "cifar100": load_cifar,
-              "imagefolder": load_imagefolder}[cfg.dataset]
+    loader = {
+        "fashion-mnist": load_fashion_mnist,
+        "cifar10": load_cifar,
+        "cifar100": load_cifar,
+        "imagefolder": load_imagefolder,
+    }[cfg.dataset]
     xtr, ytr, xte, yte, classes = loader(cfg)
     ytr = ytr.astype(np.int64)
     yte = yte.astype(np.int64)
@@ -266,8 +299,11 @@ def load_data(cfg: DataConfig) -> DataSplits:
         test_idx, _ = stratified_indices(yte, cfg.test_size / len(yte), rng)
 
     def split(x: np.ndarray, y: np.ndarray, idx: np.ndarray) -> Split:
-        return Split(torch.from_numpy(np.ascontiguousarray(x[idx])), torch.from_numpy(y[idx]),
-                     torch.from_numpy(idx.astype(np.int64)))
+        return Split(
+            torch.from_numpy(np.ascontiguousarray(x[idx])),
+            torch.from_numpy(y[idx]),
+            torch.from_numpy(idx.astype(np.int64)),
+        )
 
     train = split(xtr, ytr, train_idx)
     xf = train.x.float().div_(255)
@@ -277,13 +313,27 @@ def load_data(cfg: DataConfig) -> DataSplits:
     h.update(cfg.dataset.encode())
     for arr in (xtr, ytr, train_idx, val_idx, test_idx):
         h.update(hashlib.sha256(np.ascontiguousarray(arr).tobytes()).digest())
-    return DataSplits(cfg.dataset, train, split(xtr, ytr, val_idx), split(xte, yte, test_idx), list(classes),
-                      mean, std, h.hexdigest()[:16])
+    return DataSplits(
+        cfg.dataset,
+        train,
+        split(xtr, ytr, val_idx),
+        split(xte, yte, test_idx),
+        list(classes),
+        mean,
+        std,
+        h.hexdigest()[:16],
+    )
 
 
 # -- batches and augmentation ----------------------------------------------------------------------------------
-def batches(split: Split, batch_size: int, *, shuffle: bool, generator: torch.Generator | None = None,
-            drop_last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+def batches(
+    split: Split,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    generator: torch.Generator | None = None,
+    drop_last: bool = False,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Yield ``(x_uint8, y, index)`` batches by tensor indexing; ``index`` are dataset indices."""
     n = len(split)
     order = torch.randperm(n, generator=generator).to(split.x.device) if shuffle else None
@@ -293,7 +343,7 @@ def batches(split: Split, batch_size: int, *, shuffle: bool, generator: torch.Ge
             sl = slice(start, min(start + batch_size, n))
             yield split.x[sl], split.y[sl], split.index[sl]
         else:
-            sel = order[start:start + batch_size]
+            sel = order[start : start + batch_size]
             yield split.x[sel], split.y[sel], split.index[sel]
 
 
@@ -307,8 +357,8 @@ def random_crop_flip(x: torch.Tensor, padding: int, flip: bool, generator: torch
         padded = torch.nn.functional.pad(x, (padding, padding, padding, padding))
         dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(x.device)
         dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(x.device)
-        rows = (dy[:, None] + torch.arange(h, device=x.device)[None, :])  # n x h
-        cols = (dx[:, None] + torch.arange(w, device=x.device)[None, :])  # n x w
+        rows = dy[:, None] + torch.arange(h, device=x.device)[None, :]  # n x h
+        cols = dx[:, None] + torch.arange(w, device=x.device)[None, :]  # n x w
         b = torch.arange(n, device=x.device)[:, None, None]
         x = padded.permute(0, 2, 3, 1)[b, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
     if flip:

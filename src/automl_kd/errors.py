@@ -62,5 +62,9 @@ class BudgetExhausted(AutomlKdError):
     """A proposer ran out of its budget (tokens, cost, requests); the search stops cleanly."""
 
 
+class TrialInterrupted(AutomlKdError):
+    """The running trial was stopped by a signal (SIGTERM, Ctrl-C) before it finished; it is retried later."""
+
+
 class TrainingDiverged(AutomlKdError):
     """The loss became NaN or infinite; the trial fails with this reason."""

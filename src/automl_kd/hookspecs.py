@@ -56,8 +56,9 @@ def register_augmenters(register: Registry[Any]) -> None:
 
 
 @hookspec
-def on_trial_end(study_name: str, trial_number: int, state: str, values: list[float] | None,
-                 attrs: dict[str, Any]) -> None:
+def on_trial_end(
+    study_name: str, trial_number: int, state: str, values: list[float] | None, attrs: dict[str, Any]
+) -> None:
     """Observe a finished trial (complete, pruned, failed or rejected).
 
     Called in the worker process right after the trial is recorded in storage. ``attrs`` holds the recorded

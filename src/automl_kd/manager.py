@@ -84,7 +84,9 @@ class PluginManager:
         self._dists: dict[str, str | None] = {}
 
     # -- loading ---------------------------------------------------------------------------------------------
-    def add(self, plugin: Any, name: str, distribution: str | None = None, version: str | None = None) -> bool:
+    def add(
+        self, plugin: Any, name: str, distribution: str | None = None, version: str | None = None
+    ) -> bool:
         """Register one plugin object; on failure record it in :attr:`errors` and return False."""
         if self.pm.is_blocked(name):
             return False
@@ -112,7 +114,9 @@ class PluginManager:
                 try:
                     plugin = ep.load()
                 except Exception as exc:
-                    self.errors.append(PluginFailure(ep.name, dist_name, f"import failed: {type(exc).__name__}: {exc}"))
+                    self.errors.append(
+                        PluginFailure(ep.name, dist_name, f"import failed: {type(exc).__name__}: {exc}")
+                    )
                     continue
                 self.add(plugin, ep.name, dist_name, dist.version)
 
@@ -126,7 +130,8 @@ class PluginManager:
                     hc = getattr(self.pm.hook, hook_name, None)
                     if hc is None or not hc.has_spec():
                         raise pluggy.PluginValidationError(
-                            plugin, f"unknown hook {hook_name!r} (a misspelling of one of the automl_kd hooks?)"
+                            plugin,
+                            f"unknown hook {hook_name!r} (a misspelling of one of the automl_kd hooks?)",
                         )
             except pluggy.PluginValidationError as exc:
                 self.errors.append(PluginFailure(name, self._dists.get(name), str(exc)))
@@ -142,26 +147,39 @@ class PluginManager:
             ("register_augmenters", self.augmenters),
         ):
             caller = getattr(self.pm.hook, hook_name)
-            # pluggy calls the last registered first; registration order is more natural for a registry
-            for impl in reversed(caller.get_hookimpls()):
+            # get_hookimpls() is in registration order (pluggy *calls* them last-first): built-ins come first,
+            # so a third-party plugin cannot take over a built-in name, it gets a duplicate-name error
+            for impl in caller.get_hookimpls():
                 registry._set_current_plugin(impl.plugin_name)
                 try:
                     impl.function(register=registry)
                 except Exception as exc:
                     self.errors.append(
-                        PluginFailure(impl.plugin_name, self._dists.get(impl.plugin_name),
-                                      f"{hook_name} raised {type(exc).__name__}: {exc}")
+                        PluginFailure(
+                            impl.plugin_name,
+                            self._dists.get(impl.plugin_name),
+                            f"{hook_name} raised {type(exc).__name__}: {exc}",
+                        )
                     )
 
     # -- typed hook calls ------------------------------------------------------------------------------------
-    def on_trial_end(self, study_name: str, trial_number: int, state: str, values: list[float] | None,
-                     attrs: dict[str, Any]) -> None:
+    def on_trial_end(
+        self,
+        study_name: str,
+        trial_number: int,
+        state: str,
+        values: list[float] | None,
+        attrs: dict[str, Any],
+    ) -> None:
         for impl in self.pm.hook.on_trial_end.get_hookimpls():
             try:
-                impl.function(study_name=study_name, trial_number=trial_number, state=state, values=values,
-                              attrs=attrs)
+                impl.function(
+                    study_name=study_name, trial_number=trial_number, state=state, values=values, attrs=attrs
+                )
             except Exception as exc:
-                log.warning("plugin %r: on_trial_end raised %s: %s", impl.plugin_name, type(exc).__name__, exc)
+                log.warning(
+                    "plugin %r: on_trial_end raised %s: %s", impl.plugin_name, type(exc).__name__, exc
+                )
 
     def raise_errors(self) -> None:
         """Raise a :class:`PluginError` listing every failed plugin (for strict callers)."""

@@ -47,9 +47,15 @@ def device_name(device: torch.device) -> str:
 
 
 @torch.no_grad()
-def measure_latency(model: nn.Module, input_shape: Sequence[int], device: torch.device,
-                    batch_sizes: Sequence[int] = (1, 64), warmup: int = 3, repeats: int = 10,
-                    budget_s: float = 5.0) -> dict[str, Any]:
+def measure_latency(
+    model: nn.Module,
+    input_shape: Sequence[int],
+    device: torch.device,
+    batch_sizes: Sequence[int] = (1, 64),
+    warmup: int = 3,
+    repeats: int = 10,
+    budget_s: float = 5.0,
+) -> dict[str, Any]:
     """Median forward latency in milliseconds per batch at each batch size, after warm-up, synchronised.
 
     ``budget_s`` caps the time spent per batch size (fewer repeats for a slow model, at least 3).

@@ -11,8 +11,11 @@ from optuna.trial import FrozenTrial
 
 def _fmt_s(seconds: float) -> str:
     seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else \
-        f"{seconds // 60}:{seconds % 60:02d}"
+    return (
+        f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+        if seconds >= 3600
+        else f"{seconds // 60}:{seconds % 60:02d}"
+    )
 
 
 class PlainProgress:
@@ -32,10 +35,15 @@ class PlainProgress:
     def started(self, search: Any, target: int, done: int) -> None:
         self.t0 = time.monotonic()
         self.target, self.done0, self.done = target, done, done
-        best = [t.user_attrs.get("val_acc") for t in search.study.get_trials(deepcopy=False)
-                if t.user_attrs.get("outcome") == "complete"]
+        best = [
+            t.user_attrs.get("val_acc")
+            for t in search.study.get_trials(deepcopy=False)
+            if t.user_attrs.get("outcome") == "complete"
+        ]
         self.best = max((b for b in best if b is not None), default=None)
-        self._print(f"study {search.study_name!r}: {done}/{target} trials finished, storage in {search.run_dir}")
+        self._print(
+            f"study {search.study_name!r}: {done}/{target} trials finished, storage in {search.run_dir}"
+        )
 
     def trial_started(self, number: int) -> None:
         self._print(f"trial {number}: started")
@@ -63,8 +71,10 @@ class PlainProgress:
         if t.user_attrs.get("fail_reason"):
             detail += f" reason: {t.user_attrs['fail_reason']}"
         best = f"{self.best:.2f}%" if self.best is not None else "-"
-        self._print(f"trial {t.number}: {outcome}{detail} | {self.done}/{self.target} done, best {best}, "
-                    f"{self._eta()}")
+        self._print(
+            f"trial {t.number}: {outcome}{detail} | {self.done}/{self.target} done, best {best}, "
+            f"{self._eta()}"
+        )
 
     def finished(self, search: Any) -> None:
         self._print(f"search finished ({getattr(search, 'stop_reason', 'done')}), {self._eta()}")
@@ -76,14 +86,27 @@ class RichProgress(PlainProgress):
     def __init__(self) -> None:
         super().__init__()
         from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
-            TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         self.console = Console(stderr=True)
         self.bar = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("best {task.fields[best]}"), TimeElapsedColumn(), TextColumn("eta"),
-            TimeRemainingColumn(), TextColumn("{task.fields[current]}"), console=self.console, transient=False,
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("best {task.fields[best]}"),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[current]}"),
+            console=self.console,
+            transient=False,
         )
         self.task: Any = None
 

@@ -124,8 +124,9 @@ class ProposerSampler(BaseSampler):
             return {}
         try:
             if not self._queue:
-                done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED,
-                                                                 TrialState.FAIL))
+                done = study.get_trials(
+                    deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+                )
                 history = history_from_trials(done)
                 n = max(1, int(getattr(self.proposer, "batch_size", 1)))
                 self._queue.extend(self.proposer.propose(self.space, history, n))
@@ -142,7 +143,9 @@ class ProposerSampler(BaseSampler):
             storage.set_trial_system_attr(trial._trial_id, ATTR_RATIONALE, cand.rationale)
         meta = self.proposer.proposal_meta(cand)
         if meta:
-            storage.set_trial_system_attr(trial._trial_id, ATTR_META, json.loads(json.dumps(meta, default=str)))
+            storage.set_trial_system_attr(
+                trial._trial_id, ATTR_META, json.loads(json.dumps(meta, default=str))
+            )
         return cand.params
 
     def sample_independent(

@@ -80,7 +80,7 @@ class Registry(Generic[T]):
         """
         from .options import build_with_options
 
-        return build_with_options(self.get(name), options or {}, self.kind, **host)  # type: ignore[no-any-return]
+        return build_with_options(self.get(name), options or {}, self.kind, **host)
 
     def names(self) -> list[str]:
         return sorted(self._entries)

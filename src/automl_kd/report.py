@@ -8,8 +8,17 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 #: columns of the leaderboard, in order
-METRIC_KEYS = ("val_acc", "test_acc", "params", "macs", "compression_factor", "latency_ms_b1", "latency_ms_b64",
-               "wall_clock_s", "seed")
+METRIC_KEYS = (
+    "val_acc",
+    "test_acc",
+    "params",
+    "macs",
+    "compression_factor",
+    "latency_ms_b1",
+    "latency_ms_b64",
+    "wall_clock_s",
+    "seed",
+)
 
 
 def trial_state(t: FrozenTrial) -> str:
@@ -21,9 +30,13 @@ def trial_state(t: FrozenTrial) -> str:
 
 
 def trial_record(t: FrozenTrial) -> dict[str, Any]:
-    rec: dict[str, Any] = {"number": t.number, "state": trial_state(t), "params": dict(t.params),
-                           "values": list(t.values) if t.values else None,
-                           "metrics": {k: v for k, v in t.user_attrs.items() if k not in ("outcome",)}}
+    rec: dict[str, Any] = {
+        "number": t.number,
+        "state": trial_state(t),
+        "params": dict(t.params),
+        "values": list(t.values) if t.values else None,
+        "metrics": {k: v for k, v in t.user_attrs.items() if k not in ("outcome",)},
+    }
     reason = t.user_attrs.get("fail_reason") or t.system_attrs.get("fail_reason")
     if reason:
         rec["fail_reason"] = reason
@@ -58,10 +71,12 @@ def summary(study: optuna.Study, storage: str, extra: dict[str, Any] | None = No
     for t in trials:
         counts[trial_state(t)] = counts.get(trial_state(t), 0) + 1
     board = leaderboard(study, top=1)
-    llm_tokens = sum(int((t.system_attrs.get("automl_kd:proposal_meta") or {}).get("llm_tokens_prompt", 0) or 0)
-                     + int((t.system_attrs.get("automl_kd:proposal_meta") or {}).get("llm_tokens_completion", 0)
-                           or 0) for t in trials)
-    out = {
+    llm_tokens = sum(
+        int((t.system_attrs.get("automl_kd:proposal_meta") or {}).get("llm_tokens_prompt", 0) or 0)
+        + int((t.system_attrs.get("automl_kd:proposal_meta") or {}).get("llm_tokens_completion", 0) or 0)
+        for t in trials
+    )
+    out: dict[str, Any] = {
         "study": study.study_name,
         "storage": storage,
         "directions": [d.name.lower() for d in study.directions],

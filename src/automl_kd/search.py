@@ -23,7 +23,14 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from optuna.trial import FrozenTrial, TrialState
 
 from .config import Config, ConstraintsConfig
-from .errors import BudgetExhausted, CandidateRejected, ConfigError, InvalidCandidate, TrainingDiverged
+from .errors import (
+    BudgetExhausted,
+    CandidateRejected,
+    ConfigError,
+    InvalidCandidate,
+    TrainingDiverged,
+    TrialInterrupted,
+)
 from .evaluator import Evaluator, TrialContext
 from .manager import PluginManager, get_plugin_manager
 from .metrics import resolve_device
@@ -53,14 +60,17 @@ class Constraints:
     def check(self, cost: Cost) -> str | None:
         """The reason ``cost`` breaks a constraint, with the exact margin, or None."""
         if self.max_params is not None and cost.params > self.max_params:
-            return (f"params {cost.params / 1e6:.3f}M exceed the limit {self.max_params / 1e6:.3f}M "
-                    f"by {(cost.params - self.max_params) / 1e6:.3f}M")
+            return (
+                f"params {cost.params:,} exceed the limit {self.max_params:,} "
+                f"by {cost.params - self.max_params:,}"
+            )
         if self.macs is not None:
             lo, hi = self.macs
+            macs = f"MACs {cost.macs / 1e6:.1f}M"
             if cost.macs > hi:
-                return f"MACs {cost.macs / 1e6:.1f}M exceed the upper bound {hi / 1e6:.1f}M by {(cost.macs - hi) / 1e6:.1f}M"
+                return f"{macs} exceed the upper bound {hi / 1e6:.1f}M by {(cost.macs - hi) / 1e6:.1f}M"
             if cost.macs < lo:
-                return f"MACs {cost.macs / 1e6:.1f}M are below the lower bound {lo / 1e6:.1f}M by {(lo - cost.macs) / 1e6:.1f}M"
+                return f"{macs} are below the lower bound {lo / 1e6:.1f}M by {(lo - cost.macs) / 1e6:.1f}M"
         return None
 
 
@@ -98,8 +108,15 @@ class Search:
         print(study.best_trial.user_attrs["val_acc"])
     """
 
-    def __init__(self, config: Config, *, pm: PluginManager | None = None, storage: str | None = None,
-                 study_name: str | None = None, progress: Any = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        pm: PluginManager | None = None,
+        storage: str | None = None,
+        study_name: str | None = None,
+        progress: Any = None,
+    ) -> None:
         self.config = config
         self.pm = pm or get_plugin_manager()
         self.run_dir = config.resolved_run_dir
@@ -109,7 +126,9 @@ class Search:
         self.device = resolve_device(config.device)
         self._resources: dict[str, Any] = {}
         self._stop = False
-        self.directions = ["maximize"] + ["minimize"] * (len(config.search.objectives) - 1)
+        self._consecutive_failures = 0
+        self.stop_reason = ""
+        self.directions: list[Any] = ["maximize", *["minimize"] * (len(config.search.objectives) - 1)]
         self.constraints = Constraints.from_config(config.search.constraints)
 
         self.evaluator: Evaluator = self.pm.evaluators.create(config.evaluator.name, config.evaluator.options)
@@ -117,13 +136,19 @@ class Search:
         for ref in config.augmenters:  # validate names and options now, build fresh ones per trial
             self.pm.augmenters.create(ref.name, ref.options)
         if config.augmenters and not getattr(self.evaluator, "trains", False):
-            raise ConfigError(f"augmenters need a training evaluator; {config.evaluator.name!r} does not train")
+            raise ConfigError(
+                f"augmenters need a training evaluator; {config.evaluator.name!r} does not train"
+            )
         self.sampler = self._make_sampler()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.storage = open_storage(self.storage_url, self.run_dir, config.storage)
         self.study = optuna.create_study(
-            study_name=self.study_name, storage=self.storage, sampler=self.sampler, pruner=self._make_pruner(),
-            directions=self.directions, load_if_exists=True,
+            study_name=self.study_name,
+            storage=self.storage,
+            sampler=self.sampler,
+            pruner=self._make_pruner(),
+            directions=self.directions,
+            load_if_exists=True,
         )
         if "config" not in self.study.user_attrs:
             self.study.set_user_attr("config", config.to_dict())
@@ -150,15 +175,21 @@ class Search:
         space = build_with_options(entry, ref.options, "space", **host)
         if getattr(self.evaluator, "trains", False) and not getattr(space, "buildable", True):
             raise ConfigError(f"space {ref.name!r} cannot build networks; use a table evaluator with it")
-        return space  # type: ignore[no-any-return]
+        return space
 
     def _make_sampler(self) -> optuna.samplers.BaseSampler:
         ref = self.config.search.proposer
         entry = self.pm.proposers.get(ref.name)
-        host = self._host_args(entry.factory, {
-            "space": self.space, "seed": self.config.seed, "directions": self.directions,
-            "constraints": self.constraints, "run_dir": self.run_dir,
-        })
+        host = self._host_args(
+            entry.factory,
+            {
+                "space": self.space,
+                "seed": self.config.seed,
+                "directions": self.directions,
+                "constraints": self.constraints,
+                "run_dir": self.run_dir,
+            },
+        )
         from .options import build_with_options
 
         obj = build_with_options(entry, ref.options, "proposer", **host)
@@ -200,8 +231,9 @@ class Search:
                 return None
             from .teacher import get_teacher
 
-            return get_teacher(self.config.teacher, self.resource("data"), self.device, self.resource("cache"),
-                               pm=self.pm)
+            return get_teacher(
+                self.config.teacher, self.resource("data"), self.device, self.resource("cache"), pm=self.pm
+            )
         if name == "reference_params":
             teacher = self.resource("teacher") if self.config.teacher else None
             if teacher is not None:
@@ -220,7 +252,9 @@ class Search:
         seed = trial_seed(self.config.seed, int(origin) if origin is not None else trial.number)
         trial.set_user_attr("seed", seed)
         trial.set_user_attr("proposer", system.get(ATTR_PROPOSER, self.config.search.proposer.name))
-        trial.set_user_attr("augmenters", [{"name": a.name, "options": a.options} for a in self.config.augmenters])
+        trial.set_user_attr(
+            "augmenters", [{"name": a.name, "options": a.options} for a in self.config.augmenters]
+        )
         if self.progress:
             self.progress.trial_started(trial.number)
         try:
@@ -239,6 +273,12 @@ class Search:
         except optuna.TrialPruned:
             trial.set_user_attr("outcome", "pruned")
             raise
+        except (TrialInterrupted, KeyboardInterrupt) as exc:
+            # not the candidate's fault: record it as interrupted and queue the same parameters (and seed) again
+            trial.set_user_attr("outcome", "interrupted")
+            trial.set_user_attr("interrupted_by", str(exc) or "KeyboardInterrupt")
+            self._requeue(trial, params, origin)
+            raise
         except Exception as exc:
             trial.set_user_attr("outcome", "failed")
             trial.set_user_attr("fail_reason", _reason(exc))
@@ -250,14 +290,19 @@ class Search:
         for obj in self.config.search.objectives[1:]:
             key = "latency_ms_b1" if obj == "latency" else obj
             if key not in metrics:
-                raise ConfigError(f"objective {obj!r} needs metric {key!r}, which evaluator "
-                                  f"{self.config.evaluator.name!r} does not report")
+                raise ConfigError(
+                    f"objective {obj!r} needs metric {key!r}, which evaluator "
+                    f"{self.config.evaluator.name!r} does not report"
+                )
             values.append(float(metrics[key]))
         return values[0] if len(values) == 1 else values
 
     def _evaluate(self, trial: optuna.Trial, candidate: Candidate, seed: int) -> dict[str, Any]:
         def report(step: int, value: float) -> None:
-            trial.report(value, step)
+            if (
+                len(self.directions) == 1
+            ):  # Optuna keeps intermediate values for single-objective studies only
+                trial.report(value, step)
             if self.progress:
                 self.progress.epoch_done(trial.number, step, value)
             if len(self.directions) == 1 and trial.should_prune():
@@ -265,11 +310,20 @@ class Search:
 
         augmenters = [self.pm.augmenters.create(ref.name, ref.options) for ref in self.config.augmenters]
         ctx = TrialContext(
-            number=trial.number, seed=seed, device=self.device, run_dir=self.run_dir, space=self.space,
-            report=report, record=trial.set_user_attr, resource=self.resource, augmenters=augmenters,
+            number=trial.number,
+            seed=seed,
+            device=self.device,
+            run_dir=self.run_dir,
+            space=self.space,
+            report=report,
+            record=trial.set_user_attr,
+            resource=self.resource,
+            augmenters=augmenters,
             should_stop=lambda: self._stop,
         )
         metrics = self.evaluator.evaluate(candidate, ctx)
+        if self._stop:  # training stopped early on request: these metrics are not the candidate's
+            raise TrialInterrupted("stopped by SIGTERM before the trial finished")
         if "val_acc" not in metrics or not math.isfinite(float(metrics["val_acc"])):
             raise TrainingDiverged(f"evaluator {self.config.evaluator.name!r} returned no finite val_acc")
         ref_params = self.resource("reference_params")
@@ -278,6 +332,16 @@ class Search:
         for key, value in metrics.items():
             trial.set_user_attr(key, _jsonable(value))
         return metrics
+
+    def _requeue(self, trial: optuna.Trial, params: dict[str, Any], origin: Any) -> None:
+        self.study.add_trial(
+            optuna.trial.create_trial(
+                state=TrialState.WAITING,
+                params=params,
+                distributions=self.space.distributions(),
+                system_attrs={"failed_trial": int(origin) if origin is not None else trial.number},
+            )
+        )
 
     def _after_trial(self, study: optuna.Study, frozen: FrozenTrial) -> None:
         state = frozen.user_attrs.get("outcome") or frozen.state.name.lower()
@@ -297,8 +361,12 @@ class Search:
         """Ask the loop to stop after the running trial (its training stops at the next batch)."""
         self._stop = True
 
-    def run(self, n_trials: int | None = None, timeout: float | None = None,
-            should_stop: Callable[[], bool] | None = None) -> optuna.Study:
+    def run(
+        self,
+        n_trials: int | None = None,
+        timeout: float | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> optuna.Study:
         """Run until the study has ``n_trials`` finished trials (default: the config's), or ``timeout`` seconds.
 
         A trial that fails (training error, infeasible) is recorded with its reason and the search goes on;
@@ -324,8 +392,13 @@ class Search:
                     self.stop_reason = "timeout"
                     break
                 try:
-                    self.study.optimize(self._objective, n_trials=1, catch=(Exception,),
-                                        callbacks=[self._after_trial], gc_after_trial=False)
+                    self.study.optimize(
+                        self._objective,
+                        n_trials=1,
+                        catch=(Exception,),
+                        callbacks=[self._after_trial],
+                        gc_after_trial=False,
+                    )
                 except BudgetExhausted as exc:
                     self.stop_reason = f"proposer budget spent: {exc}"
                     log.warning("search stopped: %s", exc)
@@ -334,7 +407,8 @@ class Search:
                     last = self.study.get_trials(deepcopy=False)[-1]
                     reason = last.user_attrs.get("fail_reason") or last.system_attrs.get("fail_reason")
                     raise TrainingDiverged(
-                        f"{MAX_CONSECUTIVE_FAILURES} trials failed in a row; the last failed with: {reason}")
+                        f"{MAX_CONSECUTIVE_FAILURES} trials failed in a row; the last failed with: {reason}"
+                    )
         finally:
             if self.progress:
                 self.progress.finished(self)

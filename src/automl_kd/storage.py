@@ -1,7 +1,7 @@
 """Opening Optuna storage from a URL: SQLite (default), PostgreSQL/MySQL, or a Journal file.
 
 RDB storages get heartbeats, so a trial whose process died is marked failed after the grace period and its
-parameters are retried once (Optuna's ``RetryFailedTrialCallback``).
+parameters are retried once (Optuna's ``RetryHeartbeatStaleTrialCallback``).
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import optuna
-from optuna.storages import BaseStorage, JournalStorage, RDBStorage, RetryFailedTrialCallback
+from optuna.storages import BaseStorage, JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend
 
 from .config import StorageConfig
@@ -36,14 +36,16 @@ def open_storage(url: str | None, run_dir: Path, cfg: StorageConfig, *, create: 
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
     if "://" not in url:
-        raise ConfigError(f"storage URL {url!r} is not understood; use sqlite:///path.db, postgresql://..., "
-                          "mysql://..., or journal:PATH")
+        raise ConfigError(
+            f"storage URL {url!r} is not understood; use sqlite:///path.db, postgresql://..., "
+            "mysql://..., or journal:PATH"
+        )
     try:
         return RDBStorage(
             url,
             heartbeat_interval=cfg.heartbeat_interval,
             grace_period=cfg.grace_period,
-            failed_trial_callback=RetryFailedTrialCallback(max_retry=1),
+            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
             engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None,
         )
     except optuna.exceptions.StorageInternalError as exc:

@@ -38,9 +38,17 @@ class TrainEvaluator(Evaluator):
     ) -> None:
         if epochs < 1 or batch_size < 1 or lr <= 0:
             raise ValueError("epochs and batch_size must be >= 1 and lr > 0")
-        self.settings = dict(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
-                             weight_decay=weight_decay, schedule=schedule, label_smoothing=label_smoothing,
-                             grad_clip=grad_clip, max_steps_per_epoch=max_steps_per_epoch)
+        self.settings: dict[str, Any] = dict(
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            optimizer=optimizer,
+            weight_decay=weight_decay,
+            schedule=schedule,
+            label_smoothing=label_smoothing,
+            grad_clip=grad_clip,
+            max_steps_per_epoch=max_steps_per_epoch,
+        )
         self.latency = latency
         self.latency_batch_sizes = latency_batch_sizes or [1, 64]
 
@@ -51,14 +59,29 @@ class TrainEvaluator(Evaluator):
         model = context.space.build(candidate.params).to(context.device)
         teacher = context.resource("teacher") if context.augmenters else None
         if context.augmenters:
-            prep = PrepareContext(teacher=teacher, student=model, data=data, cache=context.resource("cache"),
-                                  device=context.device, run_dir=context.run_dir, log=context.log)
+            prep = PrepareContext(
+                teacher=teacher,
+                student=model,
+                data=data,
+                cache=context.resource("cache"),
+                device=context.device,
+                run_dir=context.run_dir,
+                log=context.log,
+            )
             for aug in context.augmenters:
                 aug.prepare(prep)
         t0 = time.perf_counter()
-        result = train_student(model, data, settings, seed=context.seed, augmenters=context.augmenters,
-                               teacher=teacher, report=context.report, log=context.log,
-                               should_stop=context.should_stop)
+        result = train_student(
+            model,
+            data,
+            settings,
+            seed=context.seed,
+            augmenters=context.augmenters,
+            teacher=teacher,
+            report=context.report,
+            log=context.log,
+            should_stop=context.should_stop,
+        )
         train_s = time.perf_counter() - t0
         shape = (data.in_chans, data.input_size, data.input_size)
         metrics: dict[str, Any] = {

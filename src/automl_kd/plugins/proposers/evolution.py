@@ -23,8 +23,14 @@ class RegularizedEvolution(Proposer):
 
     name = "evolution"
 
-    def __init__(self, space: SearchSpace, seed: int | None = None, directions: Any = None,
-                 population: int = 20, sample_size: int = 5) -> None:
+    def __init__(
+        self,
+        space: SearchSpace,
+        seed: int | None = None,
+        directions: Any = None,
+        population: int = 20,
+        sample_size: int = 5,
+    ) -> None:
         if population < 2 or not 1 <= sample_size <= population:
             raise ValueError("need population >= 2 and 1 <= sample_size <= population")
         self.population = population
@@ -41,7 +47,7 @@ class RegularizedEvolution(Proposer):
                 params = space.sample(self.rng)
                 out.append(space.candidate(params, rationale="random initial population"))
                 continue
-            pop = done[-self.population:]
+            pop = done[-self.population :]
             tournament = self.rng.sample(pop, self.sample_size)
             sign = 1.0 if self.maximize else -1.0
             parent = max(tournament, key=lambda h: sign * float(h.value or 0.0))

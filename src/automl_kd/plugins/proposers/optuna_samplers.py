@@ -29,7 +29,9 @@ SAMPLERS: dict[str, str] = {
 def _load(path: str) -> type[optuna.samplers.BaseSampler]:
     module, _, attr = path.partition(":")
     if not attr:
-        raise ValueError(f"sampler {path!r}: use a short name ({', '.join(SAMPLERS)}) or 'module.path:ClassName'")
+        raise ValueError(
+            f"sampler {path!r}: use a short name ({', '.join(SAMPLERS)}) or 'module.path:ClassName'"
+        )
     try:
         cls = getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError) as exc:
@@ -64,4 +66,6 @@ def optuna_sampler(
 
 @hookimpl
 def register_proposers(register: Any) -> None:
-    register("optuna", optuna_sampler, description="any Optuna sampler (TPE by default; cmaes, nsga2, gp, qmc)")
+    register(
+        "optuna", optuna_sampler, description="any Optuna sampler (TPE by default; cmaes, nsga2, gp, qmc)"
+    )

@@ -10,7 +10,9 @@ from automl_kd.hookspecs import hookimpl
 from automl_kd.space import SearchSpace
 
 
-def random_sampler(space: SearchSpace, seed: int | None = None, directions: Any = None) -> optuna.samplers.BaseSampler:
+def random_sampler(
+    space: SearchSpace, seed: int | None = None, directions: Any = None
+) -> optuna.samplers.BaseSampler:
     """Uniform random search (the baseline every other proposer must beat)."""
     return optuna.samplers.RandomSampler(seed=seed)
 

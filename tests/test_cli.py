@@ -1,0 +1,66 @@
+"""The command line end to end, in real subprocesses: quick.yaml, resume by n_trials, show, plugins."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import REPO
+
+
+def cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "automl_kd.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=600
+    )
+
+
+def last_json(out: str) -> Any:
+    return json.loads(out.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_quick_config_runs_four_trials_and_a_rerun_adds_exactly_two(tmp_path: Path) -> None:
+    run_dir = str(tmp_path / "quick")
+    first = cli("run", "examples/configs/quick.yaml", "--json", "--run-dir", run_dir)
+    assert first.returncode == 0, first.stderr
+    s1 = last_json(first.stdout)
+    assert s1["study"] == "quick" and s1["counts"] == {"complete": 4}
+    assert s1["storage"].startswith("sqlite:///") and s1["storage"].endswith("quick/study.db")
+    for t in s1["trials"]:
+        assert t["state"] == "complete"
+        assert {"val_acc", "test_acc", "params", "macs", "latency_ms_b1", "seed"} <= set(t["metrics"])
+    assert "trial 3: complete" in first.stderr  # plain progress lines when not on a terminal
+
+    second = cli(
+        "run", "examples/configs/quick.yaml", "--json", "--run-dir", run_dir, "--set", "search.n_trials=6"
+    )
+    assert second.returncode == 0, second.stderr
+    s2 = last_json(second.stdout)
+    assert s2["counts"] == {"complete": 6}
+    before = {t["number"]: t["metrics"]["val_acc"] for t in s1["trials"]}
+    after = {t["number"]: t["metrics"]["val_acc"] for t in s2["trials"]}
+    assert {n: after[n] for n in before} == before and sorted(after) == [0, 1, 2, 3, 4, 5]
+
+    show = cli("show", "--run-dir", run_dir, "--json")
+    assert show.returncode == 0 and last_json(show.stdout)["counts"] == {"complete": 6}
+    table = cli("show", "--run-dir", run_dir)
+    assert "leaderboard: quick" in table.stdout and "val %" in table.stdout
+
+
+def test_plugins_json_lists_the_builtins() -> None:
+    out = cli("plugins", "--json")
+    assert out.returncode == 0, out.stderr
+    data = last_json(out.stdout)
+    assert {"mbv2", "paper-truncated"} <= {s["name"] for s in data["spaces"]}
+    assert {"random", "optuna"} <= {p["name"] for p in data["proposers"]}
+    assert "train" in {e["name"] for e in data["evaluators"]}
+    assert data["errors"] == []
+
+
+def test_show_without_a_study_is_a_clear_error(tmp_path: Path) -> None:
+    out = cli("show", "--run-dir", str(tmp_path))
+    assert out.returncode == 2 and "no study database" in out.stderr and "Traceback" not in out.stderr

@@ -1,0 +1,124 @@
+"""The training loop and the `train` evaluator on real Fashion-MNIST data, with a third-party augmenter."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import torch
+from conftest import small_mbv2_options
+
+from automl_kd import Augmenter, Search, StepBatch, get_plugin_manager, hookimpl, load_config
+from automl_kd.config import DataConfig
+from automl_kd.data import load_data
+from automl_kd.metrics import count_macs, count_params, measure_latency
+from automl_kd.plugins.spaces.mbv2 import MBV2Space
+from automl_kd.report import trial_state
+from automl_kd.training import TrainSettings, train_student
+
+
+def _space() -> MBV2Space:
+    return MBV2Space(num_classes=10, in_chans=1, input_size=28, **small_mbv2_options())
+
+
+def test_cross_entropy_training_learns_on_real_data() -> None:
+    data = load_data(DataConfig(train_size=3000, val_fraction=0.2, crop_padding=0, flip=False))
+    model = _space().build(_space().sample(random.Random(0)))
+    result = train_student(
+        model, data, TrainSettings(epochs=3, batch_size=64, lr=0.005, crop_padding=0, flip=False), seed=0
+    )
+    curve = [h["ce"] for h in result.history]
+    assert curve[0] > curve[-1]  # training loss goes down epoch over epoch
+    assert result.val_acc > 50.0  # ten classes: chance is 10 %
+    assert set(result.loss_terms) == {"ce", "total"}
+
+
+class Entropy(Augmenter):
+    """A third-party augmenter: penalises confident predictions (adds a named loss term)."""
+
+    name = "entropy"
+
+    def __init__(self, weight: float = 0.1) -> None:
+        self.weight = weight
+
+    def losses(self, batch: StepBatch) -> dict[str, tuple[float, torch.Tensor]]:
+        p = batch.student.logits.float().softmax(1)
+        return {"neg_entropy": (self.weight, (p * p.clamp_min(1e-8).log()).sum(1).mean())}
+
+
+class Exploding(Augmenter):
+    name = "exploding"
+
+    def losses(self, batch: StepBatch) -> dict[str, tuple[float, torch.Tensor]]:
+        return {"boom": (1.0, batch.student.logits.sum() * float("nan"))}
+
+
+class AugmenterPlugin:
+    @hookimpl
+    def register_augmenters(self, register: Any) -> None:
+        register("entropy", Entropy)
+        register("exploding", Exploding)
+
+
+def _train_config(tmp_path: Path, augmenters: list[dict[str, Any]], n: int = 1) -> Any:
+    return load_config(
+        {
+            "name": "train-test",
+            "run_dir": str(tmp_path / "run"),
+            "data": {"train_size": 1000, "test_size": 500, "val_fraction": 0.2, "crop_padding": 2},
+            "space": {"name": "mbv2", "options": small_mbv2_options()},
+            "search": {"n_trials": n, "proposer": {"name": "random"}},
+            "evaluator": {
+                "name": "train",
+                "options": {"epochs": 2, "batch_size": 64, "latency_batch_sizes": [1, 8]},
+            },
+            "augmenters": augmenters,
+        }
+    )
+
+
+def test_train_evaluator_records_metrics_and_named_loss_terms(tmp_path: Path) -> None:
+    pm = get_plugin_manager(extra_plugins=[("aug", AugmenterPlugin())])
+    study = Search(_train_config(tmp_path, [{"name": "entropy", "options": {"weight": 0.05}}]), pm=pm).run()
+    t = study.get_trials()[0]
+    assert trial_state(t) == "complete"
+    attrs = t.user_attrs
+    for key in (
+        "val_acc",
+        "test_acc",
+        "params",
+        "macs",
+        "latency_ms_b1",
+        "latency_ms_b8",
+        "latency_device",
+        "compression_factor",
+        "seed",
+        "wall_clock_s",
+        "val_acc_curve",
+        "epochs",
+        "train_seconds",
+    ):
+        assert key in attrs, key
+    assert set(attrs["loss_terms"]) == {"ce", "neg_entropy", "total"}
+    assert attrs["augmenters"] == [{"name": "entropy", "options": {"weight": 0.05}}]
+    assert len(attrs["val_acc_curve"]) == 2 and attrs["val_acc"] == attrs["val_acc_curve"][-1]
+    assert list(t.intermediate_values) == [0, 1]  # per-epoch validation accuracy, for pruners
+
+
+def test_nan_loss_fails_the_trial_with_the_reason(tmp_path: Path) -> None:
+    pm = get_plugin_manager(extra_plugins=[("aug", AugmenterPlugin())])
+    study = Search(_train_config(tmp_path, [{"name": "exploding"}]), pm=pm).run(n_trials=1)
+    t = study.get_trials()[0]
+    assert trial_state(t) == "failed"
+    assert t.user_attrs["fail_reason"].startswith("TrainingDiverged: loss is nan at epoch 0 step 0 (ce=")
+
+
+def test_metrics_count_and_time_a_model() -> None:
+    space = _space()
+    params = space.sample(random.Random(1))
+    model = space.build(params)
+    assert count_params(model) == space.cost(params).params
+    assert count_macs(model, (1, 28, 28)) == space.cost(params).macs
+    lat = measure_latency(model, (1, 28, 28), torch.device("cpu"), batch_sizes=(1, 4), repeats=3)
+    assert lat["latency_ms_b1"] > 0 and lat["latency_ms_b4"] > 0 and "CPU" in lat["latency_device"]
