@@ -122,20 +122,16 @@ class ProposerSampler(BaseSampler):
     ) -> dict[str, Any]:
         if not search_space or "fixed_params" in trial.system_attrs:
             return {}
-        try:
-            if not self._queue:
-                done = study.get_trials(
-                    deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-                )
-                history = history_from_trials(done)
-                n = max(1, int(getattr(self.proposer, "batch_size", 1)))
-                self._queue.extend(self.proposer.propose(self.space, history, n))
-            if not self._queue:
-                raise RuntimeError(f"proposer {self.proposer.name!r} returned no candidate")
-        except BaseException:
-            # The trial already exists in storage as RUNNING; close it so it does not linger.
-            study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-            raise
+        if not self._queue:
+            done = study.get_trials(
+                deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+            )
+            history = history_from_trials(done)
+            n = max(1, int(getattr(self.proposer, "batch_size", 1)))
+            # an exception here (a spent budget, an unreachable endpoint) fails this trial through Optuna
+            self._queue.extend(self.proposer.propose(self.space, history, n))
+        if not self._queue:
+            raise RuntimeError(f"proposer {self.proposer.name!r} returned no candidate")
         cand = self._queue.popleft()
         storage = study._storage
         storage.set_trial_system_attr(trial._trial_id, ATTR_PROPOSER, self.proposer.name)

@@ -1,0 +1,362 @@
+"""A chat client for any OpenAI-compatible endpoint: retries, timeouts, structured output, caching.
+
+It wraps the official ``openai`` client (imported only when a request is really sent, so replay and the rest
+of automl-kd work without it). The key comes only from ``OPENAI_API_KEY``; it is kept in the ``openai`` client
+object and is never part of a cache key, a cache file, a transcript, a log line or an error message. The
+endpoint is ``base_url``, else ``OPENAI_BASE_URL``, else OpenAI's.
+
+Retries are ours (the ``openai`` client runs with ``max_retries=0``) so that every attempt is counted and
+recorded: 429, 408, 409 and 5xx answers, timeouts and connection errors are retried with exponential backoff
+(or the server's ``Retry-After``), up to ``max_retries`` times; any other error stops with
+:class:`LLMUnavailable`.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from automl_kd.errors import AutomlKdError
+
+from .cache import ResponseCache, cache_key
+
+StructuredMode = Literal["auto", "json_schema", "json_object", "off"]
+API_KEY_ENV = "OPENAI_API_KEY"
+BASE_URL_ENV = "OPENAI_BASE_URL"
+_RETRY_STATUS = frozenset({408, 409, 429})
+
+
+class LLMUnavailable(AutomlKdError):
+    """The endpoint refused the request, or gave no answer after every retry."""
+
+
+def require_openai() -> ModuleType:
+    """Import ``openai`` or fail with the install hint (the deferred-import guard)."""
+    try:
+        import openai
+    except ImportError:
+        raise ImportError("the llm proposer needs the openai client: pip install 'automl-kd[llm]'") from None
+    return openai
+
+
+def safe_url(url: str | None) -> str:
+    """``url`` without user info, query or fragment (for transcripts and messages)."""
+    if not url:
+        return "https://api.openai.com/v1"
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+@dataclass
+class ChatResult:
+    """One answered chat request, as stored in the transcript (never contains the key)."""
+
+    content: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str | None
+    key: str
+    cached: bool = False
+    attempts: int = 0
+    retries: int = 0
+    latency_s: float = 0.0
+    errors: list[str] = field(default_factory=list)
+    structured: bool = False
+    usage_estimated: bool = False
+    model: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "request_key": self.key,
+            "cached": self.cached,
+            "attempts": self.attempts,
+            "retries": self.retries,
+            "latency_s": round(self.latency_s, 4),
+            "errors": list(self.errors),
+            "structured": self.structured,
+            "finish_reason": self.finish_reason,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "usage_estimated": self.usage_estimated,
+            "model": self.model,
+        }
+
+
+class ChatClient:
+    """Chat completions with our own retry loop, structured-output negotiation and the response cache.
+
+    Example::
+
+        client = ChatClient("gpt-4o-mini", base_url="http://127.0.0.1:8000/v1", timeout_s=30)
+        result = client.complete([{"role": "user", "content": "Say hi"}], temperature=0.0)
+        print(result.content, result.prompt_tokens, result.retries)
+    """
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        base_url: str | None = None,
+        timeout_s: float = 60.0,
+        max_retries: int = 4,
+        backoff_s: float = 1.0,
+        backoff_max_s: float = 30.0,
+        structured_output: StructuredMode = "auto",
+        cache: ResponseCache | None = None,
+        extra_body: dict[str, Any] | None = None,
+        jitter_seed: int | None = 0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if timeout_s <= 0 or max_retries < 0 or backoff_s < 0 or backoff_max_s < 0:
+            raise ValueError("timeout_s must be > 0; max_retries, backoff_s and backoff_max_s must be >= 0")
+        self.model = model
+        self.base_url = base_url or os.environ.get(BASE_URL_ENV) or None
+        self.timeout_s = timeout_s
+        self.max_retries = max_retries
+        self.backoff_s = backoff_s
+        self.backoff_max_s = backoff_max_s
+        self.structured_output = structured_output
+        self.cache = cache
+        self.extra_body = dict(extra_body or {})
+        self._rng = random.Random(jitter_seed)
+        self._sleep = sleep
+        self._client: Any = None
+        self._secret: str | None = None
+        self._structured_ok: bool | None = None  # learnt in "auto" mode
+        self.http_requests = 0
+
+    @property
+    def endpoint(self) -> str:
+        return safe_url(self.base_url)
+
+    # -- the openai client -----------------------------------------------------------------------------------
+    def _openai(self) -> Any:
+        if self._client is None:
+            openai = require_openai()
+            key = os.environ.get(API_KEY_ENV)
+            if not key:
+                if self.base_url is None:
+                    raise LLMUnavailable(
+                        f"{API_KEY_ENV} is not set: export your OpenAI key, or set base_url (or "
+                        f"{BASE_URL_ENV}) to a local OpenAI-compatible server"
+                    )
+                key = "no-key"  # local servers (vLLM, Ollama, llama.cpp) accept any key
+            self._secret = key
+            self._client = openai.OpenAI(
+                api_key=key, base_url=self.base_url, timeout=self.timeout_s, max_retries=0
+            )
+        return self._client
+
+    def _scrub(self, text: str) -> str:
+        if self._secret and len(self._secret) >= 4:
+            text = text.replace(self._secret, "***")
+        return text[:500]
+
+    # -- requests --------------------------------------------------------------------------------------------
+    def _response_format(self, schema: dict[str, Any] | None) -> dict[str, Any] | None:
+        mode = self.structured_output
+        if schema is None or mode == "off" or (mode == "auto" and self._structured_ok is False):
+            return None
+        if mode == "json_object":
+            return {"type": "json_object"}
+        return {
+            "type": "json_schema",
+            "json_schema": {"name": "candidates", "schema": schema, "strict": True},
+        }
+
+    def complete(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        max_tokens: int | None = None,
+        seed: int | None = None,
+        schema: dict[str, Any] | None = None,
+    ) -> ChatResult:
+        """Ask for one answer to ``messages``; ``schema`` requests JSON-schema structured output where
+        possible.
+
+        Raises :class:`LLMUnavailable` when the endpoint refuses or never answers, and
+        :class:`~automl_kd.llm.cache.ReplayMiss` in replay mode for a request that was not recorded.
+        """
+        sampling: dict[str, Any] = {
+            "temperature": temperature,
+            "top_p": top_p,
+            "max_tokens": max_tokens,
+            "seed": seed,
+            "extra_body": self.extra_body or None,
+        }
+        sampling = {k: v for k, v in sampling.items() if v is not None}
+        key_params = dict(sampling)
+        if schema is not None and self.structured_output != "off":
+            key_params["structured_output"] = self.structured_output
+            key_params["schema"] = schema
+        key = cache_key(self.model, messages, key_params)
+        if self.cache is not None:
+            hit = self.cache.get(key)
+            if hit is not None:
+                usage = hit.get("usage", {})
+                return ChatResult(
+                    content=str(hit.get("content", "")),
+                    prompt_tokens=int(usage.get("prompt_tokens", 0)),
+                    completion_tokens=int(usage.get("completion_tokens", 0)),
+                    finish_reason=hit.get("finish_reason"),
+                    key=key,
+                    cached=True,
+                    structured=bool(hit.get("structured")),
+                    model=str(hit.get("model", "")),
+                    usage_estimated=bool(usage.get("estimated")),
+                )
+        result = self._request(messages, sampling, schema, key)
+        if self.cache is not None:
+            self.cache.put(
+                key,
+                {"model": self.model, "messages": messages, "params": key_params},
+                {
+                    "content": result.content,
+                    "finish_reason": result.finish_reason,
+                    "model": result.model,
+                    "structured": result.structured,
+                    "usage": {
+                        "prompt_tokens": result.prompt_tokens,
+                        "completion_tokens": result.completion_tokens,
+                        "estimated": result.usage_estimated,
+                    },
+                },
+            )
+        return result
+
+    def _request(
+        self,
+        messages: list[dict[str, Any]],
+        sampling: dict[str, Any],
+        schema: dict[str, Any] | None,
+        key: str,
+    ) -> ChatResult:
+        openai = require_openai()
+        client = self._openai()
+        errors: list[str] = []
+        attempts = retries = 0
+        start = time.perf_counter()
+        while True:
+            kwargs: dict[str, Any] = {k: v for k, v in sampling.items() if k != "extra_body"}
+            if self.extra_body:
+                kwargs["extra_body"] = self.extra_body
+            rf = self._response_format(schema)
+            if rf is not None:
+                kwargs["response_format"] = rf
+            attempts += 1
+            self.http_requests += 1
+            retry_after: float | None = None
+            try:
+                resp = client.chat.completions.create(
+                    model=self.model, messages=messages, timeout=self.timeout_s, **kwargs
+                )
+            except openai.APITimeoutError:
+                errors.append(f"attempt {attempts}: no answer within timeout_s={self.timeout_s:g}")
+            except openai.APIConnectionError as exc:
+                errors.append(f"attempt {attempts}: connection error: {self._scrub(str(exc))}")
+            except openai.APIStatusError as exc:
+                status = exc.status_code
+                detail = self._scrub(str(exc))
+                if rf is not None and self.structured_output == "auto" and status in (400, 422):
+                    # the endpoint does not support response_format: fall back to the tolerant parser for good
+                    self._structured_ok = False
+                    errors.append(
+                        f"attempt {attempts}: HTTP {status} with response_format; retrying without "
+                        f"structured output ({detail})"
+                    )
+                    continue
+                if status not in _RETRY_STATUS and status < 500:
+                    hint = {
+                        401: "; check OPENAI_API_KEY",
+                        403: "; check OPENAI_API_KEY and the model's access",
+                        404: "; check the model name and base_url",
+                    }.get(status, "")
+                    raise LLMUnavailable(
+                        f"the endpoint {self.endpoint} refused the request (HTTP {status}): {detail}{hint}"
+                    ) from None
+                errors.append(f"attempt {attempts}: HTTP {status}: {detail}")
+                retry_after = _retry_after(exc)
+            else:
+                if rf is not None and self.structured_output == "auto":
+                    self._structured_ok = True
+                return self._result(resp, messages, key, attempts, retries, errors, start, rf is not None)
+            if retries >= self.max_retries:
+                raise LLMUnavailable(
+                    f"no answer from {self.endpoint} after {attempts} attempts ({retries} retries): "
+                    + "; ".join(errors[-3:])
+                )
+            retries += 1
+            self._sleep(self._delay(retries, retry_after))
+
+    def _delay(self, retry: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return min(max(retry_after, 0.0), self.backoff_max_s)
+        base = min(self.backoff_max_s, self.backoff_s * 2 ** (retry - 1))
+        return base * (0.5 + 0.5 * self._rng.random())  # jitter, so parallel workers do not retry in step
+
+    def _result(
+        self,
+        resp: Any,
+        messages: list[dict[str, Any]],
+        key: str,
+        attempts: int,
+        retries: int,
+        errors: list[str],
+        start: float,
+        structured: bool,
+    ) -> ChatResult:
+        choice = resp.choices[0] if getattr(resp, "choices", None) else None
+        content = ""
+        finish = None
+        if choice is not None:
+            content = choice.message.content or getattr(choice.message, "refusal", None) or ""
+            finish = choice.finish_reason
+        usage = getattr(resp, "usage", None)
+        if usage is None or getattr(usage, "prompt_tokens", None) is None:
+            estimated = True
+            # some servers omit usage; estimate ~4 characters a token so that token budgets still bind
+            prompt_tokens = sum(len(str(m.get("content", ""))) for m in messages) // 4 + 1
+            completion_tokens = len(content) // 4 + 1
+        else:
+            estimated = False
+            prompt_tokens = int(usage.prompt_tokens or 0)
+            completion_tokens = int(usage.completion_tokens or 0)
+        return ChatResult(
+            content=content,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            finish_reason=finish,
+            key=key,
+            cached=False,
+            attempts=attempts,
+            retries=retries,
+            latency_s=time.perf_counter() - start,
+            errors=errors,
+            structured=structured,
+            usage_estimated=estimated,
+            model=str(getattr(resp, "model", "") or ""),
+        )
+
+
+def _retry_after(exc: Any) -> float | None:
+    headers = getattr(getattr(exc, "response", None), "headers", None) or {}
+    for name, scale in (("retry-after-ms", 1e-3), ("retry-after", 1.0)):
+        raw = headers.get(name)
+        if raw is None:
+            continue
+        try:
+            return float(raw) * scale
+        except ValueError:
+            return None  # an HTTP date: fall back to our own backoff
+    return None
