@@ -13,7 +13,7 @@ APT := DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recomm
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 LINTED := src tests benchmarks examples plugins
 
-.PHONY: demo test install data lint typecheck pytest clean
+.PHONY: demo test install data testdeps lint typecheck pytest clean
 
 $(STAMP): pyproject.toml plugins/automl-kd-nasbench/pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -30,6 +30,14 @@ $(FMNIST):
 	$(SUDO) apt-get update -qq
 	$(SUDO) $(APT) dataset-fashion-mnist
 
+# what the tests start for real: a PostgreSQL server (scale-out tests) and Chromium (the HTML report test)
+PG_INITDB := $(firstword $(wildcard /usr/lib/postgresql/*/bin/initdb))
+testdeps: data
+	@missing=""; \
+	[ -n "$(PG_INITDB)" ] || missing="$$missing postgresql"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	if [ -n "$$missing" ]; then $(SUDO) apt-get update -qq && $(SUDO) $(APT) $$missing; fi
+
 demo: install data
 	$(VENV)/bin/automl-kd demo
 
@@ -40,7 +48,7 @@ lint: install
 typecheck: install
 	$(VENV)/bin/mypy
 
-pytest: install data
+pytest: install testdeps
 	$(VENV)/bin/pytest -q -ra
 
 test: lint typecheck pytest

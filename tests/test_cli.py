@@ -64,3 +64,21 @@ def test_plugins_json_lists_the_builtins() -> None:
 def test_show_without_a_study_is_a_clear_error(tmp_path: Path) -> None:
     out = cli("show", "--run-dir", str(tmp_path))
     assert out.returncode == 2 and "no study database" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_llm_parse_prints_the_candidate_or_the_reason(tmp_path: Path) -> None:
+    good = tmp_path / "good.txt"
+    good.write_text(
+        "My design, stage by stage:\n```json\n[[1, 2, 0, 0, 0, 0], [4, 4, 1, 0, 0, 0], "
+        "[2, 5, 5, 0, 0, 0], [6, 6, 3, 3, 0, 0], [6, 6, 6, 0, 0, 0]]\n```\nThis balances depth."
+    )
+    out = cli("llm", "parse", "--space", "genius-imagenet", str(good), "--json")
+    assert out.returncode == 0, out.stderr
+    data = last_json(out.stdout)
+    assert (
+        len(data["candidates"]) == 1 and data["candidates"][0]["s1_b1"] == "ir_k3_e4" and data["errors"] == []
+    )
+    bad = tmp_path / "bad.txt"
+    bad.write_text("I would use a transformer here.")
+    out = cli("llm", "parse", "--space", "genius-imagenet", str(bad))
+    assert out.returncode == 1 and "not usable:" in out.stderr

@@ -85,7 +85,8 @@ def test_sigkill_mid_trial_then_rerun_keeps_every_completed_trial(tmp_path: Path
 @pytest.mark.slow
 def test_sigterm_stops_gracefully_and_the_interrupted_trial_is_retried(tmp_path: Path) -> None:
     cfg = {
-        "name": "term", "run_dir": str(tmp_path / "run"),
+        "name": "term",
+        "run_dir": str(tmp_path / "run"),
         "data": {"train_size": 2000, "test_size": 500, "crop_padding": 0, "flip": False},
         "space": {"name": "mbv2", "options": small_mbv2_options()},
         "search": {"n_trials": 3, "proposer": {"name": "random"}},
@@ -105,9 +106,9 @@ def test_sigterm_stops_gracefully_and_the_interrupted_trial_is_retried(tmp_path:
         time.sleep(0.2)
     time.sleep(1.0)
     proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
-    assert "SIGTERM: finishing" in err
+    assert "SIGTERM: stopping the running trial" in err
 
     storage = f"sqlite:///{db}"
     trials = optuna.load_study(study_name="term", storage=storage).get_trials()

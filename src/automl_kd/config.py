@@ -100,6 +100,8 @@ class StorageConfig(_Model):
     url: str | None = None
     heartbeat_interval: int = Field(10, ge=1)
     grace_period: int = Field(30, ge=2)
+    #: seconds to keep retrying (with backoff) while the storage is unreachable, then stop with an error
+    retry_timeout: float = Field(60.0, ge=0)
 
     @model_validator(mode="after")
     def _grace(self) -> StorageConfig:

@@ -62,6 +62,12 @@ class BudgetExhausted(AutomlKdError):
     """A proposer ran out of its budget (tokens, cost, requests); the search stops cleanly."""
 
 
+class StorageUnavailable(AutomlKdError):
+    """The trial store could not be reached for longer than the configured retry window."""
+
+    exit_code = 5
+
+
 class TrialInterrupted(AutomlKdError):
     """The running trial was stopped by a signal (SIGTERM, Ctrl-C) before it finished; it is retried later."""
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import sqlalchemy.exc
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
@@ -28,10 +29,12 @@ from .errors import (
     CandidateRejected,
     ConfigError,
     InvalidCandidate,
+    StorageUnavailable,
     TrainingDiverged,
     TrialInterrupted,
 )
 from .evaluator import Evaluator, TrialContext
+from .heartbeat import beating, fail_stale_trials, needs_own_heartbeat
 from .manager import PluginManager, get_plugin_manager
 from .metrics import resolve_device
 from .options import accepts_var_keywords, parameter_names
@@ -44,6 +47,13 @@ log = logging.getLogger("automl_kd")
 #: known data shapes, so a space can be built before the data is loaded
 DATA_SHAPES = {"fashion-mnist": (10, 1, 28), "cifar10": (10, 3, 32), "cifar100": (100, 3, 32)}
 MAX_CONSECUTIVE_FAILURES = 5
+#: what a storage raises while it is unreachable (a database restarting, a network blip)
+STORAGE_ERRORS: tuple[type[BaseException], ...] = (
+    optuna.exceptions.StorageInternalError,
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError,
+    ConnectionError,
+)
 
 
 @dataclass(frozen=True)
@@ -74,6 +84,25 @@ class Constraints:
         return None
 
 
+def is_storage_error(exc: BaseException | None) -> bool:
+    """Whether ``exc``, or an exception it was raised from, says the storage is unreachable.
+
+    Optuna sometimes re-raises a storage error as another exception (an ``UnboundLocalError`` in its own
+    ``finally``), so the whole chain is inspected.
+    """
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, STORAGE_ERRORS):
+            return True
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return False
+
+
+class TrialSurplus(Exception):
+    """Raised for a trial started after the study reached its target (never trained, not counted)."""
+
+
 def trial_seed(study_seed: int, number: int) -> int:
     """Each trial's seed derives from the study seed and the trial number (stable across processes)."""
     digest = hashlib.sha256(f"automl-kd:{study_seed}:{number}".encode()).digest()
@@ -88,6 +117,11 @@ def suggest(trial: optuna.Trial, name: str, dist: BaseDistribution) -> Any:
     if isinstance(dist, FloatDistribution):
         return trial.suggest_float(name, dist.low, dist.high, step=dist.step, log=dist.log)
     raise TypeError(f"unsupported distribution for {name}: {dist!r}")
+
+
+def is_claimed(t: FrozenTrial) -> bool:
+    """Counts toward ``n_trials`` once it ends well: finished, running, or waiting to run."""
+    return is_finished(t) or t.state in (TrialState.RUNNING, TrialState.WAITING)
 
 
 def is_finished(t: FrozenTrial) -> bool:
@@ -128,6 +162,8 @@ class Search:
         self._stop = False
         self._consecutive_failures = 0
         self.stop_reason = ""
+        self._waiting_logged = False
+        self._target: int | None = None
         self.directions: list[Any] = ["maximize", *["minimize"] * (len(config.search.objectives) - 1)]
         self.constraints = Constraints.from_config(config.search.constraints)
 
@@ -245,11 +281,23 @@ class Search:
     # -- one trial -------------------------------------------------------------------------------------------
     def _objective(self, trial: optuna.Trial) -> float | list[float]:
         t0 = time.perf_counter()
-        params = {name: suggest(trial, name, d) for name, d in self.space.distributions().items()}
+        try:  # Optuna samples lazily: the proposer runs inside the first suggest call
+            params = {name: suggest(trial, name, d) for name, d in self.space.distributions().items()}
+        except BudgetExhausted as exc:
+            trial.set_user_attr("outcome", "budget")
+            trial.set_user_attr("fail_reason", f"proposer budget spent: {exc}")
+            self._stop = True
+            self.stop_reason = f"proposer budget spent: {exc}"
+            raise
         # Optuna 5 keeps system attributes (proposer, rationale, retry origin) off the public Trial API
         system = self.study._storage.get_trial_system_attrs(trial._trial_id)
         origin = system.get("failed_trial")
         seed = trial_seed(self.config.seed, int(origin) if origin is not None else trial.number)
+        if self._is_surplus(trial):
+            trial.set_user_attr("outcome", "surplus")
+            raise TrialSurplus(
+                f"the study already has its {self._target} trials (another worker started one first)"
+            )
         trial.set_user_attr("seed", seed)
         trial.set_user_attr("proposer", system.get(ATTR_PROPOSER, self.config.search.proposer.name))
         trial.set_user_attr(
@@ -298,6 +346,12 @@ class Search:
         return values[0] if len(values) == 1 else values
 
     def _evaluate(self, trial: optuna.Trial, candidate: Candidate, seed: int) -> dict[str, Any]:
+        if needs_own_heartbeat(self.study._storage):
+            with beating(self.study, trial._trial_id, self.config.storage.heartbeat_interval):
+                return self._evaluate_now(trial, candidate, seed)
+        return self._evaluate_now(trial, candidate, seed)
+
+    def _evaluate_now(self, trial: optuna.Trial, candidate: Candidate, seed: int) -> dict[str, Any]:
         def report(step: int, value: float) -> None:
             if (
                 len(self.directions) == 1
@@ -333,6 +387,19 @@ class Search:
             trial.set_user_attr(key, _jsonable(value))
         return metrics
 
+    def _budget_spent(self) -> str | None:
+        """A proposer with a budget says so before a trial is created for it (``budget_exhausted()``)."""
+        proposer = getattr(self.sampler, "proposer", self.sampler)
+        check = getattr(proposer, "budget_exhausted", None)
+        return check() if callable(check) else None
+
+    def _is_surplus(self, trial: optuna.Trial) -> bool:
+        """Two workers may ask for the last trial at once; trial numbers are atomic, so the later one yields."""
+        if self._target is None:
+            return False
+        before = self.study.get_trials(deepcopy=False)[: trial.number]
+        return sum(1 for t in before if is_claimed(t)) >= self._target
+
     def _requeue(self, trial: optuna.Trial, params: dict[str, Any], origin: Any) -> None:
         self.study.add_trial(
             optuna.trial.create_trial(
@@ -351,6 +418,8 @@ class Search:
             self._consecutive_failures = 0
         if self.progress:
             self.progress.trial_finished(frozen)
+        if state == "surplus":  # never evaluated: nothing for observers
+            return
         self.pm.on_trial_end(self.study_name, frozen.number, state, frozen.values, dict(frozen.user_attrs))
 
     # -- the loop --------------------------------------------------------------------------------------------
@@ -377,42 +446,89 @@ class Search:
         timeout = timeout if timeout is not None else self.config.search.timeout
         start = time.monotonic()
         self._consecutive_failures = 0
-        self.stop_reason = "target reached"
+        self.stop_reason = ""
         if self.progress:
             self.progress.started(self, target, self.finished_count())
+        outage: float | None = None  # when the storage became unreachable
+        delay = 0.5
         try:
             while True:
-                done = self.finished_count()
-                if done >= target:
-                    break
-                if self._stop or (should_stop and should_stop()):
-                    self.stop_reason = "stopped"
-                    break
-                if timeout is not None and time.monotonic() - start >= timeout:
-                    self.stop_reason = "timeout"
-                    break
                 try:
-                    self.study.optimize(
-                        self._objective,
-                        n_trials=1,
-                        catch=(Exception,),
-                        callbacks=[self._after_trial],
-                        gc_after_trial=False,
-                    )
-                except BudgetExhausted as exc:
-                    self.stop_reason = f"proposer budget spent: {exc}"
-                    log.warning("search stopped: %s", exc)
+                    finished = self._step(target, start, timeout, should_stop)
+                    outage, delay = None, 0.5
+                except Exception as exc:
+                    if not is_storage_error(exc):
+                        raise
+                    outage = outage or time.monotonic()
+                    waited = time.monotonic() - outage
+                    if waited >= self.config.storage.retry_timeout:
+                        raise StorageUnavailable(
+                            f"storage {self.storage_url or 'sqlite (run directory)'} unreachable for "
+                            f"{waited:.0f} s: {type(exc).__name__}: {str(exc).splitlines()[0]}"
+                        ) from None
+                    log.warning("storage unreachable (%s); retrying in %.1f s", type(exc).__name__, delay)
+                    time.sleep(delay)
+                    delay = min(delay * 2, 10.0)
+                    continue
+                if finished:
                     break
-                if self._consecutive_failures >= MAX_CONSECUTIVE_FAILURES:
-                    last = self.study.get_trials(deepcopy=False)[-1]
-                    reason = last.user_attrs.get("fail_reason") or last.system_attrs.get("fail_reason")
-                    raise TrainingDiverged(
-                        f"{MAX_CONSECUTIVE_FAILURES} trials failed in a row; the last failed with: {reason}"
-                    )
         finally:
+            self.stop_reason = self.stop_reason or "target reached"
             if self.progress:
                 self.progress.finished(self)
         return self.study
+
+    def _step(
+        self, target: int, start: float, timeout: float | None, should_stop: Callable[[], bool] | None
+    ) -> bool:
+        """Run one trial; return True when the loop should end (target, stop request, timeout, budget)."""
+        trials = self.study.get_trials(deepcopy=False)
+        if sum(1 for t in trials if is_finished(t)) >= target:
+            return True
+        if self._stop or (should_stop and should_stop()):
+            self.stop_reason = self.stop_reason or "stopped"
+            return True
+        spent = self._budget_spent()
+        if spent:
+            self.stop_reason = f"proposer budget spent: {spent}"
+            log.warning("search stopped: %s", spent)
+            return True
+        if timeout is not None and time.monotonic() - start >= timeout:
+            self.stop_reason = "timeout"
+            return True
+        if needs_own_heartbeat(self.study._storage):
+            fail_stale_trials(self.study, self.config.storage.grace_period)
+        waiting = any(t.state == TrialState.WAITING for t in trials)
+        if not waiting and sum(1 for t in trials if is_claimed(t)) >= target:
+            # the last trials are running in other processes (or in a dead one, which its heartbeat will expose
+            # and queue again): wait for them rather than overshoot the target
+            if not self._waiting_logged:
+                log.info("waiting for the running trials of other workers to finish")
+                self._waiting_logged = True
+            if not needs_own_heartbeat(self.study._storage):
+                optuna.storages.fail_stale_trials(self.study)
+            time.sleep(min(1.0, float(self.config.storage.heartbeat_interval)))
+            return False
+        self._target = target
+        try:
+            self.study.optimize(
+                self._objective,
+                n_trials=1,
+                catch=(Exception,),
+                callbacks=[self._after_trial],
+                gc_after_trial=False,
+            )
+        except BudgetExhausted as exc:
+            self.stop_reason = f"proposer budget spent: {exc}"
+            log.warning("search stopped: %s", exc)
+            return True
+        if self._consecutive_failures >= MAX_CONSECUTIVE_FAILURES:
+            last = self.study.get_trials(deepcopy=False)[-1]
+            reason = last.user_attrs.get("fail_reason") or last.system_attrs.get("fail_reason")
+            raise TrainingDiverged(
+                f"{MAX_CONSECUTIVE_FAILURES} trials failed in a row; the last failed with: {reason}"
+            )
+        return False
 
 
 def _reason(exc: BaseException) -> str:

@@ -1,0 +1,139 @@
+"""Scale-out for real: several worker processes on PostgreSQL and on a Journal file, SIGKILL, storage outages."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+from conftest import REPO
+from pgserver import PostgresServer
+
+from automl_kd import Search, load_config
+from automl_kd.report import trial_state
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[PostgresServer]:
+    server = PostgresServer()
+    server.start()
+    yield server
+    server.cleanup()
+
+
+def config(tmp_path: Path, name: str, n: int, sleep: float, **storage: Any) -> Any:
+    return load_config(
+        {
+            "name": name,
+            "run_dir": str(tmp_path / name),
+            "space": {
+                "name": "mbv2",
+                "options": {"stages": [[16, 1, 1], [24, 2, 2], [32, 2, 2]], "head_channels": 64},
+            },
+            "search": {"n_trials": n, "proposer": {"name": "random"}},
+            "evaluator": {"name": "synthetic", "options": {"sleep": sleep, "epochs": 2}},
+            "storage": {"heartbeat_interval": 1, "grace_period": 3, **storage},
+        }
+    )
+
+
+def worker(storage: str, study: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "automl_kd.cli", "worker", "--storage", storage, "--study", study],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def states(storage: str, study: str) -> list[str]:
+    return [trial_state(t) for t in optuna.load_study(study_name=study, storage=storage).get_trials()]
+
+
+@pytest.mark.slow
+def test_two_workers_on_postgres_survive_a_sigkill(tmp_path: Path, postgres: PostgresServer) -> None:
+    cfg = config(tmp_path, "pg-kill", 10, 1.0)
+    Search(cfg, storage=postgres.url)  # creates the study and stores its config for the workers
+    a, b = worker(postgres.url, "pg-kill"), worker(postgres.url, "pg-kill")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        s = states(postgres.url, "pg-kill")
+        if s.count("complete") >= 2 and s.count("running") == 2:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail(f"workers never ran side by side: {states(postgres.url, 'pg-kill')}")
+    os.kill(a.pid, signal.SIGKILL)  # one of the two running trials is a's
+    a.wait()
+    _, err = b.communicate(timeout=180)
+    assert b.returncode == 0, err
+
+    trials = optuna.load_study(study_name="pg-kill", storage=postgres.url).get_trials()
+    st = [trial_state(t) for t in trials]
+    assert st.count("complete") == 10, st
+    assert st.count("interrupted") == 1 and set(st) <= {"complete", "interrupted"}
+    numbers = [t.number for t in trials]
+    assert len(numbers) == len(set(numbers))
+    killed = next(t for t in trials if trial_state(t) == "interrupted")
+    retry = [t for t in trials if t.system_attrs.get("failed_trial") == killed.number]
+    assert len(retry) == 1 and retry[0].params == killed.params and trial_state(retry[0]) == "complete"
+
+
+@pytest.mark.slow
+def test_run_with_workers_on_a_journal_file_hits_the_target_exactly(tmp_path: Path) -> None:
+    cfg_path = tmp_path / "j.yaml"
+    cfg_path.write_text(json.dumps(config(tmp_path, "journal", 9, 0.3).to_dict()))
+    out = subprocess.run(
+        [sys.executable, "-m", "automl_kd.cli", "run", str(cfg_path), "--workers", "3", "--json"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    assert summary["storage"].startswith("journal:") and summary["counts"]["complete"] == 9
+    assert set(summary["counts"]) <= {"complete", "surplus"}
+
+
+@pytest.mark.slow
+def test_a_worker_rides_out_a_brief_postgres_outage(tmp_path: Path, postgres: PostgresServer) -> None:
+    cfg = config(tmp_path, "pg-outage", 8, 0.5)
+    Search(cfg, storage=postgres.url)
+    w = worker(postgres.url, "pg-outage")
+    deadline = time.monotonic() + 120
+    while states(postgres.url, "pg-outage").count("complete") < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    postgres.stop()
+    time.sleep(3)
+    postgres.start()
+    _, err = w.communicate(timeout=180)
+    assert w.returncode == 0, err
+    assert "storage unreachable" in err
+    assert states(postgres.url, "pg-outage").count("complete") == 8
+
+
+@pytest.mark.slow
+def test_a_long_outage_is_a_clear_error(tmp_path: Path) -> None:
+    server = PostgresServer()
+    server.start()
+    try:
+        cfg = config(tmp_path, "pg-down", 50, 0.5, retry_timeout=3)
+        Search(cfg, storage=server.url)
+        w = worker(server.url, "pg-down")
+        time.sleep(4)
+        server.stop()
+        _, err = w.communicate(timeout=120)
+        assert w.returncode == 5, err
+        assert "error: storage postgresql+psycopg2://postgres@127.0.0.1" in err and "unreachable for" in err
+    finally:
+        server.cleanup()
