@@ -35,7 +35,7 @@ PG_INITDB := $(firstword $(wildcard /usr/lib/postgresql/*/bin/initdb))
 testdeps: data
 	@missing=""; \
 	[ -n "$(PG_INITDB)" ] || missing="$$missing postgresql"; \
-	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v chromium >/dev/null || missing="$$missing chromium fonts-liberation"; \
 	if [ -n "$$missing" ]; then $(SUDO) apt-get update -qq && $(SUDO) $(APT) $$missing; fi
 
 demo: install data

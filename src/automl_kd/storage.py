@@ -6,6 +6,7 @@ parameters are retried once (Optuna's ``RetryHeartbeatStaleTrialCallback``).
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import optuna
@@ -41,13 +42,16 @@ def open_storage(url: str | None, run_dir: Path, cfg: StorageConfig, *, create: 
             "mysql://..., or journal:PATH"
         )
     try:
-        return RDBStorage(
-            url,
-            heartbeat_interval=cfg.heartbeat_interval,
-            grace_period=cfg.grace_period,
-            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
-            engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None,
-        )
+        with warnings.catch_warnings():
+            # heartbeats have been "experimental" in Optuna since 2.8; they are what makes resume safe here
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return RDBStorage(
+                url,
+                heartbeat_interval=cfg.heartbeat_interval,
+                grace_period=cfg.grace_period,
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
+                engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None,
+            )
     except optuna.exceptions.StorageInternalError as exc:
         raise ConfigError(f"cannot open storage {url!r}: {exc}") from None
     except ImportError as exc:
