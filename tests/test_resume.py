@@ -87,10 +87,10 @@ def test_sigterm_stops_gracefully_and_the_interrupted_trial_is_retried(tmp_path:
     cfg = {
         "name": "term",
         "run_dir": str(tmp_path / "run"),
-        "data": {"train_size": 2000, "test_size": 500, "crop_padding": 0, "flip": False},
+        "data": {"train_size": 1200, "test_size": 300, "crop_padding": 0, "flip": False},
         "space": {"name": "mbv2", "options": small_mbv2_options()},
         "search": {"n_trials": 3, "proposer": {"name": "random"}},
-        "evaluator": {"name": "train", "options": {"epochs": 4, "batch_size": 32, "latency": False}},
+        "evaluator": {"name": "train", "options": {"epochs": 6, "batch_size": 64, "latency": False}},
     }
     path = tmp_path / "term.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -104,7 +104,7 @@ def test_sigterm_stops_gracefully_and_the_interrupted_trial_is_retried(tmp_path:
             break
         assert proc.poll() is None
         time.sleep(0.2)
-    time.sleep(1.0)
+    time.sleep(0.3)  # into the second trial (about 6 epochs of training left)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
