@@ -75,6 +75,39 @@ class Augmenter:
         """Transform a batch of [0, 1] images before geometric augmentation; default: unchanged."""
         return x
 
+    # -- replayable views: what lets the teacher's outputs be cached per view (FKD-style) ----------------------
+    # An augmenter whose ``transform`` is random splits it into ``sample_view`` (the random draws, one row per
+    # image) and ``apply_view`` (deterministic given the draws), and says in ``replay_key`` what else determines
+    # the result. Then ``transform(x, ...) == apply_view(x, ..., sample_view(...))`` and the teacher's outputs
+    # can be computed once per stored view. An augmenter that overrides only ``transform`` still works: its
+    # teacher outputs are computed online.
+
+    def sample_view(
+        self, index: torch.Tensor, y: torch.Tensor, generator: torch.Generator
+    ) -> dict[str, torch.Tensor]:
+        """This augmenter's random draws for a batch, as tensors with one row per image; default: none."""
+        return {}
+
+    def apply_view(
+        self, x: torch.Tensor, index: torch.Tensor, y: torch.Tensor, params: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
+        """``transform`` with the draws given (from ``sample_view``); default: unchanged."""
+        return x
+
+    def replay_key(self) -> dict[str, Any] | None:
+        """JSON-able description of everything besides the draws that determines ``apply_view`` and
+        ``reduce_teacher`` (options, the artifacts they read), part of the teacher-output cache key.
+        ``None``: the transform cannot be replayed from draws. Default: ``{}`` when neither ``transform`` nor
+        ``reduce_teacher`` is overridden, else ``None``."""
+        cls = type(self)
+        plain = cls.transform is Augmenter.transform and cls.reduce_teacher is Augmenter.reduce_teacher
+        return {} if plain else None
+
+    def reduce_teacher(self, layer: str, feature: torch.Tensor) -> torch.Tensor:
+        """Reduce the teacher's output at ``layer`` to what ``losses`` reads (e.g. an attention map), so a cache
+        stores the small form; ``losses`` sees the reduced tensor online and cached alike. Default: unchanged."""
+        return feature
+
     def task_weight(self) -> float:
         """Multiplier this augmenter puts on the cross-entropy term (KD's ``1 - alpha``); default 1."""
         return 1.0

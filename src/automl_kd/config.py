@@ -111,11 +111,34 @@ class StorageConfig(_Model):
 
 
 class TeacherTrainConfig(_Model):
+    """How the library trains a teacher that has no ``checkpoint`` (the result is cached by content hash)."""
+
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(128, ge=1)
     lr: float = Field(1e-3, gt=0)
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     weight_decay: float = Field(0.0, ge=0)
+    #: cap on optimisation steps per epoch (None = the whole training split)
+    max_steps_per_epoch: int | None = Field(None, ge=1)
+    crop_padding: int = Field(4, ge=0, le=64)
+    flip: bool = True
+    seed: int = 0
+
+
+class TeacherOutputsConfig(_Model):
+    """How the training loop gets the teacher's outputs (logits, attention maps) for the view the student sees.
+
+    ``online``: a teacher forward pass on every batch. ``cached``: computed once for ``views`` fixed augmented
+    views per image (FKD-style; the view parameters are stored with the outputs and the student trains on exactly
+    those views). ``auto`` (default): ``cached``, with a single view when the augmentation has no randomness, and
+    ``online`` when an augmenter's transform cannot be replayed.
+    """
+
+    mode: Literal["auto", "online", "cached"] = "auto"
+    views: int = Field(4, ge=1, le=1024)
+    seed: int = 0
+    #: storage type of cached feature summaries (attention maps); logits are always stored as float32
+    dtype: Literal["float16", "float32"] = "float16"
 
 
 class TeacherConfig(_Model):
@@ -129,8 +152,11 @@ class TeacherConfig(_Model):
     space: str | None = None
     params: dict[str, Any] | None = None
     space_options: dict[str, Any] = Field(default_factory=dict)
+    #: extra keyword arguments for ``timm.create_model`` (teacher.model only)
+    model_options: dict[str, Any] = Field(default_factory=dict)
     checkpoint: str | None = None
     train: TeacherTrainConfig = TeacherTrainConfig()
+    outputs: TeacherOutputsConfig = TeacherOutputsConfig()
 
     @model_validator(mode="after")
     def _one_source(self) -> TeacherConfig:

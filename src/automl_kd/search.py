@@ -124,6 +124,55 @@ def is_claimed(t: FrozenTrial) -> bool:
     return is_finished(t) or t.state in (TrialState.RUNNING, TrialState.WAITING)
 
 
+def searched_option(value: Any) -> BaseDistribution | None:
+    """The distribution of an augmenter option written as ``{search: [a, b, ...]}`` (categorical) or
+    ``{low: x, high: y}`` (float; optional ``log: true``, ``step``); None for a plain value."""
+    if not isinstance(value, dict):
+        return None
+    try:
+        if set(value) == {"search"} and isinstance(value["search"], list) and value["search"]:
+            return CategoricalDistribution(value["search"])
+        if {"low", "high"} <= set(value) <= {"low", "high", "log", "step"}:
+            return FloatDistribution(
+                float(value["low"]),
+                float(value["high"]),
+                log=bool(value.get("log", False)),
+                step=value.get("step"),
+            )
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"searched augmenter option {value!r}: {exc}") from None
+    return None
+
+
+def augmenter_distributions(refs: Any) -> dict[str, BaseDistribution]:
+    """``aug.<name>.<option>`` -> distribution for every searched option of the configured augmenters."""
+    out: dict[str, BaseDistribution] = {}
+    for ref in refs:
+        for key, value in ref.options.items():
+            dist = searched_option(value)
+            if dist is not None:
+                name = f"aug.{ref.name}.{key}"
+                if name in out:
+                    raise ConfigError(f"augmenter {ref.name!r} is listed twice with searched option {key!r}")
+                out[name] = dist
+    return out
+
+
+def resolve_augmenter_options(name: str, options: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+    """Options with each searched one replaced by this trial's value (or, without one, a placeholder from its
+    range, for validation)."""
+    out = {}
+    for key, value in options.items():
+        dist = searched_option(value)
+        if dist is None:
+            out[key] = value
+        elif f"aug.{name}.{key}" in values:
+            out[key] = values[f"aug.{name}.{key}"]
+        else:
+            out[key] = dist.choices[0] if isinstance(dist, CategoricalDistribution) else dist.low  # type: ignore[attr-defined]
+    return out
+
+
 def is_finished(t: FrozenTrial) -> bool:
     """Counts toward ``n_trials``: complete, pruned, or failed/rejected on its own merits (not interrupted)."""
     if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
@@ -169,8 +218,10 @@ class Search:
 
         self.evaluator: Evaluator = self.pm.evaluators.create(config.evaluator.name, config.evaluator.options)
         self.space: SearchSpace = self._make_space()
+        #: searched augmenter options (``{search: [...]}`` or ``{low: .., high: ..}``): ``aug.<name>.<option>``
+        self.aug_distributions = augmenter_distributions(config.augmenters)
         for ref in config.augmenters:  # validate names and options now, build fresh ones per trial
-            self.pm.augmenters.create(ref.name, ref.options)
+            self.pm.augmenters.create(ref.name, resolve_augmenter_options(ref.name, ref.options, {}))
         if config.augmenters and not getattr(self.evaluator, "trains", False):
             raise ConfigError(
                 f"augmenters need a training evaluator; {config.evaluator.name!r} does not train"
@@ -300,8 +351,16 @@ class Search:
             )
         trial.set_user_attr("seed", seed)
         trial.set_user_attr("proposer", system.get(ATTR_PROPOSER, self.config.search.proposer.name))
+        aug_values = {name: suggest(trial, name, d) for name, d in self.aug_distributions.items()}
+        aug_options = [
+            resolve_augmenter_options(a.name, a.options, aug_values) for a in self.config.augmenters
+        ]
         trial.set_user_attr(
-            "augmenters", [{"name": a.name, "options": a.options} for a in self.config.augmenters]
+            "augmenters",
+            [
+                {"name": a.name, "options": o}
+                for a, o in zip(self.config.augmenters, aug_options, strict=True)
+            ],
         )
         if self.progress:
             self.progress.trial_started(trial.number)
@@ -313,7 +372,7 @@ class Search:
             reason = self.constraints.check(cost)
             if reason:
                 raise CandidateRejected(reason)
-            metrics = self._evaluate(trial, candidate, seed)
+            metrics = self._evaluate(trial, candidate, seed, aug_options)
         except (CandidateRejected, InvalidCandidate) as exc:
             trial.set_user_attr("outcome", "rejected")
             trial.set_user_attr("fail_reason", f"rejected: {exc}")
@@ -325,7 +384,7 @@ class Search:
             # not the candidate's fault: record it as interrupted and queue the same parameters (and seed) again
             trial.set_user_attr("outcome", "interrupted")
             trial.set_user_attr("interrupted_by", str(exc) or "KeyboardInterrupt")
-            self._requeue(trial, params, origin)
+            self._requeue(trial, {**params, **aug_values}, origin)
             raise
         except Exception as exc:
             trial.set_user_attr("outcome", "failed")
@@ -345,13 +404,25 @@ class Search:
             values.append(float(metrics[key]))
         return values[0] if len(values) == 1 else values
 
-    def _evaluate(self, trial: optuna.Trial, candidate: Candidate, seed: int) -> dict[str, Any]:
+    def _evaluate(
+        self,
+        trial: optuna.Trial,
+        candidate: Candidate,
+        seed: int,
+        aug_options: list[dict[str, Any]] | None = None,
+    ) -> dict[str, Any]:
         if needs_own_heartbeat(self.study._storage):
             with beating(self.study, trial._trial_id, self.config.storage.heartbeat_interval):
-                return self._evaluate_now(trial, candidate, seed)
-        return self._evaluate_now(trial, candidate, seed)
+                return self._evaluate_now(trial, candidate, seed, aug_options)
+        return self._evaluate_now(trial, candidate, seed, aug_options)
 
-    def _evaluate_now(self, trial: optuna.Trial, candidate: Candidate, seed: int) -> dict[str, Any]:
+    def _evaluate_now(
+        self,
+        trial: optuna.Trial,
+        candidate: Candidate,
+        seed: int,
+        aug_options: list[dict[str, Any]] | None = None,
+    ) -> dict[str, Any]:
         def report(step: int, value: float) -> None:
             if (
                 len(self.directions) == 1
@@ -362,7 +433,9 @@ class Search:
             if len(self.directions) == 1 and trial.should_prune():
                 raise optuna.TrialPruned(f"pruned after epoch {step + 1} at val_acc {value:.2f}")
 
-        augmenters = [self.pm.augmenters.create(ref.name, ref.options) for ref in self.config.augmenters]
+        refs = self.config.augmenters
+        options = aug_options or [resolve_augmenter_options(r.name, r.options, {}) for r in refs]
+        augmenters = [self.pm.augmenters.create(ref.name, o) for ref, o in zip(refs, options, strict=True)]
         ctx = TrialContext(
             number=trial.number,
             seed=seed,
@@ -405,7 +478,7 @@ class Search:
             optuna.trial.create_trial(
                 state=TrialState.WAITING,
                 params=params,
-                distributions=self.space.distributions(),
+                distributions={**self.space.distributions(), **self.aug_distributions},
                 system_attrs={"failed_trial": int(origin) if origin is not None else trial.number},
             )
         )

@@ -26,6 +26,7 @@ from torch import nn
 from .augmenter import Augmenter, Outputs, StepBatch
 from .data import DataSplits, Split, batches, random_crop_flip
 from .errors import TrainingDiverged
+from .teacher_cache import reduce_outputs, teacher_output_provider, teacher_reducers
 
 
 @dataclass(frozen=True)
@@ -69,8 +70,10 @@ def tap_features(model: nn.Module, names: Sequence[str]) -> Iterator[dict[str, t
         raise KeyError(f"no layer named {missing[0]!r}; layers include: {', '.join(list(modules)[1:12])} ...")
     handles = []
     for name in names:
+
         def hook(_m: nn.Module, _i: Any, out: torch.Tensor, name: str = name) -> None:
             found[name] = out
+
         handles.append(modules[name].register_forward_hook(hook))
     try:
         yield found
@@ -106,8 +109,9 @@ def make_optimizer(model: nn.Module, s: TrainSettings) -> torch.optim.Optimizer:
     if s.optimizer == "adamw":
         return torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
     if s.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=s.lr, momentum=s.momentum, nesterov=True,
-                               weight_decay=s.weight_decay)
+        return torch.optim.SGD(
+            model.parameters(), lr=s.lr, momentum=s.momentum, nesterov=True, weight_decay=s.weight_decay
+        )
     raise ValueError(f"unknown optimizer {s.optimizer!r}; use adam, adamw or sgd")
 
 
@@ -122,11 +126,15 @@ def train_student(
     report: Callable[[int, float], None] | None = None,
     log: Callable[[str], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    teacher_outputs: str | None = None,
+    cache: Any = None,
 ) -> TrainResult:
     """Train ``model`` on ``data.train``; return validation accuracy after each epoch.
 
     ``report(epoch, val_acc)`` is called after every epoch (an Optuna pruner may raise ``TrialPruned`` there).
     ``data`` must already live on the training device. The test split is not touched here.
+    ``teacher_outputs`` (``online``, ``cached``, ``auto``) overrides the teacher's ``teacher.outputs.mode``;
+    ``cache`` overrides the artifact cache the teacher-output cache lives in (see :mod:`automl_kd.teacher_cache`).
     """
     device = data.train.x.device
     torch.manual_seed(seed)  # dropout and other module-level randomness
@@ -143,14 +151,25 @@ def train_student(
         names = ", ".join(a.name for a in augmenters if a.needs_teacher_logits or a.teacher_layers())
         raise ValueError(f"augmenters {names} need a teacher; set `teacher:` in the config")
     task_weight = math.prod(a.task_weight() for a in augmenters)
+    reducers = teacher_reducers(augmenters)
+    provider = None  # cached teacher outputs for fixed views, or None: the teacher runs online
+    if needs_teacher:
+        assert teacher is not None
+        pad, flip = settings.crop_padding, settings.flip
+        provider = teacher_output_provider(
+            teacher, augmenters, data, pad, flip, mode=teacher_outputs, cache=cache, say=log
+        )
 
     opt = make_optimizer(model, settings)
     steps_per_epoch = math.ceil(len(data.train) / settings.batch_size)
     if settings.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, settings.max_steps_per_epoch)
     total_steps = steps_per_epoch * settings.epochs
-    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, total_steps))
-             if settings.schedule == "cosine" else None)
+    sched = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, total_steps))
+        if settings.schedule == "cosine"
+        else None
+    )
 
     curve: list[float] = []
     history: list[dict[str, float]] = []
@@ -159,25 +178,35 @@ def train_student(
     for epoch in range(settings.epochs):
         sums = {}
         n_batches = 0
-        for i, (xb, yb, ib) in enumerate(batches(data.train, settings.batch_size, shuffle=True, generator=gen)):
+        for i, (xb, yb, ib) in enumerate(
+            batches(data.train, settings.batch_size, shuffle=True, generator=gen)
+        ):
             if i >= steps_per_epoch or (should_stop and should_stop()):
                 break
             x = xb.float().div_(255)
-            for a in augmenters:  # before geometric augmentation: the map belongs to this exact image
-                x = a.transform(x, ib, yb, gen)
-            x = random_crop_flip(x, settings.crop_padding, settings.flip, gen)
+            if provider is not None:  # one of the image's stored views: the one its cached outputs belong to
+                rows, views = provider.choose(ib, gen)
+                x = provider.make_view(x, ib, yb, rows, views)
+            else:
+                for a in augmenters:  # before geometric augmentation: the map belongs to this exact image
+                    x = a.transform(x, ib, yb, gen)
+                x = random_crop_flip(x, settings.crop_padding, settings.flip, gen)
             x = data.normalize(x).contiguous(memory_format=torch.channels_last)
 
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 s_out = forward(model, x, student_layers)
                 t_out = None
-                if needs_teacher:
+                if provider is not None:
+                    t_out = provider.outputs(rows, views)
+                elif needs_teacher:
                     assert teacher is not None
                     with torch.no_grad():  # the teacher sees the very view the student sees
-                        t_out = forward(teacher, x, teacher_layers)
+                        t_out = reduce_outputs(forward(teacher, x, teacher_layers), reducers)
                 terms: dict[str, tuple[float, torch.Tensor]] = {
-                    "ce": (task_weight, F.cross_entropy(s_out.logits.float(), yb,
-                                                        label_smoothing=settings.label_smoothing)),
+                    "ce": (
+                        task_weight,
+                        F.cross_entropy(s_out.logits.float(), yb, label_smoothing=settings.label_smoothing),
+                    ),
                 }
                 batch = StepBatch(x, yb, ib, s_out, t_out)
                 for a in augmenters:
@@ -188,7 +217,7 @@ def train_student(
                 loss = sum((w * v.float() for w, v in terms.values()), torch.zeros((), device=device))
 
             if not torch.isfinite(loss):
-                parts = ", ".join(f"{k}={float(v):.4g}" for k, (_, v) in terms.items())
+                parts = ", ".join(f"{k}={float(v.detach()):.4g}" for k, (_, v) in terms.items())
                 raise TrainingDiverged(f"loss is {float(loss)} at epoch {epoch} step {i} ({parts})")
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -214,5 +243,11 @@ def train_student(
             report(epoch, val)
         if should_stop and should_stop():
             break
-    return TrainResult(curve[-1] if curve else 0.0, curve,
-                       {k: v / max(1, n_batches) for k, v in sums.items()}, len(curve), step, history)
+    return TrainResult(
+        curve[-1] if curve else 0.0,
+        curve,
+        {k: v / max(1, n_batches) for k, v in sums.items()},
+        len(curve),
+        step,
+        history,
+    )

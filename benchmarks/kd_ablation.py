@@ -1,0 +1,343 @@
+"""The IG-KD paper's ablation (METHODS.md part A), done properly, through the product's own search engine.
+
+Student alone, KD, IG, AT and every combination (8 methods), N seeds each, on the ``paper-truncated`` space: the
+paper's MobileNetV2 teacher and its student with the last k modules removed. Each run is one trial of a study whose
+candidate is fixed (``removed = k``), so runs use the same training loop, caches and records as any search.
+
+- Selection never touches the test split: every hyperparameter is fixed in advance by the recipe, each run trains
+  for a fixed number of epochs and is scored on the validation split; the test accuracy is reported only.
+- Per method: mean, std and a 95 % bootstrap interval of test accuracy over seeds; Welch's t-test against the
+  student alone (the runs are not paired: different seeds give different initialisations and batch orders).
+- ``--sweep``: student alone and KD at all 8 truncation depths (compression 2.2x .. 1122x).
+- ``--monte-carlo``: each run trains on a fresh stratified random 80 % of the training split (the paper's Monte
+  Carlo design), with the teacher trained once on the full split.
+- Latency of teacher and student at batch 1 and 64 after warm-up, synchronised (``automl_kd.metrics``).
+
+Two recipes: ``paper`` (Adam 1e-3, no schedule, batch 64, alpha 0.01, T 2.5, p 0.1, w 0.5, gamma 0.8) and ``ours``
+(AdamW with a cosine schedule, alpha 0.5, T 4; the other knobs as the paper's).
+
+    python benchmarks/kd_ablation.py --scale fmnist --seeds 5          # CPU scale (see --help for the budget)
+    python benchmarks/kd_ablation.py --scale cifar10-jpeg --seeds 5    # CIFAR-10 (JPEG) from ../shared/data
+    python benchmarks/kd_ablation.py --scale paper-gpu --seeds 10      # the full recipe, for a GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import platform
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+
+from automl_kd import Search, load_config
+from automl_kd.metrics import measure_latency, resolve_device
+from automl_kd.report import trial_state
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+METHODS = ["student", "kd", "ig", "at", "kd+ig", "kd+at", "ig+at", "kd+ig+at"]
+PAPER_MEANS = {
+    "student": 91.18,
+    "kd": 91.62,
+    "ig": 91.35,
+    "at": 91.16,
+    "kd+ig": 92.02,
+    "kd+at": 91.75,
+    "ig+at": 91.46,
+    "kd+ig+at": 91.86,
+}  # CIFAR-10 test %, means of 10 runs (METHODS.md A)
+
+RECIPES: dict[str, dict[str, Any]] = {
+    "paper": {"optimizer": "adam", "lr": 1e-3, "schedule": "none", "batch_size": 64, "alpha": 0.01, "T": 2.5},
+    "ours": {
+        "optimizer": "adamw",
+        "lr": 3e-3,
+        "schedule": "cosine",
+        "batch_size": 64,
+        "alpha": 0.5,
+        "T": 4.0,
+    },
+}
+
+#: scale -> data, epochs, teacher training, IG steps, truncation, stem stride. The CPU scales are sized so that the
+#: default run (2 recipes x 8 methods x 5 seeds) finishes within about 60 minutes on a 2-core machine.
+SCALES: dict[str, dict[str, Any]] = {
+    "fmnist": {
+        "data": {
+            "dataset": "fashion-mnist",
+            "train_size": 5000,
+            "test_size": 5000,
+            "val_fraction": 0.2,
+            "crop_padding": 2,
+            "flip": True,
+        },
+        "epochs": 3,
+        "teacher_epochs": 6,
+        "ig_steps": 8,
+        "stem_stride": 2,
+        "removed": 5,
+    },
+    "cifar10-jpeg": {
+        "data": {
+            "dataset": "imagefolder",
+            "train_size": 5000,
+            "test_size": 5000,
+            "val_fraction": 0.2,
+            "crop_padding": 4,
+            "flip": True,
+        },
+        "epochs": 3,
+        "teacher_epochs": 6,
+        "ig_steps": 8,
+        "stem_stride": 2,
+        "removed": 5,
+    },
+    "paper-gpu": {
+        "data": {
+            "dataset": "cifar10",
+            "root": "data/cifar10",
+            "download": True,
+            "val_fraction": 0.1,
+            "crop_padding": 4,
+            "flip": True,
+        },
+        "epochs": 100,
+        "teacher_epochs": 100,
+        "ig_steps": 50,
+        "stem_stride": 1,
+        "removed": 5,
+    },
+}
+
+
+def augmenters(method: str, recipe: dict[str, Any], ig_steps: int) -> list[dict[str, Any]]:
+    parts = [] if method == "student" else method.split("+")
+    out: list[dict[str, Any]] = []
+    if "kd" in parts:
+        out.append({"name": "kd", "options": {"alpha": recipe["alpha"], "temperature": recipe["T"]}})
+    if "ig" in parts:
+        out.append({"name": "ig-overlay", "options": {"steps": ig_steps, "p": 0.1, "w": 0.5}})
+    if "at" in parts:
+        out.append({"name": "attention", "options": {"gamma": 0.8}})
+    return out
+
+
+def bootstrap_ci(x: np.ndarray, rng: np.random.Generator, n: int = 10_000) -> tuple[float, float]:
+    if len(x) < 2:
+        return float(x.mean()), float(x.mean())
+    means = rng.choice(x, size=(n, len(x)), replace=True).mean(axis=1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def welch(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
+    from scipy import stats
+
+    if len(a) < 2 or len(b) < 2:
+        return {"t": float("nan"), "p": float("nan")}
+    res = stats.ttest_ind(a, b, equal_var=False)
+    return {"t": float(res.statistic), "p": float(res.pvalue)}
+
+
+def run_method(
+    base: dict[str, Any],
+    method: str,
+    recipe_name: str,
+    seeds: int,
+    scale: dict[str, Any],
+    removed: int,
+    tmp: Path,
+    split_seed: int | None = None,
+) -> list[dict[str, Any]]:
+    """``seeds`` trials of one fixed student in one study; returns their records."""
+    recipe = RECIPES[recipe_name]
+    raw = json.loads(json.dumps(base))
+    raw["name"] = f"{recipe_name}-{method.replace('+', '_')}-k{removed}" + (
+        f"-mc{split_seed}" if split_seed else ""
+    )
+    raw["run_dir"] = str(tmp / raw["name"])
+    raw["augmenters"] = augmenters(method, recipe, scale["ig_steps"])
+    raw["evaluator"]["options"].update(
+        optimizer=recipe["optimizer"],
+        lr=recipe["lr"],
+        schedule=recipe["schedule"],
+        batch_size=recipe["batch_size"],
+    )
+    if split_seed is not None:
+        raw["data"]["split_seed"] = split_seed
+        raw["data"]["train_size"] = int(0.8 * raw["data"]["train_size"])
+        raw["search"]["n_trials"] = 1
+    search = Search(load_config(raw))
+    for _ in range(raw["search"]["n_trials"]):
+        search.study.enqueue_trial({"removed": removed})
+    study = search.run()
+    records = []
+    for t in study.get_trials():
+        if trial_state(t) != "complete":
+            raise RuntimeError(
+                f"{raw['name']} trial {t.number}: {trial_state(t)} {t.user_attrs.get('fail_reason')}"
+            )
+        records.append(
+            {
+                k: t.user_attrs.get(k)
+                for k in (
+                    "val_acc",
+                    "test_acc",
+                    "params",
+                    "macs",
+                    "seed",
+                    "compression_factor",
+                    "loss_terms",
+                    "train_seconds",
+                )
+            }
+        )
+    return records
+
+
+def summarise(records: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    rng = np.random.default_rng(0)
+    base = np.array([r["test_acc"] for r in records["student"]]) if "student" in records else None
+    out = {}
+    for method, recs in records.items():
+        test = np.array([r["test_acc"] for r in recs])
+        val = np.array([r["val_acc"] for r in recs])
+        lo, hi = bootstrap_ci(test, rng)
+        row = {
+            "n": len(recs),
+            "test_mean": float(test.mean()),
+            "test_std": float(test.std(ddof=1)) if len(test) > 1 else 0.0,
+            "test_ci95": [lo, hi],
+            "val_mean": float(val.mean()),
+        }
+        if base is not None and method != "student":
+            row["welch_vs_student"] = welch(test, base)
+        out[method] = row
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--scale", choices=list(SCALES), default="fmnist")
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--recipes", default="paper,ours")
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--epochs", type=int, help="override the scale's student epochs")
+    ap.add_argument("--train-size", type=int, help="override the scale's training subset (smoke runs)")
+    ap.add_argument("--teacher-epochs", type=int, help="override the scale's teacher epochs (smoke runs)")
+    ap.add_argument("--sweep", action="store_true", help="student and KD at all 8 truncation depths")
+    ap.add_argument("--sweep-seeds", type=int, default=2)
+    ap.add_argument("--monte-carlo", action="store_true", help="each run on a fresh stratified 80 %% subset")
+    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    args = ap.parse_args()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    scale = SCALES[args.scale]
+    epochs = args.epochs or scale["epochs"]
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        data = dict(scale["data"])
+        if args.train_size:
+            data["train_size"] = args.train_size
+            data["test_size"] = min(data.get("test_size") or args.train_size, args.train_size)
+        if args.scale == "cifar10-jpeg":
+            with tarfile.open(SHARED / "cifar-10-jpeg" / "cifar-10-jpeg.tar.gz") as tar:
+                tar.extractall(tmp / "cifar", filter="data")
+            data["root"] = str(next(p.parent for p in (tmp / "cifar").rglob("train")))
+        space_opts = {"stem_stride": scale["stem_stride"]}
+        base = {
+            "seed": 0,
+            "data": data,
+            "space": {"name": "paper-truncated", "options": space_opts},
+            "search": {"n_trials": args.seeds, "proposer": {"name": "random"}},
+            "evaluator": {"name": "train", "options": {"epochs": epochs, "latency": False}},
+            "teacher": {
+                "space": "paper-truncated",
+                "params": {"removed": 0},
+                "space_options": space_opts,
+                "train": {
+                    "epochs": args.teacher_epochs or scale["teacher_epochs"],
+                    "batch_size": 128,
+                    "lr": 2e-3,
+                    "optimizer": "adamw",
+                },
+            },
+        }
+        results: dict[str, Any] = {
+            "scale": args.scale,
+            "epochs": epochs,
+            "seeds": args.seeds,
+            "config": base,
+            "paper_cifar10_means": PAPER_MEANS,
+            "recipes": RECIPES,
+            "ablation": {},
+        }
+        for recipe in args.recipes.split(","):
+            recs = {
+                m: run_method(base, m, recipe, args.seeds, scale, scale["removed"], tmp)
+                for m in args.methods.split(",")
+            }
+            results["ablation"][recipe] = {"summary": summarise(recs), "runs": recs}
+            print(recipe, json.dumps(results["ablation"][recipe]["summary"], indent=1), flush=True)
+        if args.sweep:
+            sweep: dict[str, Any] = {}
+            for k, m in itertools.product([3, 5, 7, 9, 11, 13, 15, 17], ["student", "kd"]):
+                recs = run_method(
+                    {**base, "search": {**base["search"], "n_trials": args.sweep_seeds}},
+                    m,
+                    "ours",
+                    args.sweep_seeds,
+                    scale,
+                    k,
+                    tmp,
+                )
+                sweep.setdefault(str(k), {})[m] = summarise({m: recs})[m] | {
+                    "params": recs[0]["params"],
+                    "macs": recs[0]["macs"],
+                    "cf": recs[0]["compression_factor"],
+                }
+            results["sweep"] = sweep
+        if args.monte_carlo:
+            mc = {
+                m: [
+                    r
+                    for s in range(1, args.seeds + 1)
+                    for r in run_method(base, m, "ours", 1, scale, scale["removed"], tmp, split_seed=s)
+                ]
+                for m in args.methods.split(",")
+            }
+            results["monte_carlo"] = {"summary": summarise(mc), "runs": mc}
+        results["latency"] = latency(base, scale["removed"])
+    results["wall_clock_s"] = round(time.perf_counter() - t0, 1)
+    results["machine"] = f"{platform.machine()} {platform.processor()}"
+    out = Path(args.out) / f"kd_ablation_{args.scale}.json"
+    out.write_text(json.dumps(results, indent=1) + "\n")
+    print("wrote", out)
+
+
+def latency(base: dict[str, Any], removed: int) -> dict[str, Any]:
+    from automl_kd import get_plugin_manager
+    from automl_kd.search import DATA_SHAPES
+
+    n, c, s = DATA_SHAPES.get(base["data"]["dataset"], (10, 3, 32))
+    space = get_plugin_manager().spaces.create(
+        "paper-truncated", base["space"]["options"], num_classes=n, in_chans=c, input_size=s
+    )
+    device = resolve_device("auto")
+    out = {}
+    for label, k in (("teacher", 0), ("student", removed)):
+        model = space.build({"removed": k}).to(device)
+        out[label] = {**measure_latency(model, (c, s, s), device), **space.cost({"removed": k}).as_dict()}
+    out["speedup_b1"] = out["teacher"]["latency_ms_b1"] / out["student"]["latency_ms_b1"]
+    out["speedup_b64"] = out["teacher"]["latency_ms_b64"] / out["student"]["latency_ms_b64"]
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+"""``ig-overlay``: blend each training image with its integrated-gradients map (METHODS.md A, without its defects).
+
+``prepare`` computes the teacher's IG map of every training image once (or reads it from the artifact cache: one
+entry per teacher weights, data split and IG settings, shared by every trial and run; see
+:mod:`automl_kd.ig_maps`). During training, each image independently, with probability ``p``: the map is raised to
+a power ``s`` drawn log-uniformly from ``exponent``, min-max normalised per image to [0, 1], repeated over the
+colour channels and blended ``x' = (1 - w) * x + w * map`` on the [0, 1] image.
+
+The overlay runs *before* crop and flip (defect 2 of the paper: its maps were blended after the geometric
+augmentation without being cropped or flipped), and maps are looked up by each image's dataset index (defect 1: its
+maps were stored in the order of a shuffled loader and read back by index).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import torch
+
+from automl_kd.augmenter import Augmenter, PrepareContext
+from automl_kd.gallery import overlay, write_gallery
+from automl_kd.hookspecs import hookimpl
+from automl_kd.ig import Baseline, IGSettings, Method, Reduction, Target
+from automl_kd.ig_maps import IGMaps, precompute_ig_maps
+
+GALLERY_FILE = "ig_gallery.png"
+log = logging.getLogger("automl_kd")
+
+
+class IGOverlay(Augmenter):
+    """Overlay the teacher's IG maps on training images.
+
+    Options (IG maps):
+        steps: quadrature nodes (the paper: 50). method: ``gausslegendre`` or ``riemann_left``/``right``/
+        ``middle``/``trapezoid``. baseline: ``zeros`` (zero in the normalised space: the paper), ``black``,
+        ``blurred`` (Gaussian, ``blur_sigma`` pixels), ``mean`` (each image's mean colour). target: ``label`` or
+        ``prediction`` (the teacher's). reduction over channels: ``sum_abs`` (the paper), ``abs_sum``,
+        ``max_abs``, ``l2``. fp16: store maps as float16. batch_size: (image, node) rows per IG pass.
+    Options (overlay):
+        p: probability per image (the paper: 0.1). w: blend weight (0.5). exponent: ``[low, high]`` of the
+        log-uniform power (``[1, 2]``). gallery: images in the run directory's ``ig_gallery.png`` (0: none).
+    """
+
+    name = "ig-overlay"
+
+    def __init__(
+        self,
+        steps: int = 32,
+        method: Method = "gausslegendre",
+        baseline: Baseline = "zeros",
+        blur_sigma: float = 2.0,
+        target: Target = "label",
+        reduction: Reduction = "sum_abs",
+        fp16: bool = True,
+        batch_size: int = 256,
+        p: float = 0.1,
+        w: float = 0.5,
+        exponent: tuple[float, float] = (1.0, 2.0),
+        gallery: int = 8,
+    ) -> None:
+        if not 0.0 <= p <= 1.0 or not 0.0 <= w <= 1.0:
+            raise ValueError(f"p and w must be in [0, 1], got p={p}, w={w}")
+        lo, hi = float(exponent[0]), float(exponent[1])
+        if not 0 < lo <= hi:
+            raise ValueError(f"exponent must be [low, high] with 0 < low <= high, got {list(exponent)}")
+        if steps < 1 or batch_size < 1 or blur_sigma <= 0 or gallery < 0:
+            raise ValueError("steps and batch_size must be >= 1, blur_sigma > 0, gallery >= 0")
+        self.settings = IGSettings(steps, method, baseline, blur_sigma, target, reduction, fp16, batch_size)
+        self.p, self.w, self.exponent, self.gallery = float(p), float(w), (lo, hi), gallery
+        self.maps: IGMaps | None = None
+        self._warned = False
+
+    def prepare(self, ctx: PrepareContext) -> None:
+        if ctx.teacher is None:
+            raise ValueError("ig-overlay needs a teacher (its IG maps); set `teacher:` in the config")
+        from automl_kd.cache import ArtifactCache
+
+        cache = ctx.cache if ctx.cache is not None else ArtifactCache.default()
+        self.maps = precompute_ig_maps(ctx.teacher, ctx.data, self.settings, cache, log=ctx.log)
+        if self.gallery and ctx.run_dir is not None:
+            path = ctx.run_dir / GALLERY_FILE
+            if not path.exists():
+                part = ctx.data.train
+                n = min(self.gallery, len(part))
+                titles = [f"#{int(i)}" for i in part.index[:n]]
+                write_gallery(
+                    path, part.x[:n].float() / 255, self.maps.lookup(part.index[:n]), w=self.w, titles=titles
+                )
+                ctx.log(f"ig-overlay: gallery of {n} training images in {path}")
+
+    # the random draws, and the deterministic overlay given them (replayable: teacher outputs can be cached)
+    def sample_view(
+        self, index: torch.Tensor, y: torch.Tensor, generator: torch.Generator
+    ) -> dict[str, torch.Tensor]:
+        n = int(index.shape[0])
+        apply = torch.rand(n, generator=generator) < self.p
+        lo, hi = math.log(self.exponent[0]), math.log(self.exponent[1])
+        s = torch.exp(lo + (hi - lo) * torch.rand(n, generator=generator))
+        return {"apply": apply, "s": s}
+
+    def apply_view(
+        self, x: torch.Tensor, index: torch.Tensor, y: torch.Tensor, params: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
+        apply = params["apply"].to(x.device).bool()
+        if self.maps is None:
+            if not self._warned:
+                log.warning(
+                    "ig-overlay: prepare() was not called, so there are no IG maps; images stay unchanged"
+                )
+                self._warned = True
+            return x
+        rows = apply.nonzero().squeeze(1)
+        if len(rows) == 0:
+            return x
+        s = params["s"].to(x.device)[rows].view(-1, 1, 1)
+        out = x.clone()
+        out[rows] = overlay(x[rows], self.maps.lookup(index[rows]), self.w, exponent=s)
+        return out
+
+    def transform(
+        self, x: torch.Tensor, index: torch.Tensor, y: torch.Tensor, generator: torch.Generator
+    ) -> torch.Tensor:
+        return self.apply_view(x, index, y, self.sample_view(index, y, generator))
+
+    def replay_key(self) -> dict[str, Any]:
+        return {
+            "maps": self.maps.key if self.maps else None,
+            "p": self.p,
+            "w": self.w,
+            "exponent": self.exponent,
+        }
+
+
+__all__ = ["IGOverlay", "overlay"]
+
+
+@hookimpl
+def register_augmenters(register: Any) -> None:
+    register(
+        "ig-overlay", IGOverlay, description="blend training images with the teacher's IG maps (p, w, s)"
+    )

@@ -1,0 +1,105 @@
+"""The teacher: built from a space or timm, from a checkpoint or trained once and cached, frozen."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from distill_support import CPU, PM, one_thread, teacher_config, tiny_data
+
+from automl_kd import load_config
+from automl_kd.cache import ArtifactCache
+from automl_kd.config import TeacherConfig
+from automl_kd.errors import ConfigError
+from automl_kd.plugins.spaces.paper_truncated import PaperTruncatedSpace
+from automl_kd.teacher import get_teacher, teacher_cache_key, teacher_info
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    with one_thread():
+        yield
+
+
+def test_trained_once_then_reused_and_frozen(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    data = tiny_data()
+    cache = ArtifactCache(tmp_path / "cache")
+    with caplog.at_level(logging.INFO, logger="automl_kd"):
+        first = get_teacher(teacher_config(), data, CPU, cache, pm=PM)
+        second = get_teacher(teacher_config(), data, CPU, cache, pm=PM)
+    a, b = teacher_info(first), teacher_info(second)
+    assert a is not None and b is not None
+    assert (a.source, b.source) == ("trained", "cache") and a.fingerprint == b.fingerprint
+    assert "training it now" in caplog.text and "reusing cached weights" in caplog.text
+    assert a.val_acc is not None and b.metrics == a.metrics
+    # frozen: eval mode that train() cannot undo, no gradients
+    second.train()
+    assert not second.training and not any(m.training for m in second.modules())
+    assert not any(p.requires_grad for p in second.parameters())
+    # another training setting or other data is another entry
+    other = TeacherConfig(**{**teacher_config().model_dump(), "train": {"epochs": 3}})
+    assert teacher_cache_key(other, data) != teacher_cache_key(teacher_config(), data)
+    assert teacher_cache_key(teacher_config(), tiny_data(train_size=200)) != teacher_cache_key(
+        teacher_config(), data
+    )
+
+
+def test_a_corrupt_cached_teacher_is_retrained(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    data = tiny_data()
+    cache = ArtifactCache(tmp_path / "cache")
+    get_teacher(teacher_config(), data, CPU, cache, pm=PM)
+    path = cache.path("teacher", teacher_cache_key(teacher_config(), data))
+    path.write_bytes(path.read_bytes()[:-10])
+    with caplog.at_level(logging.INFO, logger="automl_kd"):
+        again = get_teacher(teacher_config(), data, CPU, cache, pm=PM)
+    assert "truncated payload" in caplog.text and teacher_info(again).source == "trained"  # type: ignore[union-attr]
+
+
+def test_timm_teacher_from_a_checkpoint(tmp_path: Path) -> None:
+    import timm
+
+    data = tiny_data()
+    ref = timm.create_model("test_resnet", num_classes=10, in_chans=1)
+    torch.save({"state_dict": ref.state_dict()}, tmp_path / "ckpt.pt")
+    cfg = TeacherConfig(model="test_resnet", checkpoint=str(tmp_path / "ckpt.pt"))
+    teacher = get_teacher(cfg, data, CPU, ArtifactCache(tmp_path / "cache"), pm=PM)
+    assert teacher_info(teacher).source == "checkpoint"  # type: ignore[union-attr]
+    x = torch.randn(2, 1, 28, 28)
+    assert torch.allclose(teacher(x), ref.eval()(x), atol=1e-5)
+    # weights for another network, and a pickle that would run code, are refused with a clear message
+    torch.save(timm.create_model("test_resnet", num_classes=3, in_chans=1).state_dict(), tmp_path / "bad.pt")
+    with pytest.raises(ConfigError, match="does not fit the teacher"):
+        get_teacher(
+            TeacherConfig(model="test_resnet", checkpoint=str(tmp_path / "bad.pt")),
+            data,
+            CPU,
+            ArtifactCache(tmp_path / "cache"),
+            pm=PM,
+        )
+    torch.save({"state_dict": {"w": torch.ones(1)}, "obj": Path("x")}, tmp_path / "pickle.pt")
+    with pytest.raises(ConfigError, match="cannot be read safely"):
+        get_teacher(
+            TeacherConfig(model="test_resnet", checkpoint=str(tmp_path / "pickle.pt")),
+            data,
+            CPU,
+            ArtifactCache(tmp_path / "cache"),
+            pm=PM,
+        )
+
+
+def test_the_paper_truncated_teacher_is_the_spaces_reference(tmp_path: Path) -> None:
+    data = tiny_data()
+    cfg = TeacherConfig(
+        space="paper-truncated",
+        space_options={"width": 0.25, "stem_stride": 2},
+        train={"epochs": 1, "batch_size": 64, "max_steps_per_epoch": 1},
+    )
+    teacher = get_teacher(cfg, data, CPU, ArtifactCache(tmp_path / "cache"), pm=PM)
+    space = PaperTruncatedSpace(num_classes=10, in_chans=1, input_size=28, width=0.25, stem_stride=2)
+    assert sum(p.numel() for p in teacher.parameters()) == space.cost({"removed": 0}).params
+    assert "features.18" in dict(teacher.named_modules())
+    with pytest.raises(ConfigError, match="exactly one"):
+        load_config({"teacher": {"model": "test_resnet", "space": "mbv2"}})

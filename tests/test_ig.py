@@ -1,0 +1,200 @@
+"""Integrated gradients: quadrature, the inference copy, agreement with captum, completeness, cached maps."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+from distill_support import CPU, one_thread, tiny_data, tiny_teacher
+from torch import nn
+
+from automl_kd.cache import ArtifactCache
+from automl_kd.ig import (
+    IGSettings,
+    completeness_error,
+    fold_batchnorm,
+    inference_copy,
+    integrated_gradients,
+    make_baseline,
+    quadrature,
+    reduce_channels,
+)
+from automl_kd.ig_maps import ig_cache_key, precompute_ig_maps
+from automl_kd.plugins.spaces.paper_truncated import PaperTruncatedSpace
+from automl_kd.teacher import freeze, model_fingerprint
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    with one_thread():
+        yield
+
+
+def _randomise_bn(model: nn.Module, seed: int = 0) -> nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.2)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+    return freeze(model)
+
+
+@pytest.mark.parametrize(
+    "method", ["gausslegendre", "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid"]
+)
+def test_quadrature_integrates_polynomials(method: str) -> None:
+    a, w = quadrature(16, method)
+    assert float(w.sum()) == pytest.approx(1.0, abs=1e-6) and float(a.min()) >= 0 and float(a.max()) <= 1
+    tol = 1e-6 if method == "gausslegendre" else 0.1
+    assert float((w * a**3).sum()) == pytest.approx(0.25, abs=tol)  # integral of a^3 over [0, 1]
+    a, w = quadrature(4, "gausslegendre")  # exact up to degree 7
+    assert float((w.double() * a.double() ** 7).sum()) == pytest.approx(1 / 8, abs=1e-6)
+
+
+@pytest.mark.parametrize("which", ["paper-truncated", "timm-efficientnet", "timm-resnet"])
+def test_inference_copy_computes_the_same_function(which: str) -> None:
+    torch.manual_seed(0)
+    if which == "paper-truncated":
+        model = PaperTruncatedSpace(num_classes=10, in_chans=1, input_size=16, width=0.25).build(
+            {"removed": 12}
+        )
+    else:
+        model = timm.create_model(f"test_{which.removeprefix('timm-')}", num_classes=10, in_chans=1)
+    model = _randomise_bn(model)
+    fast = inference_copy(model)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fast.modules())  # every norm was folded away
+    x = torch.randn(4, 1, 16, 16)
+    assert torch.allclose(fast(x), model(x), atol=1e-4, rtol=1e-4)
+    xg = x.clone().requires_grad_(True)
+    (g1,) = torch.autograd.grad(model(xg)[:, 3].sum(), xg)
+    xg = x.clone().requires_grad_(True)
+    (g2,) = torch.autograd.grad(fast(xg)[:, 3].sum(), xg)  # the fused conv+ReLU6 backward
+    assert torch.allclose(g1, g2, atol=1e-4, rtol=1e-3)
+    assert isinstance(fold_batchnorm(model), nn.Module)
+
+
+def test_attributions_equal_captums() -> None:
+    from captum.attr import IntegratedGradients
+
+    torch.manual_seed(0)
+    model = _randomise_bn(
+        PaperTruncatedSpace(num_classes=10, in_chans=1, input_size=16, width=0.25).build({"removed": 14})
+    )
+    x, target = torch.randn(5, 1, 16, 16), torch.tensor([0, 3, 5, 7, 9])
+    base = torch.zeros_like(x)
+    ref = (
+        IntegratedGradients(model)
+        .attribute(x, base, target=target, n_steps=12, method="gausslegendre")
+        .float()
+    )
+    # the same network: the same numbers (same nodes, weights and gradients)
+    assert torch.allclose(
+        integrated_gradients(model, x, base, target, steps=12, batch_size=16), ref, atol=1e-7
+    )
+    # the inference copy (folded, fused) differs by float rounding, which can move a ReLU6 kink slightly
+    fast = integrated_gradients(inference_copy(model), x, base, target, steps=12, batch_size=16)
+    assert float((fast - ref).abs().max()) < 1e-3 * float(ref.abs().max())
+
+
+def test_completeness_within_tolerance() -> None:
+    # a smooth network: Gauss-Legendre converges fast: the sum of attributions matches f(x) - f(b) to 1e-4
+    # relative (plus float rounding)
+    torch.manual_seed(0)
+    smooth = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.Tanh(), nn.Flatten(), nn.Linear(4 * 8 * 8, 3)
+    ).eval()
+    x, b, t = torch.randn(6, 1, 8, 8), torch.zeros(6, 1, 8, 8), torch.tensor([0, 1, 2, 0, 1, 2])
+    attr = integrated_gradients(smooth, x, b, t, steps=16)
+    with torch.no_grad():
+        gap = (smooth(x) - smooth(b)).gather(1, t.view(-1, 1)).squeeze(1).abs()
+    assert bool((completeness_error(smooth, x, b, t, attr) <= 1e-4 * gap + 1e-6).all())
+    # a ReLU6 network is piecewise linear: completeness error within 5 % of |f(x) - f(b)| at 64 nodes
+    model = _randomise_bn(
+        PaperTruncatedSpace(num_classes=10, in_chans=1, input_size=16, width=0.25).build({"removed": 14})
+    )
+    x, b = torch.randn(6, 1, 16, 16), torch.zeros(6, 1, 16, 16)
+    attr = integrated_gradients(inference_copy(model), x, b, t, steps=64)
+    with torch.no_grad():
+        gap = (model(x) - model(b)).gather(1, t.view(-1, 1)).squeeze(1).abs()
+    assert float(completeness_error(model, x, b, t, attr).mean() / gap.mean()) < 0.05
+
+
+def test_baselines_and_reductions() -> None:
+    x = torch.rand(2, 3, 8, 8)
+    mean = torch.tensor([0.1, 0.2, 0.3])
+    assert torch.allclose(make_baseline(x, "zeros", mean)[:, :, 0, 0], mean.expand(2, 3))
+    assert float(make_baseline(x, "black", mean).abs().sum()) == 0
+    assert torch.allclose(make_baseline(x, "mean", mean)[:, :, 4, 4], x.mean(dim=(2, 3)))
+    blurred = make_baseline(x, "blurred", mean, blur_sigma=1.0)
+    assert blurred.shape == x.shape and float(blurred.std()) < float(x.std())
+    a = torch.tensor([[[[1.0]], [[-2.0]], [[2.0]]]])  # one pixel, three channels
+    assert [float(reduce_channels(a, h)) for h in ("sum_abs", "abs_sum", "max_abs", "l2")] == [
+        5.0,
+        1.0,
+        2.0,
+        3.0,
+    ]
+
+
+def test_precompute_is_cached_by_content_and_resumes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    data = tiny_data()
+    cache = ArtifactCache(tmp_path / "cache")
+    teacher = tiny_teacher(data)
+    s = IGSettings(steps=4, batch_size=64)
+    calls: list[int] = []
+
+    def interrupt_after_two_chunks(done: int, total: int) -> None:
+        calls.append(done)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # as if the user pressed Ctrl-C
+
+    with pytest.raises(KeyboardInterrupt):
+        precompute_ig_maps(teacher, data, s, cache, chunk=64, progress=interrupt_after_two_chunks)
+    messages: list[str] = []
+    maps = precompute_ig_maps(teacher, data, s, cache, chunk=64, log=messages.append)
+    assert any("resumed" in m and "128 of 240" in m for m in messages), messages
+    assert len(maps) == len(data.train) and maps.maps.dtype == torch.float16
+    # the resumed result equals a fresh, uninterrupted computation
+    fresh = precompute_ig_maps(teacher, data, s, ArtifactCache(tmp_path / "other"), chunk=500)
+    assert torch.allclose(maps.lookup(data.train.index), fresh.lookup(data.train.index), rtol=2e-3, atol=1e-6)
+    # a second call is a cache hit, and the key depends on the teacher's weights and on the settings
+    messages.clear()
+    precompute_ig_maps(teacher, data, s, cache, log=messages.append)
+    assert any("reusing" in m and "no recomputation" in m for m in messages)
+    fp = model_fingerprint(teacher)
+    assert ig_cache_key(fp, data.fingerprint, "train", s) != ig_cache_key(
+        fp, data.fingerprint, "train", IGSettings(steps=5)
+    )
+    assert ig_cache_key(fp, data.fingerprint, "train", s) != ig_cache_key(
+        "0" * 32, data.fingerprint, "train", s
+    )
+    assert not cache.partial_dir("ig-maps", maps.key).exists()  # the pieces are gone once the whole is stored
+
+
+def test_a_corrupt_map_file_is_rebuilt(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    data = tiny_data()
+    cache = ArtifactCache(tmp_path / "cache")
+    teacher = tiny_teacher(data)
+    s = IGSettings(steps=2, batch_size=128)
+    maps = precompute_ig_maps(teacher, data, s, cache)
+    path = cache.path("ig-maps", maps.key)
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0x55
+    path.write_bytes(bytes(raw))
+    messages: list[str] = []
+    with caplog.at_level(logging.WARNING, logger="automl_kd"):
+        again = precompute_ig_maps(teacher, data, s, cache, log=messages.append)
+    assert "checksum mismatch" in caplog.text
+    assert any("computed and cached" in m for m in messages)
+    assert torch.allclose(again.lookup(data.train.index), maps.lookup(data.train.index))
+    np.testing.assert_array_equal(again.index.numpy(), data.train.index.numpy())
+    assert CPU.type == "cpu"
