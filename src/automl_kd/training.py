@@ -218,7 +218,7 @@ def train_student(
 
             if not torch.isfinite(loss):
                 parts = ", ".join(f"{k}={float(v.detach()):.4g}" for k, (_, v) in terms.items())
-                raise TrainingDiverged(f"loss is {float(loss)} at epoch {epoch} step {i} ({parts})")
+                raise TrainingDiverged(f"loss is {float(loss.detach())} at epoch {epoch} step {i} ({parts})")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if settings.grad_clip:
