@@ -145,7 +145,7 @@ class SearchSpace:
     def sample(self, rng: random.Random) -> dict[str, Any]:
         """A uniformly random valid candidate (rejection sampling over :meth:`check`)."""
         for _ in range(1000):
-            params = {k: _sample(d, rng) for k, d in self.distributions().items()}
+            params = {k: sample_value(d, rng) for k, d in self.distributions().items()}
             try:
                 return self.validate(params)
             except InvalidCandidate:
@@ -187,7 +187,8 @@ def _describe_dist(dist: BaseDistribution) -> str:
     return repr(dist)
 
 
-def _sample(dist: BaseDistribution, rng: random.Random) -> Any:
+def sample_value(dist: BaseDistribution, rng: random.Random) -> Any:
+    """One uniform draw from an Optuna distribution."""
     if isinstance(dist, CategoricalDistribution):
         return rng.choice(dist.choices)
     if isinstance(dist, IntDistribution):

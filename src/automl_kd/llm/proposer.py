@@ -19,16 +19,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from optuna.distributions import (
-    BaseDistribution,
-    CategoricalDistribution,
-    FloatDistribution,
-    IntDistribution,
-)
-
 from automl_kd.errors import AutomlKdError, ConfigError, InvalidCandidate
 from automl_kd.proposer import HistoryEntry, Proposer
-from automl_kd.space import Candidate, Cost, SearchSpace
+from automl_kd.space import Candidate, Cost, SearchSpace, sample_value
 
 from .accounting import Accountant, Usage
 from .cache import ResponseCache
@@ -37,16 +30,6 @@ from .parser import ParseResult, parse_answer
 from .prompts import STRATEGIES, RoundContext, Templates
 
 log = logging.getLogger("automl_kd.llm")
-
-
-def _draw(dist: BaseDistribution, rng: random.Random) -> Any:
-    if isinstance(dist, CategoricalDistribution):
-        return rng.choice(dist.choices)
-    if isinstance(dist, IntDistribution):
-        return rng.randrange(dist.low, dist.high + 1, dist.step)
-    if isinstance(dist, FloatDistribution):
-        return rng.uniform(dist.low, dist.high)
-    raise TypeError(f"unsupported distribution {dist!r}")
 
 
 class NoValidCandidate(AutomlKdError):
@@ -347,7 +330,7 @@ class LLMProposer(Proposer):
                         params, rationale=f"fallback: random feasible candidate ({message})"
                     )
                 name = self._rng.choice(list(dists))
-                trial = {**params, name: _draw(dists[name], self._rng)}
+                trial = {**params, name: sample_value(dists[name], self._rng)}
                 try:
                     trial = space.validate(trial)
                 except InvalidCandidate:
