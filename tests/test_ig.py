@@ -198,3 +198,21 @@ def test_a_corrupt_map_file_is_rebuilt(tmp_path: Path, caplog: pytest.LogCapture
     assert torch.allclose(again.lookup(data.train.index), maps.lookup(data.train.index))
     np.testing.assert_array_equal(again.index.numpy(), data.train.index.numpy())
     assert CPU.type == "cpu"
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"baseline": "black", "target": "prediction", "reduction": "abs_sum", "fp16": False},
+        {"baseline": "blurred", "blur_sigma": 1.5, "reduction": "max_abs", "method": "riemann_trapezoid"},
+        {"baseline": "mean", "reduction": "l2", "method": "riemann_middle"},
+    ],
+)
+def test_every_ig_setting_yields_maps(tmp_path: Path, options: dict[str, object]) -> None:
+    data = tiny_data()
+    s = IGSettings(steps=3, batch_size=128, **options)  # type: ignore[arg-type]
+    maps = precompute_ig_maps(tiny_teacher(data), data, s, ArtifactCache(tmp_path / "c"))
+    m = maps.lookup(data.train.index[:10])
+    assert m.shape == (10, 28, 28) and bool(torch.isfinite(m).all()) and float(m.min()) >= 0
+    assert maps.maps.dtype == (torch.float16 if s.fp16 else torch.float32)
+    assert 0 <= maps.meta["completeness_error_relative"] < 1

@@ -168,3 +168,10 @@ def test_timeout_stops_starting_trials(tmp_path: Path, pm: Any) -> None:
     study = search.run()
     assert search.stop_reason == "timeout"
     assert 1 <= len(study.get_trials()) < 50
+
+
+def test_a_resumed_study_does_not_replay_the_first_proposals(tmp_path: Path, pm: Any) -> None:
+    Search(make_config(tmp_path, proposer={"name": "random"}, n_trials=3), pm=pm).run()
+    study = Search(make_config(tmp_path, proposer={"name": "random"}, n_trials=6), pm=pm).run()
+    first, resumed = study.get_trials()[:3], study.get_trials()[3:]
+    assert [t.params for t in first] != [t.params for t in resumed]

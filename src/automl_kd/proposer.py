@@ -62,7 +62,9 @@ def history_from_trials(trials: Sequence[FrozenTrial]) -> list[HistoryEntry]:
         metrics = {k: t.user_attrs[k] for k in VISIBLE_METRICS if k in t.user_attrs}
         values = tuple(t.values) if t.values is not None else None
         reason = str(t.user_attrs.get("fail_reason") or t.system_attrs.get("fail_reason") or "")
-        out.append(HistoryEntry(t.number, dict(t.params), state, values, metrics, reason))
+        # searched augmenter weights (aug.<name>.<option>) are study parameters but not part of the architecture
+        params = {k: v for k, v in t.params.items() if not k.startswith("aug.")}
+        out.append(HistoryEntry(t.number, params, state, values, metrics, reason))
     return out
 
 

@@ -237,6 +237,12 @@ class Search:
             directions=self.directions,
             load_if_exists=True,
         )
+        existing = len(self.study.get_trials(deepcopy=False))
+        if existing:
+            # a resumed study: a sampler seeded as in the first run would replay the first run's proposals, so
+            # its seed derives from the study seed and the number of trials already there (still deterministic)
+            self.sampler = self._make_sampler(seed=trial_seed(self.config.seed, existing))
+            self.study.sampler = self.sampler
         if "config" not in self.study.user_attrs:
             self.study.set_user_attr("config", config.to_dict())
             self.study.set_user_attr("objectives", list(config.search.objectives))
@@ -264,14 +270,15 @@ class Search:
             raise ConfigError(f"space {ref.name!r} cannot build networks; use a table evaluator with it")
         return space
 
-    def _make_sampler(self) -> optuna.samplers.BaseSampler:
+    def _make_sampler(self, seed: int | None = None) -> optuna.samplers.BaseSampler:
+        seed = self.config.seed if seed is None else seed
         ref = self.config.search.proposer
         entry = self.pm.proposers.get(ref.name)
         host = self._host_args(
             entry.factory,
             {
                 "space": self.space,
-                "seed": self.config.seed,
+                "seed": seed,
                 "directions": self.directions,
                 "constraints": self.constraints,
                 "run_dir": self.run_dir,
@@ -281,7 +288,7 @@ class Search:
 
         obj = build_with_options(entry, ref.options, "proposer", **host)
         if isinstance(obj, Proposer):
-            return ProposerSampler(obj, self.space, seed=self.config.seed)
+            return ProposerSampler(obj, self.space, seed=seed)
         if isinstance(obj, optuna.samplers.BaseSampler):
             return obj
         raise ConfigError(f"proposer {ref.name!r} returned {type(obj).__name__}, not a sampler or Proposer")
