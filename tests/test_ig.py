@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -215,4 +216,8 @@ def test_every_ig_setting_yields_maps(tmp_path: Path, options: dict[str, object]
     m = maps.lookup(data.train.index[:10])
     assert m.shape == (10, 28, 28) and bool(torch.isfinite(m).all()) and float(m.min()) >= 0
     assert maps.maps.dtype == (torch.float16 if s.fp16 else torch.float32)
-    assert 0 <= maps.meta["completeness_error_relative"] < 1
+    # completeness with a stated tolerance is tested above at 32+ steps; 3 steps only have to give a finite error
+    assert (
+        math.isfinite(maps.meta["completeness_error_relative"])
+        and maps.meta["completeness_error_relative"] >= 0
+    )
