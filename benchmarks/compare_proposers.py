@@ -31,7 +31,7 @@ from automl_kd.compare import (
     add_compare_arguments,
     compare,
     random_best_of_k,
-    specs_from_args,
+    run_from_args,
     write_outputs,
 )
 
@@ -162,22 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_timing:
         checks["timing"] = timed_subset(args.macro_path, args.workers)
         print(checks["timing"]["text"], flush=True)
-    benches, props = specs_from_args(args)
-    checkpoints = [int(c) for c in args.checkpoints.split(",") if c.strip()]
-
-    def progress(done: int, total: int) -> None:
-        if done == total or done % max(1, total // 10) == 0:
-            print(f"compare: {done}/{total} runs", flush=True)
-
-    results = compare(
-        benches,
-        props,
-        args.seeds,
-        args.budget,
-        checkpoints=checkpoints,
-        workers=args.workers,
-        progress=progress,
-    )
+    results = run_from_args(args, reports=10)
     if "nasbench-macro" in results["benchmarks"]:
         checks["random_best_of_10"] = best_of_10_check(args.macro_path, results)
     for bench, c in tpe_vs_random(results).items():

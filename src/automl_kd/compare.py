@@ -429,6 +429,27 @@ def specs_from_args(args: argparse.Namespace) -> tuple[list[BenchmarkSpec], list
     return benches, props
 
 
+def run_from_args(args: argparse.Namespace, reports: int = 20) -> dict[str, Any]:
+    """Run the comparison the parsed ``add_compare_arguments`` options describe, printing about ``reports``
+    progress lines."""
+    benches, props = specs_from_args(args)
+    checkpoints = [int(c) for c in args.checkpoints.split(",") if c.strip()]
+
+    def progress(done: int, total: int) -> None:
+        if done == total or done % max(1, total // reports) == 0:
+            print(f"compare: {done}/{total} runs", flush=True)
+
+    return compare(
+        benches,
+        props,
+        args.seeds,
+        args.budget,
+        checkpoints=checkpoints,
+        workers=args.workers,
+        progress=progress,
+    )
+
+
 def compare_main(args: argparse.Namespace) -> int:
     """``automl-kd compare``: run the comparison, write JSON/markdown/PNG, print where they went."""
     blocked = list(getattr(args, "disable_plugin", None) or [])
@@ -438,22 +459,7 @@ def compare_main(args: argparse.Namespace) -> int:
         # through the environment, so that the worker processes block the same plugins
         os.environ[DISABLE_ENV] = ",".join(filter(None, [os.environ.get(DISABLE_ENV, ""), *blocked]))
         _WORKER_CACHE.pop("pm", None)
-    benches, props = specs_from_args(args)
-    checkpoints = [int(c) for c in args.checkpoints.split(",") if c.strip()]
-
-    def progress(done: int, total: int) -> None:
-        if done == total or done % max(1, total // 20) == 0:
-            print(f"compare: {done}/{total} runs", flush=True)
-
-    results = compare(
-        benches,
-        props,
-        args.seeds,
-        args.budget,
-        checkpoints=checkpoints,
-        workers=args.workers,
-        progress=progress,
-    )
+    results = run_from_args(args, reports=20)
     for path in write_outputs(results, args.out, args.name, plots=not args.no_plots):
         print(f"wrote {path}")
     return 0
