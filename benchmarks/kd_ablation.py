@@ -8,17 +8,22 @@ candidate is fixed (``removed = k``), so runs use the same training loop, caches
   for a fixed number of epochs and is scored on the validation split; the test accuracy is reported only.
 - Per method: mean, std and a 95 % bootstrap interval of test accuracy over seeds; Welch's t-test against the
   student alone (the runs are not paired: different seeds give different initialisations and batch orders).
-- ``--sweep``: student alone and KD at all 8 truncation depths (compression 2.2x .. 1122x).
-- ``--monte-carlo``: each run trains on a fresh stratified random 80 % of the training split (the paper's Monte
-  Carlo design), with the teacher trained once on the full split.
+- ``--parts sweep``: student alone and KD at all 8 truncation depths (compression 2.2x .. 1122x).
+- ``--parts monte-carlo``: each run trains on a fresh stratified random 80 % of the training split, drawn from its
+  seed (the paper's Monte Carlo design; evaluator option ``train_fraction``), with the teacher, its caches, the
+  validation and the test split those of the whole split.
 - Latency of teacher and student at batch 1 and 64 after warm-up, synchronised (``automl_kd.metrics``).
 
 Two recipes: ``paper`` (Adam 1e-3, no schedule, batch 64, alpha 0.01, T 2.5, p 0.1, w 0.5, gamma 0.8) and ``ours``
 (AdamW with a cosine schedule, alpha 0.5, T 4; the other knobs as the paper's).
 
-    python benchmarks/kd_ablation.py --scale fmnist --seeds 5          # CPU scale (see --help for the budget)
+    python benchmarks/kd_ablation.py --scale fmnist --seeds 5          # CPU scale: about 45 min on 2 cores
+    python benchmarks/kd_ablation.py --scale fmnist --parts sweep,monte-carlo
     python benchmarks/kd_ablation.py --scale cifar10-jpeg --seeds 5    # CIFAR-10 (JPEG) from ../shared/data
     python benchmarks/kd_ablation.py --scale paper-gpu --seeds 10      # the full recipe, for a GPU
+    python benchmarks/kd_ablation.py --scale fmnist --markdown         # the docs tables from the JSON files
+
+Each part writes ``benchmarks/results/kd_ablation_<scale>[_sweep|_montecarlo].json``.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import argparse
 import itertools
 import json
 import platform
+import sys
 import tarfile
 import tempfile
 import time
@@ -35,6 +41,7 @@ from typing import Any
 
 import numpy as np
 import optuna
+import torch
 
 from automl_kd import Search, load_config
 from automl_kd.metrics import measure_latency, resolve_device
@@ -42,6 +49,7 @@ from automl_kd.report import trial_state
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
+SWEEP_DEPTHS = [3, 5, 7, 9, 11, 13, 15, 17]
 METHODS = ["student", "kd", "ig", "at", "kd+ig", "kd+at", "ig+at", "kd+ig+at"]
 PAPER_MEANS = {
     "student": 91.18,
@@ -79,7 +87,7 @@ SCALES: dict[str, dict[str, Any]] = {
             "flip": True,
         },
         "epochs": 3,
-        "teacher_epochs": 6,
+        "teacher_epochs": 25,
         "ig_steps": 8,
         "stem_stride": 2,
         "removed": 5,
@@ -94,7 +102,7 @@ SCALES: dict[str, dict[str, Any]] = {
             "flip": True,
         },
         "epochs": 3,
-        "teacher_epochs": 6,
+        "teacher_epochs": 25,
         "ig_steps": 8,
         "stem_stride": 2,
         "removed": 5,
@@ -153,30 +161,30 @@ def run_method(
     scale: dict[str, Any],
     removed: int,
     tmp: Path,
-    split_seed: int | None = None,
+    train_fraction: float = 1.0,
 ) -> list[dict[str, Any]]:
-    """``seeds`` trials of one fixed student in one study; returns their records."""
+    """``seeds`` trials of one fixed student in one study (trial seeds differ); returns their records."""
     recipe = RECIPES[recipe_name]
     raw = json.loads(json.dumps(base))
     raw["name"] = f"{recipe_name}-{method.replace('+', '_')}-k{removed}" + (
-        f"-mc{split_seed}" if split_seed else ""
+        f"-f{train_fraction:g}" if train_fraction < 1 else ""
     )
     raw["run_dir"] = str(tmp / raw["name"])
+    raw["search"]["n_trials"] = seeds
     raw["augmenters"] = augmenters(method, recipe, scale["ig_steps"])
     raw["evaluator"]["options"].update(
         optimizer=recipe["optimizer"],
         lr=recipe["lr"],
         schedule=recipe["schedule"],
         batch_size=recipe["batch_size"],
+        train_fraction=train_fraction,
     )
-    if split_seed is not None:
-        raw["data"]["split_seed"] = split_seed
-        raw["data"]["train_size"] = int(0.8 * raw["data"]["train_size"])
-        raw["search"]["n_trials"] = 1
     search = Search(load_config(raw))
-    for _ in range(raw["search"]["n_trials"]):
+    for _ in range(seeds):
         search.study.enqueue_trial({"removed": removed})
+    t0 = time.perf_counter()
     study = search.run()
+    print(f"  {raw['name']}: {seeds} runs in {time.perf_counter() - t0:.0f} s", flush=True)
     records = []
     for t in study.get_trials():
         if trial_state(t) != "complete":
@@ -222,24 +230,43 @@ def summarise(records: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     return out
 
 
+PARTS = ("ablation", "sweep", "monte-carlo")
+
+
+def result_path(out: Path, scale: str, part: str) -> Path:
+    suffix = {"ablation": "", "sweep": "_sweep", "monte-carlo": "_montecarlo"}[part]
+    return out / f"kd_ablation_{scale}{suffix}.json"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scale", choices=list(SCALES), default="fmnist")
+    ap.add_argument("--parts", default="ablation", help=f"comma-separated, of {', '.join(PARTS)}")
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--recipes", default="paper,ours")
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--epochs", type=int, help="override the scale's student epochs")
     ap.add_argument("--train-size", type=int, help="override the scale's training subset (smoke runs)")
     ap.add_argument("--teacher-epochs", type=int, help="override the scale's teacher epochs (smoke runs)")
-    ap.add_argument("--sweep", action="store_true", help="student and KD at all 8 truncation depths")
-    ap.add_argument("--sweep-seeds", type=int, default=2)
-    ap.add_argument("--monte-carlo", action="store_true", help="each run on a fresh stratified 80 %% subset")
+    ap.add_argument("--sweep-seeds", type=int, default=3)
+    ap.add_argument("--mc-fraction", type=float, default=0.8, help="Monte Carlo: fraction of the train split")
+    ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    ap.add_argument("--markdown", action="store_true", help="print the tables of the result files and exit")
     args = ap.parse_args()
+    out_dir = Path(args.out)
+    if args.markdown:
+        print(markdown(out_dir, args.scale))
+        return
+    parts = args.parts.split(",")
+    if unknown := set(parts) - set(PARTS):
+        ap.error(f"unknown part(s) {', '.join(sorted(unknown))}; choose from {', '.join(PARTS)}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     scale = SCALES[args.scale]
     epochs = args.epochs or scale["epochs"]
-    t0 = time.perf_counter()
+    methods = args.methods.split(",")
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         data = dict(scale["data"])
@@ -269,56 +296,155 @@ def main() -> None:
                 },
             },
         }
-        results: dict[str, Any] = {
+        common: dict[str, Any] = {
             "scale": args.scale,
             "epochs": epochs,
-            "seeds": args.seeds,
-            "config": base,
+            "torch_threads": torch.get_num_threads(),
+            "machine": f"{platform.machine()} {platform.processor()}".strip(),
+            "command": "python benchmarks/kd_ablation.py " + " ".join(sys.argv[1:]),
+            "config": _portable(base),
             "paper_cifar10_means": PAPER_MEANS,
             "recipes": RECIPES,
-            "ablation": {},
         }
-        for recipe in args.recipes.split(","):
-            recs = {
-                m: run_method(base, m, recipe, args.seeds, scale, scale["removed"], tmp)
-                for m in args.methods.split(",")
-            }
-            results["ablation"][recipe] = {"summary": summarise(recs), "runs": recs}
-            print(recipe, json.dumps(results["ablation"][recipe]["summary"], indent=1), flush=True)
-        if args.sweep:
-            sweep: dict[str, Any] = {}
-            for k, m in itertools.product([3, 5, 7, 9, 11, 13, 15, 17], ["student", "kd"]):
-                recs = run_method(
-                    {**base, "search": {**base["search"], "n_trials": args.sweep_seeds}},
-                    m,
-                    "ours",
-                    args.sweep_seeds,
-                    scale,
-                    k,
-                    tmp,
-                )
-                sweep.setdefault(str(k), {})[m] = summarise({m: recs})[m] | {
-                    "params": recs[0]["params"],
-                    "macs": recs[0]["macs"],
-                    "cf": recs[0]["compression_factor"],
+        common["teacher"] = teacher_accuracy(base)
+        print(f"teacher: {common['teacher']}", flush=True)
+        for part in parts:
+            t0 = time.perf_counter()
+            results: dict[str, Any] = {**common, "part": part}
+            if part == "ablation":
+                results["seeds"] = args.seeds
+                results["ablation"] = {}
+                for recipe in args.recipes.split(","):
+                    recs = {
+                        m: run_method(base, m, recipe, args.seeds, scale, scale["removed"], tmp)
+                        for m in methods
+                    }
+                    results["ablation"][recipe] = {"summary": summarise(recs), "runs": recs}
+                results["latency"] = latency(base, scale["removed"])
+            elif part == "sweep":
+                results["seeds"] = args.sweep_seeds
+                results["recipe"] = "ours"
+                sweep: dict[str, Any] = {}
+                for k, m in itertools.product(SWEEP_DEPTHS, ["student", "kd"]):
+                    recs = run_method(base, m, "ours", args.sweep_seeds, scale, k, tmp)
+                    sweep.setdefault(str(k), {})[m] = summarise({m: recs})[m] | {
+                        "params": recs[0]["params"],
+                        "macs": recs[0]["macs"],
+                        "cf": recs[0]["compression_factor"],
+                    }
+                results["sweep"] = sweep
+            else:
+                results["seeds"] = args.seeds
+                results["recipe"] = "ours"
+                results["train_fraction"] = args.mc_fraction
+                mc = {
+                    m: run_method(base, m, "ours", args.seeds, scale, scale["removed"], tmp, args.mc_fraction)
+                    for m in methods
                 }
-            results["sweep"] = sweep
-        if args.monte_carlo:
-            mc = {
-                m: [
-                    r
-                    for s in range(1, args.seeds + 1)
-                    for r in run_method(base, m, "ours", 1, scale, scale["removed"], tmp, split_seed=s)
-                ]
-                for m in args.methods.split(",")
-            }
-            results["monte_carlo"] = {"summary": summarise(mc), "runs": mc}
-        results["latency"] = latency(base, scale["removed"])
-    results["wall_clock_s"] = round(time.perf_counter() - t0, 1)
-    results["machine"] = f"{platform.machine()} {platform.processor()}"
-    out = Path(args.out) / f"kd_ablation_{args.scale}.json"
-    out.write_text(json.dumps(results, indent=1) + "\n")
-    print("wrote", out)
+                results["monte_carlo"] = {"summary": summarise(mc), "runs": mc}
+            results["wall_clock_s"] = round(time.perf_counter() - t0, 1)
+            path = result_path(out_dir, args.scale, part)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(results, indent=1) + "\n")
+            print(f"{part}: {results['wall_clock_s']:.0f} s, wrote {path}", flush=True)
+    print(markdown(out_dir, args.scale))
+
+
+def _portable(base: dict[str, Any]) -> dict[str, Any]:
+    """The base config with the temporary data folder replaced by where it comes from."""
+    out = json.loads(json.dumps(base))
+    if out["data"].get("dataset") == "imagefolder":
+        out["data"]["root"] = "../shared/data/cifar-10-jpeg/cifar-10-jpeg.tar.gz (extracted)"
+    return out
+
+
+def teacher_accuracy(base: dict[str, Any]) -> dict[str, Any]:
+    """The teacher's validation and test accuracy (trained and cached on first use, like in every trial)."""
+    from automl_kd import get_plugin_manager
+    from automl_kd.teacher import teacher_for_config
+    from automl_kd.training import accuracy
+
+    teacher, data = teacher_for_config(load_config(base), get_plugin_manager())
+    return {
+        "val_acc": accuracy(teacher, data.val, data),
+        "test_acc": accuracy(teacher, data.test, data),
+        "params": sum(p.numel() for p in teacher.parameters()),
+    }
+
+
+def _fmt(row: dict[str, Any]) -> str:
+    lo, hi = row["test_ci95"]
+    return f"{row['test_mean']:.2f} ± {row['test_std']:.2f} [{lo:.2f}, {hi:.2f}]"
+
+
+def _p(row: dict[str, Any]) -> str:
+    w = row.get("welch_vs_student")
+    return "—" if not w else f"{w['t']:+.2f} / {w['p']:.3f}"
+
+
+def markdown(out: Path, scale: str) -> str:
+    """Markdown tables of whatever result files of ``scale`` exist (the tables in docs/benchmarks.md)."""
+    lines: list[str] = []
+    path = result_path(out, scale, "ablation")
+    if path.exists():
+        r = json.loads(path.read_text())
+        t = r["teacher"]
+        lines += [
+            f"Ablation, {scale}: {r['seeds']} seeds per method, {r['epochs']} epochs, "
+            f"{r['torch_threads']} torch thread(s), {r['wall_clock_s'] / 60:.0f} min. Teacher: "
+            f"{t['test_acc']:.2f} % test ({t['params']:,} params). Test accuracy %: mean ± std [95 % bootstrap CI]; "
+            "Welch's t / p against the student alone.",
+            "",
+            "| method | "
+            + " | ".join(f"{k} recipe | t / p" for k in r["ablation"])
+            + " | paper (CIFAR-10, mean of 10) |",
+            "|---|" + "---|---|" * len(r["ablation"]) + "---|",
+        ]
+        for m in METHODS:
+            cells = []
+            for rec in r["ablation"].values():
+                row = rec["summary"].get(m)
+                cells += [_fmt(row), _p(row)] if row else ["—", "—"]
+            lines.append(f"| {m} | " + " | ".join(cells) + f" | {PAPER_MEANS[m]:.2f} |")
+        lat = r["latency"]
+        lines += [
+            "",
+            f"Latency ({lat['student']['latency_device']}): teacher {lat['teacher']['latency_ms_b1']:.2f} ms at "
+            f"batch 1, {lat['teacher']['latency_ms_b64']:.1f} ms at 64; student {lat['student']['latency_ms_b1']:.2f}"
+            f" / {lat['student']['latency_ms_b64']:.1f} ms ({lat['speedup_b1']:.2f}x / {lat['speedup_b64']:.2f}x); "
+            f"MACs {lat['teacher']['macs'] / 1e6:.1f}M -> {lat['student']['macs'] / 1e6:.1f}M.",
+        ]
+    path = result_path(out, scale, "monte-carlo")
+    if path.exists():
+        r = json.loads(path.read_text())
+        lines += [
+            "",
+            f"Monte Carlo, {scale}: each of {r['seeds']} runs per method trains on a fresh stratified "
+            f"{r['train_fraction']:.0%} of the training split ({r['recipe']} recipe), "
+            f"{r['wall_clock_s'] / 60:.0f} min.",
+            "",
+            "| method | test % mean ± std [95 % CI] | Welch t / p vs student |",
+            "|---|---|---|",
+        ]
+        for m, row in r["monte_carlo"]["summary"].items():
+            lines.append(f"| {m} | {_fmt(row)} | {_p(row)} |")
+    path = result_path(out, scale, "sweep")
+    if path.exists():
+        r = json.loads(path.read_text())
+        lines += [
+            "",
+            f"Compression sweep, {scale}: {r['seeds']} seeds per cell ({r['recipe']} recipe), "
+            f"{r['wall_clock_s'] / 60:.0f} min.",
+            "",
+            "| k removed | params | CF | MACs | student test % | KD test % |",
+            "|---|---|---|---|---|---|",
+        ]
+        for k, row in r["sweep"].items():
+            s, kd = row["student"], row["kd"]
+            lines.append(
+                f"| {k} | {s['params']:,} | {s['cf']:.1f} | {s['macs'] / 1e6:.2f}M | {_fmt(s)} | {_fmt(kd)} |"
+            )
+    return "\n".join(lines) if lines else f"no results for {scale} in {out}"
 
 
 def latency(base: dict[str, Any], removed: int) -> dict[str, Any]:

@@ -6,6 +6,7 @@ import random
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 from conftest import small_mbv2_options
 
@@ -122,3 +123,25 @@ def test_metrics_count_and_time_a_model() -> None:
     assert count_macs(model, (1, 28, 28)) == space.cost(params).macs
     lat = measure_latency(model, (1, 28, 28), torch.device("cpu"), batch_sizes=(1, 4), repeats=3)
     assert lat["latency_ms_b1"] > 0 and lat["latency_ms_b4"] > 0 and "CPU" in lat["latency_device"]
+
+
+def test_train_fraction_draws_a_fresh_stratified_subset_per_seed() -> None:
+    """Monte Carlo runs: each seed trains on its own stratified 80 % of the training split, indices kept."""
+    from automl_kd.training import training_subset
+
+    data = load_data(DataConfig(train_size=1000, val_fraction=0.2, crop_padding=0, flip=False))
+    a, b, again = (training_subset(data.train, 0.8, s) for s in (1, 2, 1))
+    assert len(a) == len(b) == round(0.8 * len(data.train))
+    assert torch.equal(a.index, again.index)  # same seed, same subset
+    assert not torch.equal(a.index, b.index)  # another seed, another subset
+    full = torch.bincount(data.train.y, minlength=10).float()
+    assert torch.allclose(torch.bincount(a.y, minlength=10).float(), 0.8 * full, atol=1.0)
+    rows = {int(i): r for r, i in enumerate(data.train.index)}
+    for i, y in zip(a.index[:50].tolist(), a.y[:50].tolist(), strict=True):
+        assert int(data.train.y[rows[i]]) == y  # each row keeps its dataset index (caches stay aligned)
+    assert training_subset(data.train, 1.0, 3) is data.train
+    settings = TrainSettings(epochs=1, batch_size=50, crop_padding=0, flip=False, train_fraction=0.5)
+    result = train_student(_space().build(_space().sample(random.Random(0))), data, settings, seed=0)
+    assert result.steps == 8  # 400 of the 800 training images, batches of 50
+    with pytest.raises(ValueError, match="train_fraction"):
+        training_subset(data.train, 0.0, 0)

@@ -19,12 +19,13 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .augmenter import Augmenter, Outputs, StepBatch
-from .data import DataSplits, Split, batches, random_crop_flip
+from .data import DataSplits, Split, batches, random_crop_flip, stratified_indices
 from .errors import TrainingDiverged
 from .teacher_cache import reduce_outputs, teacher_output_provider, teacher_reducers
 
@@ -44,6 +45,9 @@ class TrainSettings:
     grad_clip: float | None = None
     #: cap on optimisation steps per epoch (None = whole training split); for quick runs and tests
     max_steps_per_epoch: int | None = None
+    #: train on a stratified random fraction of the training split, drawn afresh from each run's seed (the IG-KD
+    #: paper's Monte Carlo design); the teacher, its caches and the validation split stay those of the whole split
+    train_fraction: float = 1.0
     eval_batch_size: int = 512
     crop_padding: int = 4
     flip: bool = True
@@ -115,6 +119,19 @@ def make_optimizer(model: nn.Module, s: TrainSettings) -> torch.optim.Optimizer:
     raise ValueError(f"unknown optimizer {s.optimizer!r}; use adam, adamw or sgd")
 
 
+def training_subset(train: Split, fraction: float, seed: int) -> Split:
+    """A stratified random ``fraction`` of ``train`` drawn from ``seed`` (``train`` itself for 1.0); rows keep
+    their dataset indices, so cached IG maps and teacher outputs stay aligned."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"train_fraction must be in (0, 1], got {fraction}")
+    if fraction == 1:
+        return train
+    y = train.y.cpu().numpy()
+    rows, _ = stratified_indices(y, fraction, np.random.default_rng([seed, 0x5EED]))
+    sel = torch.from_numpy(rows).to(train.x.device)
+    return Split(train.x[sel], train.y[sel], train.index[sel])
+
+
 def train_student(
     model: nn.Module,
     data: DataSplits,
@@ -160,8 +177,9 @@ def train_student(
             teacher, augmenters, data, pad, flip, mode=teacher_outputs, cache=cache, say=log
         )
 
+    train = training_subset(data.train, settings.train_fraction, seed)
     opt = make_optimizer(model, settings)
-    steps_per_epoch = math.ceil(len(data.train) / settings.batch_size)
+    steps_per_epoch = math.ceil(len(train) / settings.batch_size)
     if settings.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, settings.max_steps_per_epoch)
     total_steps = steps_per_epoch * settings.epochs
@@ -179,7 +197,7 @@ def train_student(
         sums = {}
         n_batches = 0
         for i, (xb, yb, ib) in enumerate(
-            batches(data.train, settings.batch_size, shuffle=True, generator=gen)
+            batches(train, settings.batch_size, shuffle=True, generator=gen)
         ):
             if i >= steps_per_epoch or (should_stop and should_stop()):
                 break

@@ -33,11 +33,14 @@ class TrainEvaluator(Evaluator):
         label_smoothing: float = 0.0,
         grad_clip: float | None = None,
         max_steps_per_epoch: int | None = None,
+        train_fraction: float = 1.0,
         latency: bool = True,
         latency_batch_sizes: list[int] | None = None,
     ) -> None:
         if epochs < 1 or batch_size < 1 or lr <= 0:
             raise ValueError("epochs and batch_size must be >= 1 and lr > 0")
+        if not 0 < train_fraction <= 1:
+            raise ValueError(f"train_fraction must be in (0, 1], got {train_fraction}")
         self.settings: dict[str, Any] = dict(
             epochs=epochs,
             batch_size=batch_size,
@@ -48,6 +51,7 @@ class TrainEvaluator(Evaluator):
             label_smoothing=label_smoothing,
             grad_clip=grad_clip,
             max_steps_per_epoch=max_steps_per_epoch,
+            train_fraction=train_fraction,
         )
         self.latency = latency
         self.latency_batch_sizes = latency_batch_sizes or [1, 64]
