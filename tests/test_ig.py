@@ -104,6 +104,37 @@ def test_attributions_equal_captums() -> None:
     assert float((fast - ref).abs().max()) < 1e-3 * float(ref.abs().max())
 
 
+def test_stem_hoisting_gives_the_per_node_result(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stem conv runs once per image (its pre-activation is affine along the path); the attributions equal
+    those of differentiating the whole network at every node, with per-image and shared baselines."""
+    import automl_kd.ig as ig
+
+    torch.manual_seed(0)
+    model = _randomise_bn(
+        PaperTruncatedSpace(num_classes=10, in_chans=3, input_size=16, width=0.25).build({"removed": 12})
+    )
+    fast = inference_copy(model)
+    split = ig.split_stem(fast)
+    assert split is not None and split[0].conv.in_channels == 3  # the first conv, joined with its ReLU6
+    x = torch.randn(5, 3, 16, 16)
+    target = torch.tensor([0, 3, 5, 7, 9])
+    for base in (make_baseline(x, "blurred", torch.zeros(3)), torch.zeros_like(x)):
+        hoisted = integrated_gradients(fast, x, base, target, steps=8, batch_size=12)
+        monkeypatch.setattr(ig, "split_stem", lambda m: None)
+        per_node = integrated_gradients(fast, x, base, target, steps=8, batch_size=12)
+        monkeypatch.undo()
+        assert float((hoisted - per_node).norm() / per_node.norm()) < 1e-4
+        # the completeness check (a shared baseline is evaluated once) against f(x) - f(b) image by image
+        err, gap = ig.completeness(fast, x, base, target, hoisted)
+        with torch.no_grad():
+            diff = (fast(x) - fast(base)).gather(1, target.view(-1, 1)).squeeze(1)
+        assert torch.allclose(gap, diff.abs(), atol=1e-5)
+        assert torch.allclose(err, (hoisted.flatten(1).sum(1) - diff).abs(), atol=1e-5)
+    # no stem conv + clamp at the input (a plain conv network): no split, the whole network per node
+    plain = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 14 * 14, 10)).eval()
+    assert ig.split_stem(plain) is None
+
+
 def test_completeness_within_tolerance() -> None:
     # a smooth network: Gauss-Legendre converges fast: the sum of attributions matches f(x) - f(b) to 1e-4
     # relative (plus float rounding)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import math
 import threading
+import weakref
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -75,7 +76,7 @@ class _AfterNorm(nn.Module):
 
 class _LeafTracer(torch.fx.Tracer):
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, nn.Conv2d | nn.BatchNorm2d) or super().is_leaf_module(m, qualname)
+        return isinstance(m, nn.Conv2d | nn.BatchNorm2d | _ConvAct) or super().is_leaf_module(m, qualname)
 
 
 def _is_timm_norm_act(m: nn.Module) -> bool:
@@ -87,7 +88,8 @@ def fold_batchnorm(model: nn.Module, fuse_activation: bool = False) -> nn.Module
 
     Pairs are found on the traced graph (a conv whose only user is a batch norm), so a norm that does not follow a
     conv, or whose conv output is used elsewhere, stays. With ``fuse_activation``, a timm norm whose activation is
-    ReLU or ReLU6 also fuses that activation into the conv (:class:`_ConvAct`, CPUs with oneDNN). Module names
+    ReLU or ReLU6 also joins that activation to the conv (:class:`_ConvAct`: an input-gradient-only backward on
+    CPUs). Module names
     are unchanged. A model that cannot be traced is returned as a plain frozen copy (correct, only slower).
     """
     folded = copy.deepcopy(model).eval()
@@ -125,7 +127,7 @@ def fold_batchnorm(model: nn.Module, fuse_activation: bool = False) -> nn.Module
         conv.bias = nn.Parameter(shift.detach().clone(), requires_grad=False)
         hi = None if plain or not isinstance(bn.drop, nn.Identity) else _act_bound(bn.act)
         zero_pad = conv.padding_mode == "zeros" and isinstance(conv.padding, tuple)
-        if fuse_activation and hi is not None and zero_pad and _can_fuse():
+        if fuse_activation and hi is not None and zero_pad:
             folded.set_submodule(str(src.target), _ConvAct(conv, hi))
             folded.set_submodule(str(node.target), nn.Identity())
         elif plain or (isinstance(bn.drop, nn.Identity) and isinstance(bn.act, nn.Identity)):
@@ -141,6 +143,29 @@ def fold_batchnorm(model: nn.Module, fuse_activation: bool = False) -> nn.Module
 _SCRATCH = threading.local()
 
 
+def _conv_input_grad(
+    g: torch.Tensor, x: torch.Tensor, c: nn.Conv2d, flipped: torch.Tensor | None
+) -> torch.Tensor:
+    if flipped is not None:
+        # a stride-1 "same" depthwise conv's input gradient is the same conv with the kernel flipped: oneDNN's
+        # forward kernel does it about 30 % faster than its backward-data kernel (measured on this CPU)
+        return F.conv2d(g, flipped, None, 1, c.padding, 1, c.groups)
+    gx: torch.Tensor = torch.ops.aten.convolution_backward(
+        g,
+        x,
+        c.weight,
+        None,
+        list(c.stride),
+        list(c.padding),
+        list(c.dilation),
+        False,
+        [0, 0],
+        c.groups,
+        [True, False, False],
+    )[0]
+    return gx
+
+
 class _ConvActFn(torch.autograd.Function):
     """conv -> clamp(lo, hi) in one oneDNN call (the clamp is a post-op, no extra pass over memory); the backward
     gives the input gradient only (the teacher is frozen), masking by the saved output."""
@@ -149,18 +174,22 @@ class _ConvActFn(torch.autograd.Function):
     def forward(
         ctx: Any, x: torch.Tensor, conv: nn.Conv2d, lo: float, hi: float, flipped: torch.Tensor | None
     ) -> torch.Tensor:
-        y: torch.Tensor = torch.ops.mkldnn._convolution_pointwise(
-            x,
-            conv.weight,
-            conv.bias,
-            list(conv.padding),
-            list(conv.stride),
-            list(conv.dilation),
-            conv.groups,
-            "hardtanh",
-            [lo, hi],
-            "",
-        )
+        if _FUSED:
+            y: torch.Tensor = torch.ops.mkldnn._convolution_pointwise(
+                x,
+                conv.weight,
+                conv.bias,
+                list(conv.padding),
+                list(conv.stride),
+                list(conv.dilation),
+                conv.groups,
+                "hardtanh",
+                [lo, hi],
+                "",
+            )
+        else:
+            y = F.conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+            y.clamp_(lo, hi)
         ctx.save_for_backward(x, y)
         ctx.conv, ctx.lo, ctx.hi, ctx.flipped = conv, lo, hi, flipped
         return y
@@ -168,36 +197,32 @@ class _ConvActFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None, None]:
         x, y = ctx.saved_tensors
-        c = ctx.conv
-        pool = getattr(_SCRATCH, "pool", None)
-        if pool is None:
-            g = torch.ops.aten.hardtanh_backward(grad, y, ctx.lo, ctx.hi)
-        else:  # the masked gradient only lives until the conv backward below: reuse one buffer per shape
-            key = (tuple(grad.shape), grad.stride(), grad.dtype, grad.device)
-            g = pool.get(key)
-            if g is None:
-                g = pool[key] = torch.empty_like(grad)
-            torch.ops.aten.hardtanh_backward.grad_input(grad, y, ctx.lo, ctx.hi, grad_input=g)
-        flipped = ctx.flipped
-        if flipped is not None:
-            # a stride-1 "same" depthwise conv's input gradient is the same conv with the kernel flipped: oneDNN's
-            # forward kernel does it about 30 % faster than its backward-data kernel (measured on this CPU)
-            gx = F.conv2d(g, flipped, None, 1, c.padding, 1, c.groups)
-        else:
-            gx = torch.ops.aten.convolution_backward(
-                g,
-                x,
-                c.weight,
-                None,
-                list(c.stride),
-                list(c.padding),
-                list(c.dilation),
-                False,
-                [0, 0],
-                c.groups,
-                [True, False, False],
-            )[0]
-        return gx, None, None, None, None
+        return (
+            _conv_input_grad(_masked(grad, y, ctx.lo, ctx.hi), x, ctx.conv, ctx.flipped),
+            None,
+            None,
+            None,
+            None,
+        )
+
+
+#: oneDNN's convolution with a fused clamp post-op is available (else a plain conv and an in-place clamp)
+_FUSED = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+
+
+def _masked(grad: torch.Tensor, y: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+    """``grad`` where ``lo < y < hi``, else 0 (the clamp's backward), into a reused scratch buffer when
+    :func:`integrated_gradients` runs."""
+    pool = getattr(_SCRATCH, "pool", None)
+    if pool is None:
+        return torch.ops.aten.hardtanh_backward(grad, y, lo, hi)
+    # the masked gradient only lives until the conv backward that follows: reuse one buffer per shape
+    key = (tuple(grad.shape), grad.stride(), grad.dtype, grad.device)
+    g = pool.get(key)
+    if g is None:
+        g = pool[key] = torch.empty_like(grad)
+    torch.ops.aten.hardtanh_backward.grad_input(grad, y, lo, hi, grad_input=g)
+    return g
 
 
 class _ConvAct(nn.Module):
@@ -230,20 +255,54 @@ def _act_bound(act: nn.Module) -> float | None:
     return None
 
 
-def _can_fuse() -> bool:
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
-
-
 def inference_copy(model: nn.Module) -> nn.Module:
     """The copy of a teacher that IG differentiates: frozen, eval mode, batch norms folded into the convolutions,
-    ``conv -> ReLU6`` fused into one oneDNN call on CPUs, the remaining activations out of place (an in-place
-    ReLU6 on a channels-last tensor computes out of place and copies back), channels-last memory (about 2x faster
-    depthwise convolutions on CPUs). Same function as ``model`` up to float rounding."""
+    ``conv -> ReLU6`` joined into one module with an input-gradient-only backward pass on CPUs (:class:`_ConvAct`),
+    the remaining activations out of place (an in-place ReLU6 on a channels-last tensor
+    computes out of place and copies back), channels-last memory (about 2x faster depthwise convolutions on
+    CPUs). Same function as ``model`` up to float rounding."""
     fast = fold_batchnorm(model, fuse_activation=True)
     for m in fast.modules():
         if isinstance(getattr(m, "inplace", None), bool):
             setattr(m, "inplace", False)  # noqa: B010 (mypy cannot type an attribute found by getattr)
     return fast.to(memory_format=torch.channels_last)
+
+
+#: inference copies -> (their first conv + clamp, the rest of the network as a graph module), or None
+_STEMS: weakref.WeakKeyDictionary[nn.Module, tuple[_ConvAct, nn.Module] | None] = weakref.WeakKeyDictionary()
+
+
+def split_stem(model: nn.Module) -> tuple[_ConvAct, nn.Module] | None:
+    """``(stem, rest)`` with ``model(x) == rest(stem(x))`` when the input's only use is a conv + clamp of an
+    inference copy (:func:`inference_copy`), else None. Everything before the stem's clamp is affine in the
+    input, which :func:`integrated_gradients` exploits: the stem's convolution runs once per image instead of
+    once per (image, integration node), and so does its backward pass."""
+    if model in _STEMS:
+        return _STEMS[model]
+    found = None
+    try:
+        graph = _LeafTracer().trace(model)
+        inputs = [n for n in graph.nodes if n.op == "placeholder"]
+        users = list(inputs[0].users) if len(inputs) == 1 else []
+        stem = model.get_submodule(str(users[0].target)) if len(users) == 1 else None
+        if (
+            isinstance(stem, _ConvAct)
+            and users[0].op == "call_module"
+            and users[0].args == (inputs[0],)
+            and not users[0].kwargs
+            and stem.conv.padding_mode == "zeros"
+        ):
+            with graph.inserting_before(users[0]):
+                entry = graph.placeholder("stem_out")
+            users[0].replace_all_uses_with(entry)
+            graph.erase_node(users[0])
+            graph.erase_node(inputs[0])
+            graph.lint()
+            found = (stem, torch.fx.GraphModule(model, graph))
+    except Exception:  # an untraceable model: integrate through the whole network (correct, a little slower)
+        found = None
+    _STEMS[model] = found
+    return found
 
 
 # -- baselines, attributions, maps ----------------------------------------------------------------------------
@@ -313,20 +372,43 @@ def _integrate(
     alphas, weights = (t.to(x.device) for t in quadrature(steps, method))
     n = x.shape[0]
     delta = x - baseline
-    total = torch.zeros_like(x, dtype=torch.float32)
     channels_last = x.dim() == 4
+    split = (
+        split_stem(model) if channels_last and x.device.type == "cpu" and x.dtype == torch.float32 else None
+    )
+    if split is not None:
+        # the stem is affine up to its clamp: pre(b + a (x - b)) = conv(b) + a * conv_without_bias(x - b), and its
+        # input gradient is linear, so the per-node gradients are summed first and sent back through it once
+        stem, net = split
+        c = stem.conv
+        cl = torch.channels_last
+        with torch.no_grad():
+            start_pre = F.conv2d(baseline.contiguous(memory_format=cl), c.weight, c.bias, c.stride, c.padding)
+            step_pre = F.conv2d(delta.contiguous(memory_format=cl), c.weight, None, c.stride, c.padding)
+        total = torch.zeros_like(start_pre)
+    else:
+        net = model
+        total = torch.zeros_like(x, dtype=torch.float32)
     for start in range(0, n * steps, batch_size):
         rows = torch.arange(start, min(start + batch_size, n * steps), device=x.device)
         img, k = rows // steps, rows % steps
-        pts = torch.addcmul(baseline[img], alphas[k].view(-1, 1, 1, 1), delta[img])
-        if channels_last:
-            pts = pts.contiguous(memory_format=torch.channels_last)
+        if split is not None:
+            pre = torch.addcmul(start_pre[img], alphas[k].view(-1, 1, 1, 1), step_pre[img])
+            pts = pre.clamp_(0.0, split[0].hi).contiguous(memory_format=torch.channels_last)
+        else:
+            pts = torch.addcmul(baseline[img], alphas[k].view(-1, 1, 1, 1), delta[img])
+            if channels_last:
+                pts = pts.contiguous(memory_format=torch.channels_last)
         pts.requires_grad_(True)
         with torch.enable_grad():
-            out = model(pts).float()
+            out = net(pts).float()
             seed = (out.gather(1, target[img].view(-1, 1)).squeeze(1) * weights[k]).sum()
             (grad,) = torch.autograd.grad(seed, pts)
+        if split is not None:
+            grad = _masked(grad, pts.detach(), 0.0, split[0].hi)
         total.index_add_(0, img, grad.float())
+    if split is not None:
+        total = _conv_input_grad(total, x.contiguous(memory_format=torch.channels_last), split[0].conv, None)
     return total * delta
 
 
@@ -340,7 +422,18 @@ def completeness(
     batch_size: int = 128,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per image: the completeness error ``|sum(attributions) - (f(x) - f(baseline))|`` (the quadrature error of
-    IG) and the gap ``|f(x) - f(baseline)|`` it is measured against. Runs in batches of ``batch_size`` images."""
+    IG) and the gap ``|f(x) - f(baseline)|`` it is measured against. Runs in batches of ``batch_size`` images;
+    a baseline shared by every image (``zeros``, ``black``) is evaluated once."""
+    shared = len(x) > 1 and (baseline.stride(0) == 0 or bool((baseline == baseline[:1]).all()))
+    if shared:
+        f_base = model(baseline[:1].contiguous()).float()[0]
+        diffs = []
+        for s in range(0, len(x), batch_size):
+            out = model(x[s : s + batch_size]).float()
+            t = target[s : s + batch_size]
+            diffs.append(out.gather(1, t.view(-1, 1)).squeeze(1) - f_base[t])
+        diff = torch.cat(diffs)
+        return (attributions.flatten(1).sum(1) - diff).abs(), diff.abs()
     diffs = []
     for s in range(0, len(x), batch_size):
         n = len(x[s : s + batch_size])
