@@ -44,6 +44,7 @@ import optuna
 import torch
 
 from automl_kd import Search, load_config
+from automl_kd.compare_stats import holm
 from automl_kd.metrics import measure_latency, resolve_device
 from automl_kd.report import trial_state
 
@@ -227,7 +228,22 @@ def summarise(records: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
         if base is not None and method != "student":
             row["welch_vs_student"] = welch(test, base)
         out[method] = row
+    # Holm-Bonferroni over the methods compared with the student alone (one family per recipe or mode)
+    tested = [
+        m for m in out if "welch_vs_student" in out[m] and not np.isnan(out[m]["welch_vs_student"]["p"])
+    ]
+    for m, adj in zip(tested, holm([out[m]["welch_vs_student"]["p"] for m in tested]), strict=True):
+        out[m]["welch_vs_student"]["p_holm"] = adj
     return out
+
+
+def resummarise(path: Path) -> None:
+    """Recompute the summaries of a result file from its runs (after a change to the statistics)."""
+    r = json.loads(path.read_text())
+    for block in [*r.get("ablation", {}).values(), r.get("monte_carlo")]:
+        if block:
+            block["summary"] = summarise(block["runs"])
+    path.write_text(json.dumps(r, indent=1) + "\n")
 
 
 PARTS = ("ablation", "sweep", "monte-carlo")
@@ -249,13 +265,25 @@ def main() -> None:
     ap.add_argument("--train-size", type=int, help="override the scale's training subset (smoke runs)")
     ap.add_argument("--teacher-epochs", type=int, help="override the scale's teacher epochs (smoke runs)")
     ap.add_argument("--sweep-seeds", type=int, default=3)
+    ap.add_argument(
+        "--sweep-depths", default=",".join(map(str, SWEEP_DEPTHS)), help="truncation depths k of the sweep"
+    )
     ap.add_argument("--mc-fraction", type=float, default=0.8, help="Monte Carlo: fraction of the train split")
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     ap.add_argument("--markdown", action="store_true", help="print the tables of the result files and exit")
+    ap.add_argument(
+        "--resummarise",
+        action="store_true",
+        help="recompute the statistics of the result files from their runs",
+    )
     args = ap.parse_args()
     out_dir = Path(args.out)
-    if args.markdown:
+    if args.resummarise:
+        for part in PARTS:
+            if (path := result_path(out_dir, args.scale, part)).exists():
+                resummarise(path)
+    if args.markdown or args.resummarise:
         print(markdown(out_dir, args.scale))
         return
     parts = args.parts.split(",")
@@ -325,7 +353,8 @@ def main() -> None:
                 results["seeds"] = args.sweep_seeds
                 results["recipe"] = "ours"
                 sweep: dict[str, Any] = {}
-                for k, m in itertools.product(SWEEP_DEPTHS, ["student", "kd"]):
+                depths = [int(k) for k in args.sweep_depths.split(",")]
+                for k, m in itertools.product(depths, ["student", "kd"]):
                     recs = run_method(base, m, "ours", args.sweep_seeds, scale, k, tmp)
                     sweep.setdefault(str(k), {})[m] = summarise({m: recs})[m] | {
                         "params": recs[0]["params"],
@@ -379,7 +408,13 @@ def _fmt(row: dict[str, Any]) -> str:
 
 def _p(row: dict[str, Any]) -> str:
     w = row.get("welch_vs_student")
-    return "—" if not w else f"{w['t']:+.2f} / {w['p']:.3f}"
+    if not w:
+        return "—"
+    return (
+        f"{w['t']:+.2f} / {w['p']:.3f} / {w['p_holm']:.2f}"
+        if "p_holm" in w
+        else f"{w['t']:+.2f} / {w['p']:.3f}"
+    )
 
 
 def markdown(out: Path, scale: str) -> str:
@@ -393,10 +428,10 @@ def markdown(out: Path, scale: str) -> str:
             f"Ablation, {scale}: {r['seeds']} seeds per method, {r['epochs']} epochs, "
             f"{r['torch_threads']} torch thread(s), {r['wall_clock_s'] / 60:.0f} min. Teacher: "
             f"{t['test_acc']:.2f} % test ({t['params']:,} params). Test accuracy %: mean ± std [95 % bootstrap CI]; "
-            "Welch's t / p against the student alone.",
+            "Welch's t / p / Holm-adjusted p against the student alone.",
             "",
             "| method | "
-            + " | ".join(f"{k} recipe | t / p" for k in r["ablation"])
+            + " | ".join(f"{k} recipe | t / p / p Holm" for k in r["ablation"])
             + " | paper (CIFAR-10, mean of 10) |",
             "|---|" + "---|---|" * len(r["ablation"]) + "---|",
         ]
@@ -423,7 +458,7 @@ def markdown(out: Path, scale: str) -> str:
             f"{r['train_fraction']:.0%} of the training split ({r['recipe']} recipe), "
             f"{r['wall_clock_s'] / 60:.0f} min.",
             "",
-            "| method | test % mean ± std [95 % CI] | Welch t / p vs student |",
+            "| method | test % mean ± std [95 % CI] | Welch t / p / p Holm vs student |",
             "|---|---|---|",
         ]
         for m, row in r["monte_carlo"]["summary"].items():
