@@ -95,8 +95,8 @@ def fold_batchnorm(model: nn.Module, fuse_activation: bool = False) -> nn.Module
     Pairs are found on the traced graph (a conv whose only user is a batch norm), so a norm that does not follow a
     conv, or whose conv output is used elsewhere, stays. With ``fuse_activation``, a timm norm whose activation is
     ReLU or ReLU6 also joins that activation to the conv (:class:`_ConvAct`: an input-gradient-only backward on
-    CPUs). Module names
-    are unchanged. A model that cannot be traced is returned as a plain frozen copy (correct, only slower).
+    CPUs). Module names are unchanged. A model that cannot be traced is returned as a plain frozen copy (correct,
+    only slower).
     """
     folded = copy.deepcopy(model).eval()
     for p in folded.parameters():
@@ -173,8 +173,8 @@ def _conv_input_grad(
 
 
 class _ConvActFn(torch.autograd.Function):
-    """conv -> clamp(lo, hi) in one oneDNN call (the clamp is a post-op, no extra pass over memory); the backward
-    gives the input gradient only (the teacher is frozen), masking by the saved output."""
+    """conv -> clamp(lo, hi) in one oneDNN call where available (the clamp is a post-op, no extra pass over
+    memory); the backward gives the input gradient only (the teacher is frozen), masking by the saved output."""
 
     @staticmethod
     def forward(
@@ -264,9 +264,9 @@ def _act_bound(act: nn.Module) -> float | None:
 def inference_copy(model: nn.Module) -> nn.Module:
     """The copy of a teacher that IG differentiates: frozen, eval mode, batch norms folded into the convolutions,
     ``conv -> ReLU6`` joined into one module with an input-gradient-only backward pass on CPUs (:class:`_ConvAct`),
-    the remaining activations out of place (an in-place ReLU6 on a channels-last tensor
-    computes out of place and copies back), channels-last memory (about 2x faster depthwise convolutions on
-    CPUs). Same function as ``model`` up to float rounding."""
+    the remaining activations out of place (an in-place ReLU6 on a channels-last tensor computes out of place and
+    copies back), channels-last memory (about 2x faster depthwise convolutions on CPUs). Same function as
+    ``model`` up to float rounding."""
     fast = fold_batchnorm(model, fuse_activation=True)
     for m in fast.modules():
         if isinstance(getattr(m, "inplace", None), bool):
