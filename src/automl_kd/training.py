@@ -196,9 +196,7 @@ def train_student(
     for epoch in range(settings.epochs):
         sums = {}
         n_batches = 0
-        for i, (xb, yb, ib) in enumerate(
-            batches(train, settings.batch_size, shuffle=True, generator=gen)
-        ):
+        for i, (xb, yb, ib) in enumerate(batches(train, settings.batch_size, shuffle=True, generator=gen)):
             if i >= steps_per_epoch or (should_stop and should_stop()):
                 break
             x = xb.float().div_(255)
