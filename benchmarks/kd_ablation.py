@@ -273,6 +273,11 @@ def main() -> None:
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     ap.add_argument("--markdown", action="store_true", help="print the tables of the result files and exit")
     ap.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the recipes of an existing ablation file that this run does not redo (add a recipe later)",
+    )
+    ap.add_argument(
         "--resummarise",
         action="store_true",
         help="recompute the statistics of the result files from their runs",
@@ -343,11 +348,29 @@ def main() -> None:
                 results["seeds"] = args.seeds
                 results["ablation"] = {}
                 for recipe in args.recipes.split(","):
+                    t_recipe = time.perf_counter()
                     recs = {
                         m: run_method(base, m, recipe, args.seeds, scale, scale["removed"], tmp)
                         for m in methods
                     }
-                    results["ablation"][recipe] = {"summary": summarise(recs), "runs": recs}
+                    results["ablation"][recipe] = {
+                        "summary": summarise(recs),
+                        "runs": recs,
+                        "wall_clock_s": round(time.perf_counter() - t_recipe, 1),
+                        "torch_threads": torch.get_num_threads(),
+                    }
+                old = result_path(out_dir, args.scale, part)
+                if args.merge and old.exists():
+                    previous = json.loads(old.read_text())
+                    same = (previous["seeds"], previous["epochs"], previous["config"])
+                    if same != (args.seeds, epochs, common["config"]):
+                        raise SystemExit(f"--merge: {old} was run with other seeds, epochs or config")
+                    for recipe, block in previous["ablation"].items():
+                        block.setdefault(
+                            "wall_clock_s", previous["wall_clock_s"]
+                        )  # files written before these
+                        block.setdefault("torch_threads", previous["torch_threads"])  # two keys existed
+                        results["ablation"].setdefault(recipe, block)
                 results["latency"] = latency(base, scale["removed"])
             elif part == "sweep":
                 results["seeds"] = args.sweep_seeds
@@ -401,6 +424,16 @@ def teacher_accuracy(base: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _timing(r: dict[str, Any]) -> str:
+    blocks = r["ablation"]
+    if all("wall_clock_s" in b for b in blocks.values()):
+        return ", ".join(
+            f"{k} recipe {b['wall_clock_s'] / 60:.0f} min with {b['torch_threads']} torch thread(s)"
+            for k, b in blocks.items()
+        )
+    return f"{' and '.join(blocks)} recipes {r['wall_clock_s'] / 60:.0f} min with {r['torch_threads']} torch thread(s)"
+
+
 def _fmt(row: dict[str, Any]) -> str:
     lo, hi = row["test_ci95"]
     return f"{row['test_mean']:.2f} ± {row['test_std']:.2f} [{lo:.2f}, {hi:.2f}]"
@@ -425,8 +458,9 @@ def markdown(out: Path, scale: str) -> str:
         r = json.loads(path.read_text())
         t = r["teacher"]
         lines += [
-            f"Ablation, {scale}: {r['seeds']} seeds per method, {r['epochs']} epochs, "
-            f"{r['torch_threads']} torch thread(s), {r['wall_clock_s'] / 60:.0f} min. Teacher: "
+            f"Ablation, {scale}: {r['seeds']} seeds per method, {r['epochs']} epochs; "
+            + _timing(r)
+            + ". Teacher: "
             f"{t['test_acc']:.2f} % test ({t['params']:,} params). Test accuracy %: mean ± std [95 % bootstrap CI]; "
             "Welch's t / p / Holm-adjusted p against the student alone.",
             "",

@@ -41,7 +41,16 @@ def test_kd_ablation_script_writes_every_part_and_its_tables(tmp_path: Path) -> 
     assert sweep["sweep"]["17"]["student"]["params"] < sweep["sweep"]["15"]["student"]["params"]
     assert sweep["sweep"]["17"]["student"]["cf"] > 1000  # METHODS.md: CF 1122 for k = 17
     assert sweep["sweep"]["15"]["kd"]["n"] == 2
+    # a recipe added later keeps the runs already there
+    merge = [*cmd[: cmd.index("--recipes")], "--recipes", "ours", *cmd[cmd.index("--methods") :]]
+    merge[merge.index("ablation,monte-carlo,sweep")] = "ablation"
+    out = subprocess.run([*merge, "--merge"], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    merged = json.loads((tmp_path / "kd_ablation_fmnist.json").read_text())
+    assert set(merged["ablation"]) == {"paper", "ours"}
+    assert merged["ablation"]["paper"]["runs"] == ablation["ablation"]["paper"]["runs"]
     tables = subprocess.run(
         [*cmd[:2], "--scale", "fmnist", "--markdown", "--out", str(tmp_path)], capture_output=True, text=True
     ).stdout
     assert "| kd+ig+at |" in tables and "Monte Carlo" in tables and "Compression sweep" in tables
+    assert "paper recipe" in tables and "ours recipe" in tables
