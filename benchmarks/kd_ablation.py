@@ -77,36 +77,20 @@ RECIPES: dict[str, dict[str, Any]] = {
 
 #: scale -> data, epochs, teacher training, IG steps, truncation, stem stride. The CPU scales are sized so that the
 #: default run (2 recipes x 8 methods x 5 seeds) finishes within about 60 minutes on a 2-core machine.
+#: the CPU scales share everything but the dataset and its crop padding
+_CPU_SCALE: dict[str, Any] = {
+    "data": {"train_size": 5000, "test_size": 5000, "val_fraction": 0.2, "flip": True},
+    "epochs": 3,
+    "teacher_epochs": 25,
+    "ig_steps": 8,
+    "stem_stride": 2,
+    "removed": 5,
+}
 SCALES: dict[str, dict[str, Any]] = {
-    "fmnist": {
-        "data": {
-            "dataset": "fashion-mnist",
-            "train_size": 5000,
-            "test_size": 5000,
-            "val_fraction": 0.2,
-            "crop_padding": 2,
-            "flip": True,
-        },
-        "epochs": 3,
-        "teacher_epochs": 25,
-        "ig_steps": 8,
-        "stem_stride": 2,
-        "removed": 5,
-    },
+    "fmnist": {**_CPU_SCALE, "data": {**_CPU_SCALE["data"], "dataset": "fashion-mnist", "crop_padding": 2}},
     "cifar10-jpeg": {
-        "data": {
-            "dataset": "imagefolder",
-            "train_size": 5000,
-            "test_size": 5000,
-            "val_fraction": 0.2,
-            "crop_padding": 4,
-            "flip": True,
-        },
-        "epochs": 3,
-        "teacher_epochs": 25,
-        "ig_steps": 8,
-        "stem_stride": 2,
-        "removed": 5,
+        **_CPU_SCALE,
+        "data": {**_CPU_SCALE["data"], "dataset": "imagefolder", "crop_padding": 4},
     },
     "paper-gpu": {
         "data": {

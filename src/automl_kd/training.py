@@ -119,12 +119,17 @@ def make_optimizer(model: nn.Module, s: TrainSettings) -> torch.optim.Optimizer:
     raise ValueError(f"unknown optimizer {s.optimizer!r}; use adam, adamw or sgd")
 
 
+def check_train_fraction(fraction: float) -> float:
+    """``fraction`` if it is a usable ``train_fraction`` (in (0, 1]), else a ValueError naming the option."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"train_fraction must be in (0, 1], got {fraction}")
+    return fraction
+
+
 def training_subset(train: Split, fraction: float, seed: int) -> Split:
     """A stratified random ``fraction`` of ``train`` drawn from ``seed`` (``train`` itself for 1.0); rows keep
     their dataset indices, so cached IG maps and teacher outputs stay aligned."""
-    if not 0 < fraction <= 1:
-        raise ValueError(f"train_fraction must be in (0, 1], got {fraction}")
-    if fraction == 1:
+    if check_train_fraction(fraction) == 1:
         return train
     y = train.y.cpu().numpy()
     rows, _ = stratified_indices(y, fraction, np.random.default_rng([seed, 0x5EED]))

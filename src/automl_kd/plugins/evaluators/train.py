@@ -13,7 +13,7 @@ from automl_kd.evaluator import Evaluator, TrialContext
 from automl_kd.hookspecs import hookimpl
 from automl_kd.metrics import count_macs, count_params, measure_latency
 from automl_kd.space import Candidate
-from automl_kd.training import TrainSettings, accuracy, train_student
+from automl_kd.training import TrainSettings, accuracy, check_train_fraction, train_student
 
 
 class TrainEvaluator(Evaluator):
@@ -39,8 +39,6 @@ class TrainEvaluator(Evaluator):
     ) -> None:
         if epochs < 1 or batch_size < 1 or lr <= 0:
             raise ValueError("epochs and batch_size must be >= 1 and lr > 0")
-        if not 0 < train_fraction <= 1:
-            raise ValueError(f"train_fraction must be in (0, 1], got {train_fraction}")
         self.settings: dict[str, Any] = dict(
             epochs=epochs,
             batch_size=batch_size,
@@ -51,7 +49,7 @@ class TrainEvaluator(Evaluator):
             label_smoothing=label_smoothing,
             grad_clip=grad_clip,
             max_steps_per_epoch=max_steps_per_epoch,
-            train_fraction=train_fraction,
+            train_fraction=check_train_fraction(train_fraction),
         )
         self.latency = latency
         self.latency_batch_sizes = latency_batch_sizes or [1, 64]
