@@ -1,0 +1,273 @@
+"""Helpers of the fault suite: the real ``automl-kd`` console script in a subprocess, one-line error checks,
+small configs, read-only files, unsafe pickles, a CPU hog.
+
+Everything here goes through the command line as a user would type it, so the suite does not depend on where
+the code lives inside the package.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+#: the console script of the environment running the tests (``python -m automl_kd.cli`` where there is none)
+_SCRIPT = Path(sys.executable).with_name("automl-kd")
+AUTOML_KD = [str(_SCRIPT)] if _SCRIPT.is_file() else [sys.executable, "-m", "automl_kd.cli"]
+
+
+@dataclass
+class Result:
+    rc: int
+    out: str
+    err: str
+    seconds: float
+
+    def __str__(self) -> str:
+        head = f"exit {self.rc} after {self.seconds:.1f} s"
+        return f"{head}\n--- stdout\n{self.out[-3000:]}\n--- stderr\n{self.err[-4000:]}"
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({"COLUMNS": "160", "NO_COLOR": "1", "PYTHONUNBUFFERED": "1"}, **extra)
+    return env
+
+
+def cli(*args: str, cwd: Path, timeout: float = 180, env: dict[str, str] | None = None) -> Result:
+    t0 = time.monotonic()
+    p = subprocess.run(
+        [*AUTOML_KD, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env or cli_env(),
+        errors="replace",
+    )
+    return Result(p.returncode, p.stdout, p.stderr, time.monotonic() - t0)
+
+
+def spawn(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [*AUTOML_KD, *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env or cli_env(),
+        errors="replace",
+    )
+
+
+def assert_no_traceback(res: Result) -> None:
+    for name, text in (("stdout", res.out), ("stderr", res.err)):
+        assert "Traceback" not in text, f"a traceback on {name}:\n{res}"
+        assert "Exception in thread" not in text, f"a thread's traceback on {name}:\n{res}"
+
+
+def error_lines(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.startswith("error:")]
+
+
+def assert_one_error(res: Result, code: int, pattern: str) -> str:
+    """Exit ``code``, no traceback, exactly one ``error:`` line, the last line of stderr, matching ``pattern``."""
+    assert_no_traceback(res)
+    assert res.rc == code, f"expected exit {code}:\n{res}"
+    lines = error_lines(res.err)
+    assert len(lines) == 1, f"expected one error: line, got {lines}:\n{res}"
+    assert res.err.strip().splitlines()[-1] == lines[0], f"the error line is not the last line:\n{res}"
+    assert re.search(pattern, lines[0]), f"{lines[0]!r} does not match {pattern!r}"
+    return lines[0]
+
+
+def small_space() -> dict[str, Any]:
+    return {
+        "name": "mbv2",
+        "options": {
+            "stem_stride": 2,
+            "stem_channels": 8,
+            "stages": [[8, 1, 1], [16, 2, 2], [24, 2, 1]],
+            "widths": [0.5, 1.0],
+            "ops": ["ir_k3_e1", "ir_k3_e3", "ir_k5_e3"],
+            "head_channels": 32,
+        },
+    }
+
+
+def base_config(name: str = "base", **top: Any) -> dict[str, Any]:
+    """issue 12's base.yaml: quick.yaml, 1000 training and 500 test images, one trial of one epoch."""
+    cfg: dict[str, Any] = {
+        "name": name,
+        "seed": 0,
+        "data": {
+            "dataset": "fashion-mnist",
+            "train_size": 1000,
+            "test_size": 500,
+            "val_fraction": 0.2,
+            "crop_padding": 0,
+            "flip": False,
+        },
+        "space": small_space(),
+        "search": {"proposer": {"name": "random"}, "n_trials": 1},
+        "evaluator": {
+            "name": "train",
+            "options": {"epochs": 1, "batch_size": 128, "lr": 0.004, "latency": False},
+        },
+    }
+    cfg.update(top)
+    return cfg
+
+
+def synthetic_config(name: str, n_trials: int, sleep: float = 0.2, **storage: Any) -> dict[str, Any]:
+    """Instant trials (the ``synthetic`` evaluator) for storage and worker tests."""
+    return {
+        "name": name,
+        "space": small_space(),
+        "search": {"n_trials": n_trials, "proposer": {"name": "random"}},
+        "evaluator": {"name": "synthetic", "options": {"sleep": sleep, "epochs": 2}},
+        "storage": {"heartbeat_interval": 1, "grace_period": 3, **storage},
+    }
+
+
+def write_yaml(path: Path, data: Any) -> Path:
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Payload:
+    """Pickles as a call of ``os.system``: loading it unsafely would create ``marker``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return (os.system, (f"touch {self.marker}",))
+
+
+def write_unsafe_pickle(path: Path, marker: Path) -> None:
+    """A torch checkpoint whose unpickling would run code (what ``weights_only=True`` must refuse)."""
+    import torch
+
+    torch.save({"x": Payload(marker)}, path)
+
+
+@contextlib.contextmanager
+def read_only(*paths: Path) -> Iterator[None]:
+    """Make ``paths`` unwritable for real: ``chattr +i`` as root (permissions do not stop root), else chmod.
+
+    Skips the test, with the reason, where neither works.
+    """
+    if os.geteuid() == 0:
+        if shutil.which("chattr") is None:
+            pytest.skip(
+                "running as root and chattr is not installed: nothing makes a file read-only for root"
+            )
+        done: list[Path] = []
+        try:
+            for p in paths:
+                r = subprocess.run(["chattr", "+i", str(p)], capture_output=True, text=True)
+                if r.returncode != 0:
+                    pytest.skip(f"chattr +i does not work on this filesystem ({r.stderr.strip()})")
+                done.append(p)
+            yield
+        finally:
+            for p in done:
+                subprocess.run(["chattr", "-i", str(p)], check=False)
+    else:
+        modes = {p: p.stat().st_mode for p in paths}
+        try:
+            for p in paths:
+                p.chmod(0o555 if p.is_dir() else 0o444)
+            yield
+        finally:
+            for p, m in modes.items():
+                p.chmod(m)
+
+
+@contextlib.contextmanager
+def cpu_hog(n: int | None = None) -> Iterator[None]:
+    """``n`` busy processes (default: one per core) beside the test, as another CI job would be."""
+    n = n or os.cpu_count() or 2
+    code = "while True: pass"
+    procs = [subprocess.Popen([sys.executable, "-c", code]) for _ in range(n)]
+    try:
+        yield
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGKILL)
+            p.wait()
+
+
+class Watched:
+    """A running ``automl-kd`` process whose stderr is read by a thread, so a test can wait for a line with a
+    deadline (a blocking ``readline`` could hang the test)."""
+
+    def __init__(self, *args: str, cwd: Path, env: dict[str, str] | None = None) -> None:
+        self.proc = spawn(*args, cwd=cwd, env=env)
+        self.lines: list[str] = []
+        self.out_lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, args=(self.proc.stderr, self.lines), daemon=True)
+        self._out = threading.Thread(target=self._read, args=(self.proc.stdout, self.out_lines), daemon=True)
+        self._reader.start()
+        self._out.start()
+
+    @staticmethod
+    def _read(stream: Any, into: list[str]) -> None:
+        for line in stream:
+            into.append(line)
+
+    def wait_for(self, pattern: str, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        rx = re.compile(pattern)
+        checked = 0
+        while time.monotonic() < deadline:
+            while checked < len(self.lines):
+                if rx.search(self.lines[checked]):
+                    return self.lines[checked]
+                checked += 1
+            if self.proc.poll() is not None and not self._reader.is_alive():
+                break
+            time.sleep(0.02)
+        raise AssertionError(
+            f"no line matching {pattern!r} within {timeout} s (exit {self.proc.poll()}); stderr:\n"
+            + "".join(self.lines)
+        )
+
+    def signal(self, signum: int) -> float:
+        self.proc.send_signal(signum)
+        return time.monotonic()
+
+    def finish(self, timeout: float) -> Result:
+        """Wait for the process (killing it after ``timeout`` s); ``seconds`` is the time this wait took."""
+        t0 = time.monotonic()
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        seconds = time.monotonic() - t0
+        self._reader.join(5)
+        self._out.join(5)
+        return Result(self.proc.returncode, "".join(self.out_lines), "".join(self.lines), seconds)
