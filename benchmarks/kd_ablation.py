@@ -44,9 +44,9 @@ import optuna
 import torch
 
 from automl_kd import Search, load_config
-from automl_kd.compare_stats import holm
+from automl_kd.compare.stats import holm
 from automl_kd.metrics import measure_latency, resolve_device
-from automl_kd.report import trial_state
+from automl_kd.results.leaderboard import trial_state
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -397,8 +397,8 @@ def _portable(base: dict[str, Any]) -> dict[str, Any]:
 def teacher_accuracy(base: dict[str, Any]) -> dict[str, Any]:
     """The teacher's validation and test accuracy (trained and cached on first use, like in every trial)."""
     from automl_kd import get_plugin_manager
-    from automl_kd.teacher import teacher_for_config
-    from automl_kd.training import accuracy
+    from automl_kd.distill.loop import accuracy
+    from automl_kd.distill.teacher import teacher_for_config
 
     teacher, data = teacher_for_config(load_config(base), get_plugin_manager())
     return {
@@ -502,7 +502,7 @@ def markdown(out: Path, scale: str) -> str:
 
 def latency(base: dict[str, Any], removed: int) -> dict[str, Any]:
     from automl_kd import get_plugin_manager
-    from automl_kd.search import DATA_SHAPES
+    from automl_kd.data import DATA_SHAPES
 
     n, c, s = DATA_SHAPES.get(base["data"]["dataset"], (10, 3, 32))
     space = get_plugin_manager().spaces.create(

@@ -13,12 +13,12 @@ from typing import Any
 
 import pytest
 
+from automl_kd import Constraints
 from automl_kd.errors import BudgetExhausted, ConfigError
 from automl_kd.llm import LLMProposer, NoValidCandidate
 from automl_kd.manager import get_plugin_manager
 from automl_kd.plugins.spaces.genius_imagenet import GeniusImageNetSpace
 from automl_kd.proposer import HistoryEntry
-from automl_kd.search import Constraints
 from automl_kd.space import SearchSpace
 from automl_kd.testing import ProposerContract, ToySpace
 

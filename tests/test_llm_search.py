@@ -11,6 +11,7 @@ from typing import Any
 import optuna
 import pytest
 
+from automl_kd import Constraints, Search
 from automl_kd.config import load_config
 from automl_kd.errors import BudgetExhausted
 from automl_kd.evaluator import Evaluator, TrialContext
@@ -19,7 +20,6 @@ from automl_kd.llm import LLMSampler
 from automl_kd.manager import get_plugin_manager
 from automl_kd.plugins.spaces.genius_imagenet import GeniusImageNetSpace
 from automl_kd.proposer import ATTR_META
-from automl_kd.search import Constraints, Search
 from automl_kd.space import Candidate
 
 try:

@@ -189,10 +189,16 @@ class Config(_Model):
 
     @property
     def resolved_run_dir(self) -> Path:
-        return Path(self.run_dir) if self.run_dir else Path("runs") / self.name
+        return Path(self.run_dir) if self.run_dir else default_run_dir(self.name)
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+
+def default_run_dir(name: str | None = None) -> Path:
+    """Where a run keeps its study without ``run_dir``: ``runs/<name>`` (the config's name, ``automl-kd`` by
+    default). ``run`` writes there and ``show``/``report``/``finalize`` read there."""
+    return Path("runs") / (name or str(Config.model_fields["name"].default))
 
 
 def _format_error(exc: pydantic.ValidationError) -> str:
@@ -252,6 +258,28 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
     return out
 
 
+def read_yaml_mapping(
+    source: str | Path | Mapping[str, Any] | None, what: str, not_a_mapping: str
+) -> dict[str, Any]:
+    """The mapping in a YAML file (or ``source`` itself when it is a mapping; ``{}`` for None), or a
+    :class:`ConfigError` that says what is wrong and where. ``what`` names the file in messages; ``not_a_mapping``
+    is the message for a file that holds something else (``{path!r}`` is filled in)."""
+    if source is None:
+        return {}
+    if isinstance(source, Mapping):
+        return dict(source)
+    path = Path(source)
+    if not path.is_file():
+        raise ConfigError(f"{what} {str(path)!r} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{what} {str(path)!r} is not valid YAML: {_yaml_problem(exc)}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(not_a_mapping.format(path=str(path)))
+    return raw
+
+
 def load_config(
     source: str | Path | Mapping[str, Any] | None = None, overrides: Sequence[str] = ()
 ) -> Config:
@@ -261,20 +289,9 @@ def load_config(
 
         cfg = load_config("examples/configs/quick.yaml", overrides=["search.n_trials=6"])
     """
-    if source is None:
-        raw: Any = {}
-    elif isinstance(source, Mapping):
-        raw = dict(source)
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise ConfigError(f"config file {str(path)!r} does not exist")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {_yaml_problem(exc)}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"config file {str(path)!r} must hold a mapping at the top level")
+    raw = read_yaml_mapping(
+        source, "config file", "config file {path!r} must hold a mapping at the top level"
+    )
     raw = apply_overrides(raw, overrides)
     try:
         return Config.model_validate(raw)

@@ -26,12 +26,11 @@ import pytest
 import torch
 from optuna.distributions import BaseDistribution, CategoricalDistribution, IntDistribution
 
-from .augmenter import Augmenter, Outputs, StepBatch
+from .distill.augmenter import Augmenter, Outputs, StepBatch
 from .errors import InvalidCandidate
 from .evaluator import Evaluator, TrialContext
 from .proposer import Proposer, ProposerSampler
-from .search import suggest
-from .space import Candidate, Cost, SearchSpace
+from .space import Candidate, Cost, SearchSpace, suggest
 
 
 class ToySpace(SearchSpace):

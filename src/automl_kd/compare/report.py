@@ -1,6 +1,6 @@
 """The comparison's outputs: one PNG per benchmark, a markdown report, and the JSON file.
 
-Kept apart from :mod:`automl_kd.compare_stats` so that the statistics import no plotting library.
+Kept apart from :mod:`automl_kd.compare.stats` so that the statistics import no plotting library.
 """
 
 from __future__ import annotations
@@ -11,17 +11,15 @@ from typing import Any
 
 import numpy as np
 
+from automl_kd.results.plots import pyplot
+
 __all__ = ["markdown_report", "plot_benchmark", "write_outputs"]
 
 
 # -- plots --------------------------------------------------------------------------------------------------
 def plot_benchmark(name: str, entry: dict[str, Any], path: Path) -> None:
     """Best-so-far (median and 95 % interval of the median) and median regret (log scale) per proposer."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
     info = entry["info"]
     for label, row in entry["proposers"].items():

@@ -10,18 +10,16 @@ every pair of proposers.
 The budget counts proposals: a duplicate or an invalid proposal uses one evaluation, as it would cost one
 trial in a real search. "Best-so-far" is the table value (mean over the table's runs) of the incumbent, the
 architecture with the best observed objective so far. Output: :func:`write_outputs` (JSON, PNG, markdown);
-CLI: :func:`add_compare_arguments` and :func:`compare_main`.
+CLI: :mod:`automl_kd.compare.cli`.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import os
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
@@ -29,23 +27,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import optuna
+import torch
+from optuna.distributions import CategoricalDistribution
 
-from .compare_report import write_outputs
-from .compare_stats import aggregate_runs, pair_tests, random_best_of_k
-from .errors import ConfigError, InfeasibleCandidate, InvalidCandidate
-
-__all__ = [
-    "BENCHMARKS",
-    "PROPOSERS",
-    "BenchmarkSpec",
-    "ProposerSpec",
-    "add_compare_arguments",
-    "compare",
-    "compare_main",
-    "random_best_of_k",
-    "run_one",
-    "write_outputs",
-]
+from automl_kd.compare.stats import aggregate_runs, pair_tests
+from automl_kd.errors import ConfigError, InfeasibleCandidate, InvalidCandidate
+from automl_kd.evaluator import TrialContext
+from automl_kd.manager import PluginManager, get_plugin_manager
+from automl_kd.proposer import ATTR_META, Proposer
 
 
 @dataclass(frozen=True)
@@ -57,6 +47,8 @@ class BenchmarkSpec:
     evaluator: str
     space_options: dict[str, Any] = field(default_factory=dict)
     evaluator_options: dict[str, Any] = field(default_factory=dict)
+    #: the ``compare`` option whose value (a local table file) becomes the evaluator's ``path`` option
+    path_argument: str | None = None
 
 
 @dataclass(frozen=True)
@@ -71,19 +63,29 @@ class ProposerSpec:
     numeric_only: bool = False  # CMA-ES: would silently sample categorical spaces at random
 
 
-_NB = "nasbench201"
-BENCHMARKS: dict[str, BenchmarkSpec] = {
-    "nasbench-macro": BenchmarkSpec("nasbench-macro", "nasbench-macro", "nasbench-macro"),
-    "nb201-cifar10": BenchmarkSpec("nb201-cifar10", _NB, _NB, {"dataset": "cifar10"}),
-    "nb201-cifar100": BenchmarkSpec("nb201-cifar100", _NB, _NB, {"dataset": "cifar100"}),
-    "nb201-imagenet16-120": BenchmarkSpec("nb201-imagenet16-120", _NB, _NB, {"dataset": "imagenet16-120"}),
-    "nasbench-macro-permuted": BenchmarkSpec(
-        "nasbench-macro-permuted", "nasbench-macro-permuted", "nasbench-macro", {"perm_seed": 0}
-    ),
-    "nb201-cifar10-permuted": BenchmarkSpec(
-        "nb201-cifar10-permuted", "nasbench201-permuted", _NB, {"dataset": "cifar10", "perm_seed": 0}
-    ),
-}
+class _RegisteredBenchmarks(Mapping[str, BenchmarkSpec]):
+    """The table benchmarks that plugins register (``register_benchmarks``), read on first use."""
+
+    def _specs(self) -> dict[str, BenchmarkSpec]:
+        return benchmarks_of(_plugin_manager())
+
+    def __getitem__(self, name: str) -> BenchmarkSpec:
+        return self._specs()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._specs())
+
+    def __len__(self) -> int:
+        return len(self._specs())
+
+
+def benchmarks_of(pm: PluginManager) -> dict[str, BenchmarkSpec]:
+    """Name -> spec of every benchmark registered with ``pm`` (the core knows none by name)."""
+    return {e.name: e.factory() for e in pm.benchmarks}
+
+
+#: the registered benchmarks of this process's plugin manager (the nasbench plugin registers the NAS benchmarks)
+BENCHMARKS: Mapping[str, BenchmarkSpec] = _RegisteredBenchmarks()
 PROPOSERS: dict[str, ProposerSpec] = {
     "random": ProposerSpec("random", "random"),
     "tpe": ProposerSpec("tpe", "optuna", {"sampler": "tpe"}),
@@ -98,10 +100,8 @@ PROPOSERS: dict[str, ProposerSpec] = {
 _WORKER_CACHE: dict[str, Any] = {}
 
 
-def _plugin_manager() -> Any:
+def _plugin_manager() -> PluginManager:
     if "pm" not in _WORKER_CACHE:  # one manager per process: entry points are scanned once
-        from .manager import get_plugin_manager
-
         _WORKER_CACHE["pm"] = get_plugin_manager()
     return _WORKER_CACHE["pm"]
 
@@ -126,8 +126,6 @@ def _usage_of(obj: Any) -> dict[str, Any] | None:
 
 def _llm_answers(study: Any) -> dict[str, int] | None:
     """Re-asks (invalid or duplicate answers sent back) and random fallbacks an LLM proposer recorded."""
-    from .proposer import ATTR_META
-
     metas = [t.system_attrs.get(ATTR_META) for t in study.get_trials(deepcopy=False)]
     metas = [m for m in metas if isinstance(m, dict) and "llm_reasks" in m]
     if not metas:
@@ -139,18 +137,12 @@ def _llm_answers(study: Any) -> dict[str, int] | None:
 
 
 def _context(space: Any, number: int, seed: int) -> Any:
-    from .evaluator import TrialContext
-
     # table evaluators need no device or run directory; nothing is trained or written
     return TrialContext(number=number, seed=seed, device=None, run_dir=Path("."), space=space)  # type: ignore[arg-type]
 
 
 def run_one(bench: BenchmarkSpec, prop: ProposerSpec, seed: int, budget: int) -> dict[str, Any]:
     """One search of ``budget`` proposals; returns per-trial table values and proposal statistics."""
-    import optuna
-
-    from .proposer import Proposer
-
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     pm = _plugin_manager()
     space = pm.spaces.create(bench.space, bench.space_options)
@@ -213,8 +205,6 @@ def _run_task(task: tuple[BenchmarkSpec, ProposerSpec, int, int]) -> tuple[str, 
 
 
 def _worker_init() -> None:
-    import torch
-
     torch.set_num_threads(1)  # one process per core; GP's torch ops would otherwise oversubscribe
 
 
@@ -227,8 +217,6 @@ def skip_reason(
     if prop.proposer not in pm.proposers:
         return f"proposer {prop.proposer!r} is not registered (registered: {', '.join(pm.proposers.names())})"
     if prop.numeric_only:
-        from optuna.distributions import CategoricalDistribution
-
         space = pm.spaces.create(bench.space, bench.space_options)
         if any(isinstance(d, CategoricalDistribution) for d in space.distributions().values()):
             return (
@@ -361,105 +349,3 @@ def compare(
     for b in out["settings"]["benchmarks"]:
         b["evaluator_options"].pop("path", None)  # a local path is not a result
     return out
-
-
-# -- command line -------------------------------------------------------------------------------------------
-def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``automl-kd compare`` (also used by ``benchmarks/compare_proposers.py``)."""
-    parser.add_argument(
-        "--benchmarks",
-        default="nasbench-macro,nb201-cifar10",
-        help=f"comma-separated, from: {', '.join(BENCHMARKS)}",
-    )
-    parser.add_argument(
-        "--proposers",
-        default="random,tpe,evolution,gp,llm",
-        help=f"comma-separated, from: {', '.join(PROPOSERS)}",
-    )
-    parser.add_argument("--seeds", type=int, default=30)
-    parser.add_argument("--budget", type=int, default=100, help="proposals (evaluations) per run")
-    parser.add_argument("--checkpoints", default="10,50", help="budgets at which to test and tabulate")
-    parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
-    parser.add_argument(
-        "--macro-path", default=None, help="NAS-Bench-Macro JSON (default: env, cache or download)"
-    )
-    parser.add_argument(
-        "--llm-options",
-        default="{}",
-        help="JSON options of the llm proposer (model, base_url, cache: replay, cache_dir, ...)",
-    )
-    parser.add_argument("--llm-seeds", type=int, default=5)
-    parser.add_argument("--gp-seeds", type=int, default=10)
-    parser.add_argument("--out", default="benchmarks/results")
-    parser.add_argument("--name", default="compare_proposers")
-    parser.add_argument("--no-plots", action="store_true")
-
-
-def specs_from_args(args: argparse.Namespace) -> tuple[list[BenchmarkSpec], list[ProposerSpec]]:
-    """The benchmark and proposer specs named on the command line, with the path and LLM options applied."""
-    benches, props = [], []
-    for name in filter(None, (s.strip() for s in args.benchmarks.split(","))):
-        if name not in BENCHMARKS:
-            raise ConfigError(f"--benchmarks: unknown {name!r}; choose from {', '.join(BENCHMARKS)}")
-        b = BENCHMARKS[name]
-        if args.macro_path and b.evaluator == "nasbench-macro":
-            b = BenchmarkSpec(
-                b.name,
-                b.space,
-                b.evaluator,
-                b.space_options,
-                {**b.evaluator_options, "path": args.macro_path},
-            )
-        benches.append(b)
-    try:
-        llm_options = json.loads(args.llm_options)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"--llm-options is not JSON: {exc}") from None
-    for name in filter(None, (s.strip() for s in args.proposers.split(","))):
-        if name not in PROPOSERS:
-            raise ConfigError(f"--proposers: unknown {name!r}; choose from {', '.join(PROPOSERS)}")
-        p = PROPOSERS[name]
-        if name == "llm":
-            p = ProposerSpec(
-                p.label, p.proposer, {**p.options, **llm_options}, args.llm_seeds, needs_llm=True
-            )
-        elif name == "gp":
-            p = ProposerSpec(p.label, p.proposer, p.options, args.gp_seeds)
-        props.append(p)
-    return benches, props
-
-
-def run_from_args(args: argparse.Namespace, reports: int = 20) -> dict[str, Any]:
-    """Run the comparison the parsed ``add_compare_arguments`` options describe, printing about ``reports``
-    progress lines."""
-    benches, props = specs_from_args(args)
-    checkpoints = [int(c) for c in args.checkpoints.split(",") if c.strip()]
-
-    def progress(done: int, total: int) -> None:
-        if done == total or done % max(1, total // reports) == 0:
-            print(f"compare: {done}/{total} runs", flush=True)
-
-    return compare(
-        benches,
-        props,
-        args.seeds,
-        args.budget,
-        checkpoints=checkpoints,
-        workers=args.workers,
-        progress=progress,
-    )
-
-
-def compare_main(args: argparse.Namespace) -> int:
-    """``automl-kd compare``: run the comparison, write JSON/markdown/PNG, print where they went."""
-    blocked = list(getattr(args, "disable_plugin", None) or [])
-    if blocked:
-        from .manager import DISABLE_ENV
-
-        # through the environment, so that the worker processes block the same plugins
-        os.environ[DISABLE_ENV] = ",".join(filter(None, [os.environ.get(DISABLE_ENV, ""), *blocked]))
-        _WORKER_CACHE.pop("pm", None)
-    results = run_from_args(args, reports=20)
-    for path in write_outputs(results, args.out, args.name, plots=not args.no_plots):
-        print(f"wrote {path}")
-    return 0

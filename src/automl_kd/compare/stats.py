@@ -1,4 +1,4 @@
-"""Statistics of :mod:`automl_kd.compare`: summaries, bootstrap bands, pairwise tests, run aggregation.
+"""Statistics of :mod:`automl_kd.compare.runner`: summaries, bootstrap bands, pairwise tests, run aggregation.
 
 Only numpy: the Mann-Whitney U test is the normal approximation with tie and continuity correction, the same
 as ``scipy.stats.mannwhitneyu(..., method="asymptotic")`` (a test checks it), so the core package does not

@@ -1,4 +1,4 @@
-"""The student training loop: plain functions, readable top to bottom.
+"""The student training loop: plain functions, readable top to bottom (:func:`automl_kd.distill.fit.fit` wraps it).
 
 One step, in order (METHODS.md A, defects 2 and 3 are why the order matters):
 
@@ -13,9 +13,8 @@ One step, in order (METHODS.md A, defects 2 and 3 are why the order matters):
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,33 +23,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .augmenter import Augmenter, Outputs, StepBatch
-from .data import DataSplits, Split, batches, random_crop_flip, stratified_indices
-from .errors import TrainingDiverged
-from .teacher_cache import reduce_outputs, teacher_output_provider, teacher_reducers
+from automl_kd.data import DataSplits, Split, batches, stratified_indices
+from automl_kd.errors import TrainingDiverged
 
-
-@dataclass(frozen=True)
-class TrainSettings:
-    """Optimisation settings of one student training run."""
-
-    epochs: int = 2
-    batch_size: int = 128
-    lr: float = 1e-3
-    optimizer: str = "adam"  # adam | adamw | sgd
-    weight_decay: float = 0.0
-    momentum: float = 0.9
-    schedule: str = "cosine"  # cosine | none
-    label_smoothing: float = 0.0
-    grad_clip: float | None = None
-    #: cap on optimisation steps per epoch (None = whole training split); for quick runs and tests
-    max_steps_per_epoch: int | None = None
-    #: train on a stratified random fraction of the training split, drawn afresh from each run's seed (the IG-KD
-    #: paper's Monte Carlo design); the teacher, its caches and the validation split stay those of the whole split
-    train_fraction: float = 1.0
-    eval_batch_size: int = 512
-    crop_padding: int = 4
-    flip: bool = True
+from .augmenter import Augmenter, StepBatch
+from .settings import TrainSettings, check_train_fraction
+from .taps import forward
+from .teacher_outputs import reduce_outputs, teacher_output_provider, teacher_reducers
+from .views import random_crop_flip
 
 
 @dataclass
@@ -62,36 +42,6 @@ class TrainResult:
     epochs_run: int
     steps: int
     history: list[dict[str, float]] = field(default_factory=list)
-
-
-@contextlib.contextmanager
-def tap_features(model: nn.Module, names: Sequence[str]) -> Iterator[dict[str, torch.Tensor]]:
-    """Capture the outputs of the named submodules during forward passes inside the block."""
-    found: dict[str, torch.Tensor] = {}
-    modules = dict(model.named_modules())
-    missing = [n for n in names if n not in modules]
-    if missing:
-        raise KeyError(f"no layer named {missing[0]!r}; layers include: {', '.join(list(modules)[1:12])} ...")
-    handles = []
-    for name in names:
-
-        def hook(_m: nn.Module, _i: Any, out: torch.Tensor, name: str = name) -> None:
-            found[name] = out
-
-        handles.append(modules[name].register_forward_hook(hook))
-    try:
-        yield found
-    finally:
-        for h in handles:
-            h.remove()
-
-
-def forward(model: nn.Module, x: torch.Tensor, layers: Sequence[str]) -> Outputs:
-    if not layers:
-        return Outputs(model(x))
-    with tap_features(model, layers) as feats:
-        logits = model(x)
-    return Outputs(logits, dict(feats))
 
 
 @torch.no_grad()
@@ -117,13 +67,6 @@ def make_optimizer(model: nn.Module, s: TrainSettings) -> torch.optim.Optimizer:
             model.parameters(), lr=s.lr, momentum=s.momentum, nesterov=True, weight_decay=s.weight_decay
         )
     raise ValueError(f"unknown optimizer {s.optimizer!r}; use adam, adamw or sgd")
-
-
-def check_train_fraction(fraction: float) -> float:
-    """``fraction`` if it is a usable ``train_fraction`` (in (0, 1]), else a ValueError naming the option."""
-    if not 0 < fraction <= 1:
-        raise ValueError(f"train_fraction must be in (0, 1], got {fraction}")
-    return fraction
 
 
 def training_subset(train: Split, fraction: float, seed: int) -> Split:
@@ -156,7 +99,8 @@ def train_student(
     ``report(epoch, val_acc)`` is called after every epoch (an Optuna pruner may raise ``TrialPruned`` there).
     ``data`` must already live on the training device. The test split is not touched here.
     ``teacher_outputs`` (``online``, ``cached``, ``auto``) overrides the teacher's ``teacher.outputs.mode``;
-    ``cache`` overrides the artifact cache the teacher-output cache lives in (see :mod:`automl_kd.teacher_cache`).
+    ``cache`` overrides the artifact cache the teacher-output cache lives in (see
+    :mod:`automl_kd.distill.teacher_outputs`).
     """
     device = data.train.x.device
     torch.manual_seed(seed)  # dropout and other module-level randomness

@@ -7,7 +7,7 @@
   reference network when ``params`` is omitted (``teacher.space: paper-truncated`` is the IG-KD paper's teacher).
 
 Weights come from ``teacher.checkpoint`` (``torch.load(..., weights_only=True)``: a state dict, or a dict holding
-one under ``state_dict``/``model``), or the library trains the teacher with :func:`automl_kd.training.train_student`
+one under ``state_dict``/``model``), or the library trains the teacher with :func:`automl_kd.distill.loop.train_student`
 and ``teacher.train`` settings and stores the weights in the artifact cache under the hash of the teacher config
 and the data fingerprint, so every trial and every later run reuses them.
 
@@ -22,65 +22,39 @@ Example::
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import types
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import timm
 import torch
 from torch import nn
 
-from .errors import ConfigError
+from automl_kd.cache import ArtifactCache
+from automl_kd.config import Config, TeacherConfig
+from automl_kd.data import DataSplits, load_data
+from automl_kd.errors import ConfigError
+from automl_kd.manager import PluginManager, get_plugin_manager
+from automl_kd.metrics import resolve_device
 
-if TYPE_CHECKING:
-    from .cache import ArtifactCache
-    from .config import TeacherConfig
-    from .data import DataSplits
-    from .manager import PluginManager
+from .fit import fit
+from .loop import accuracy
+from .settings import TrainSettings
+from .taps import model_fingerprint
+from .teacher_info import TeacherInfo, attach_info, teacher_info
+
+__all__ = ["TeacherInfo", "get_teacher", "teacher_cache_key", "teacher_for_config", "teacher_info"]
 
 log = logging.getLogger("automl_kd")
 
-ATTR = "automl_kd_teacher"
 CACHE_KIND = "teacher"
-
-
-@dataclass
-class TeacherInfo:
-    """Where a teacher came from and how its outputs are served; attached to the module as ``automl_kd_teacher``."""
-
-    source: str  # "checkpoint", "cache" or "trained"
-    fingerprint: str  # hash of the weights: part of every IG-map and teacher-output cache key
-    config: Any = None  # the TeacherConfig
-    cache: Any = None  # the ArtifactCache it was loaded from / stored in
-    cache_key: str | None = None
-    metrics: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def val_acc(self) -> float | None:
-        v = self.metrics.get("val_acc")
-        return float(v) if v is not None else None
-
-
-def model_fingerprint(model: nn.Module) -> str:
-    """sha256 (32 hex digits) of a model's parameters and buffers: names, dtypes, shapes and values."""
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        if not isinstance(t, torch.Tensor):
-            continue
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()[:32]
 
 
 def build_teacher_model(cfg: TeacherConfig, data: DataSplits, pm: PluginManager | None = None) -> nn.Module:
     """The teacher network, randomly initialised, for ``data``'s classes, channels and image size."""
     shape = {"num_classes": data.num_classes, "in_chans": data.in_chans, "input_size": data.input_size}
     if cfg.model is not None:
-        import timm
-
         if cfg.model_options.get("pretrained"):
             raise ConfigError(
                 "teacher.model_options.pretrained: not supported offline; use teacher.checkpoint"
@@ -96,15 +70,8 @@ def build_teacher_model(cfg: TeacherConfig, data: DataSplits, pm: PluginManager 
         except RuntimeError as exc:  # timm's "Unknown model"
             raise ConfigError(f"teacher.model {cfg.model!r}: {exc}") from None
         return model
-    from .manager import get_plugin_manager
-    from .options import accepts_var_keywords, build_with_options, parameter_names
-
     pm = pm or get_plugin_manager()
-    entry = pm.spaces.get(str(cfg.space))
-    names = parameter_names(entry.factory)
-    host = {k: v for k, v in shape.items() if (accepts_var_keywords(entry.factory) or k in names)}
-    host = {k: v for k, v in host.items() if k not in cfg.space_options}
-    space = build_with_options(entry, cfg.space_options, "teacher.space", **host)
+    space = pm.spaces.create(str(cfg.space), cfg.space_options, where="teacher.space", **shape)
     params = cfg.params if cfg.params is not None else space.reference()
     if params is None:
         raise ConfigError(
@@ -157,35 +124,34 @@ def freeze(model: nn.Module) -> nn.Module:
 
 def teacher_cache_key(cfg: TeacherConfig, data: DataSplits) -> str:
     """Hash of everything that determines trained teacher weights: the network, its training, the data split."""
-    from .cache import ArtifactCache
-
     spec = cfg.model_dump(mode="json", exclude={"checkpoint", "outputs"})
     return ArtifactCache.key(CACHE_KIND, {"teacher": spec, "data": data.fingerprint})
 
 
-def train_teacher(model: nn.Module, data: DataSplits, cfg: TeacherConfig) -> dict[str, Any]:
-    """Train ``model`` in place on ``data.train`` with ``cfg.train``; return its metrics (validation accuracy,
-    and test accuracy for the report only)."""
-    from .training import TrainSettings, accuracy, train_student
+def teacher_settings(cfg: TeacherConfig) -> TrainSettings:
+    """The training settings of ``teacher.train`` (its ``seed`` is the run's seed, not a setting)."""
+    return TrainSettings(**cfg.train.model_dump(exclude={"seed"}))
 
-    t = cfg.train
-    settings = TrainSettings(
-        epochs=t.epochs,
-        batch_size=t.batch_size,
-        lr=t.lr,
-        optimizer=t.optimizer,
-        weight_decay=t.weight_decay,
-        max_steps_per_epoch=t.max_steps_per_epoch,
-        crop_padding=t.crop_padding,
-        flip=t.flip,
+
+def train_teacher(
+    cfg: TeacherConfig, data: DataSplits, device: torch.device, pm: PluginManager | None = None
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Build and train the teacher on ``data.train`` with ``cfg.train`` (through :func:`automl_kd.distill.fit.fit`);
+    return it and its metrics (validation accuracy, and test accuracy for the report only)."""
+    fitted = fit(
+        lambda: build_teacher_model(cfg, data, pm),
+        data,
+        teacher_settings(cfg),
+        seed=cfg.train.seed,
+        device=device,
+        log=lambda m: log.info("teacher: %s", m),
     )
-    result = train_student(model, data, settings, seed=t.seed, log=lambda m: log.info("teacher: %s", m))
-    model.eval()
-    return {
-        "val_acc": round(result.val_acc, 4),
+    model = fitted.model.eval()
+    return model, {
+        "val_acc": round(fitted.result.val_acc, 4),
         "test_acc": round(accuracy(model, data.test, data), 4),  # report only, never used to select
-        "epochs": result.epochs_run,
-        "steps": result.steps,
+        "epochs": fitted.result.epochs_run,
+        "steps": fitted.result.steps,
     }
 
 
@@ -217,8 +183,7 @@ def get_teacher(
             )  # a concurrent worker may have trained it
             if art is None:
                 log.info("teacher: no cached weights (key %s); training it now", key[:12])
-                model.to(device)
-                metrics = train_teacher(model, data, teacher_cfg)
+                model, metrics = train_teacher(teacher_cfg, data, device, pm)
                 meta = {"metrics": metrics, "config": teacher_cfg.model_dump(mode="json")}
                 cache.save(CACHE_KIND, key, model.state_dict(), meta)
                 info = TeacherInfo("trained", model_fingerprint(model), teacher_cfg, cache, key, metrics)
@@ -245,25 +210,15 @@ def _load_cached(model: nn.Module, cache: ArtifactCache, key: str) -> Any:
 def _ready(model: nn.Module, info: TeacherInfo, device: torch.device) -> nn.Module:
     model.to(device).to(memory_format=torch.channels_last)
     freeze(model)
-    setattr(model, ATTR, info)
+    attach_info(model, info)
     return model
 
 
-def teacher_info(teacher: nn.Module | None) -> TeacherInfo | None:
-    """The :class:`TeacherInfo` of a teacher from :func:`get_teacher` (None for any other module)."""
-    info = getattr(teacher, ATTR, None) if teacher is not None else None
-    return info if isinstance(info, TeacherInfo) else None
-
-
 def teacher_for_config(
-    config: Any, pm: PluginManager | None = None, *, retrain: bool = False
+    config: Config, pm: PluginManager | None = None, *, retrain: bool = False
 ) -> tuple[nn.Module, Any]:
     """The teacher of a whole :class:`automl_kd.config.Config` and the data it belongs to (``automl-kd teacher
     train``): loads the data on the configured device and calls :func:`get_teacher` with the default cache."""
-    from .cache import ArtifactCache
-    from .data import load_data
-    from .metrics import resolve_device
-
     if config.teacher is None:
         raise ConfigError("teacher: the config has no `teacher:` section")
     device = resolve_device(config.device)

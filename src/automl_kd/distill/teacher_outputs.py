@@ -20,45 +20,23 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .augmenter import Augmenter, Outputs
-from .errors import ConfigError
+from automl_kd.cache import Artifact, ArtifactCache
+from automl_kd.data import DataSplits
+from automl_kd.distill.augmenter import Augmenter, Outputs
+from automl_kd.errors import ConfigError
 
-if TYPE_CHECKING:
-    from .data import DataSplits
+from .taps import forward, model_fingerprint
+from .teacher_info import teacher_info
+from .views import apply_crop_flip, crop_flip_draws
 
 log = logging.getLogger("automl_kd")
 
 Reducer = Callable[[torch.Tensor], torch.Tensor]
-
-
-# -- geometric augmentation with explicit draws ----------------------------------------------------------------
-def crop_flip_draws(n: int, padding: int, flip: bool, generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """Random crop offsets (0 .. 2 * padding) and flip flags for ``n`` images, drawn on the CPU."""
-    return {
-        "dy": torch.randint(0, 2 * padding + 1, (n,), generator=generator),
-        "dx": torch.randint(0, 2 * padding + 1, (n,), generator=generator),
-        "flip": (torch.rand(n, generator=generator) < 0.5) if flip else torch.zeros(n, dtype=torch.bool),
-    }
-
-
-def apply_crop_flip(x: torch.Tensor, draws: dict[str, torch.Tensor], padding: int) -> torch.Tensor:
-    """Zero-pad by ``padding``, crop at the drawn offsets, flip where drawn; batched tensor ops on x's device."""
-    n, _, h, w = x.shape
-    if padding > 0:
-        dy, dx = draws["dy"].to(x.device).long(), draws["dx"].to(x.device).long()
-        padded = F.pad(x, (padding, padding, padding, padding))
-        rows = dy[:, None] + torch.arange(h, device=x.device)[None, :]
-        cols = dx[:, None] + torch.arange(w, device=x.device)[None, :]
-        b = torch.arange(n, device=x.device)[:, None, None]
-        x = padded.permute(0, 2, 3, 1)[b, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
-    mask = draws["flip"].to(x.device).bool()
-    return torch.where(mask[:, None, None, None], x.flip(-1), x)
 
 
 # -- which augmenter reduces which teacher layer ---------------------------------------------------------------
@@ -216,8 +194,6 @@ def build_teacher_outputs(
     say: Callable[[str], None] = lambda m: None,
 ) -> TeacherOutputCache:
     """Load the teacher-output cache for the training split, building what is missing (once, under a lock)."""
-    from .teacher import model_fingerprint
-
     part = data.train
     device = part.x.device
     reducers = teacher_reducers(augmenters)
@@ -309,9 +285,6 @@ def _build(
     reducers: dict[str, tuple[Augmenter, Reducer]],
     say: Callable[[str], None],
 ) -> tuple[Any, dict[str, torch.Tensor]]:
-    from .cache import Artifact
-    from .training import forward
-
     part = data.train
     n = len(part)
     missing = [layer for layer in fkeys if layer not in feats]
@@ -388,11 +361,9 @@ def teacher_output_provider(
 ) -> TeacherOutputCache | None:
     """The teacher-output cache the training loop should read, or None to run the teacher online.
 
-    ``mode`` overrides ``teacher.outputs.mode`` of a teacher from :func:`automl_kd.teacher.get_teacher`; a plain
+    ``mode`` overrides ``teacher.outputs.mode`` of a teacher from :func:`automl_kd.distill.teacher.get_teacher`; a plain
     module without that config runs online unless ``mode`` says otherwise.
     """
-    from .teacher import teacher_info
-
     info = teacher_info(teacher)
     cfg = getattr(getattr(info, "config", None), "outputs", None)
     chosen = mode or (cfg.mode if cfg is not None else "online")
@@ -400,8 +371,6 @@ def teacher_output_provider(
     if resolved == "online":
         return None
     if cache is None:
-        from .cache import ArtifactCache
-
         cache = info.cache if info is not None and info.cache is not None else ArtifactCache.default()
     fp32 = cfg is not None and cfg.dtype == "float32"
     return build_teacher_outputs(

@@ -8,23 +8,18 @@ Optuna's retry callback re-enqueues its parameters once.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import optuna
-import sqlalchemy.exc
-from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from .config import Config, ConstraintsConfig
-from .errors import (
+from automl_kd.config import Config
+from automl_kd.data import DATA_SHAPES
+from automl_kd.errors import (
     BudgetExhausted,
     CandidateRejected,
     ConfigError,
@@ -33,151 +28,24 @@ from .errors import (
     TrainingDiverged,
     TrialInterrupted,
 )
-from .evaluator import Evaluator, TrialContext
-from .heartbeat import beating, fail_stale_trials, needs_own_heartbeat
-from .manager import PluginManager, get_plugin_manager
-from .metrics import resolve_device
-from .options import accepts_var_keywords, parameter_names
-from .proposer import ATTR_PROPOSER, Proposer, ProposerSampler
-from .space import Candidate, Cost, SearchSpace
-from .storage import open_storage
+from automl_kd.evaluator import Evaluator, TrialContext
+from automl_kd.manager import PluginManager, get_plugin_manager
+from automl_kd.metrics import resolve_device
+from automl_kd.proposer import ATTR_PROPOSER, Proposer, ProposerSampler
+from automl_kd.space import Candidate, SearchSpace, suggest
+from automl_kd.storage.heartbeat import beating, fail_stale_trials, needs_own_heartbeat
+from automl_kd.storage.outage import is_storage_error
+from automl_kd.storage.studies import open_storage
+
+from .constraints import Constraints
+from .outcome import ATTR_OUTCOME, TrialOutcome, is_claimed, is_finished
+from .resources import Resources
+from .searched_options import augmenter_distributions, resolve_augmenter_options
+from .trial import TrialSurplus, failure_reason, jsonable, trial_seed
 
 log = logging.getLogger("automl_kd")
 
-#: known data shapes, so a space can be built before the data is loaded
-DATA_SHAPES = {"fashion-mnist": (10, 1, 28), "cifar10": (10, 3, 32), "cifar100": (100, 3, 32)}
 MAX_CONSECUTIVE_FAILURES = 5
-#: what a storage raises while it is unreachable (a database restarting, a network blip)
-STORAGE_ERRORS: tuple[type[BaseException], ...] = (
-    optuna.exceptions.StorageInternalError,
-    sqlalchemy.exc.OperationalError,
-    sqlalchemy.exc.InterfaceError,
-    ConnectionError,
-)
-
-
-@dataclass(frozen=True)
-class Constraints:
-    """Hard constraints checked on the analytic cost, before any training."""
-
-    max_params: int | None = None
-    macs: tuple[float, float] | None = None
-
-    @classmethod
-    def from_config(cls, c: ConstraintsConfig) -> Constraints:
-        return cls(c.max_params, c.macs)
-
-    def check(self, cost: Cost) -> str | None:
-        """The reason ``cost`` breaks a constraint, with the exact margin, or None."""
-        if self.max_params is not None and cost.params > self.max_params:
-            return (
-                f"params {cost.params:,} exceed the limit {self.max_params:,} "
-                f"by {cost.params - self.max_params:,}"
-            )
-        if self.macs is not None:
-            lo, hi = self.macs
-            macs = f"MACs {cost.macs / 1e6:.1f}M"
-            if cost.macs > hi:
-                return f"{macs} exceed the upper bound {hi / 1e6:.1f}M by {(cost.macs - hi) / 1e6:.1f}M"
-            if cost.macs < lo:
-                return f"{macs} are below the lower bound {lo / 1e6:.1f}M by {(lo - cost.macs) / 1e6:.1f}M"
-        return None
-
-
-def is_storage_error(exc: BaseException | None) -> bool:
-    """Whether ``exc``, or an exception it was raised from, says the storage is unreachable.
-
-    Optuna sometimes re-raises a storage error as another exception (an ``UnboundLocalError`` in its own
-    ``finally``), so the whole chain is inspected.
-    """
-    seen = 0
-    while exc is not None and seen < 10:
-        if isinstance(exc, STORAGE_ERRORS):
-            return True
-        exc = exc.__cause__ or exc.__context__
-        seen += 1
-    return False
-
-
-class TrialSurplus(Exception):
-    """Raised for a trial started after the study reached its target (never trained, not counted)."""
-
-
-def trial_seed(study_seed: int, number: int) -> int:
-    """Each trial's seed derives from the study seed and the trial number (stable across processes)."""
-    digest = hashlib.sha256(f"automl-kd:{study_seed}:{number}".encode()).digest()
-    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
-
-
-def suggest(trial: optuna.Trial, name: str, dist: BaseDistribution) -> Any:
-    if isinstance(dist, CategoricalDistribution):
-        return trial.suggest_categorical(name, dist.choices)
-    if isinstance(dist, IntDistribution):
-        return trial.suggest_int(name, dist.low, dist.high, step=dist.step, log=dist.log)
-    if isinstance(dist, FloatDistribution):
-        return trial.suggest_float(name, dist.low, dist.high, step=dist.step, log=dist.log)
-    raise TypeError(f"unsupported distribution for {name}: {dist!r}")
-
-
-def is_claimed(t: FrozenTrial) -> bool:
-    """Counts toward ``n_trials`` once it ends well: finished, running, or waiting to run."""
-    return is_finished(t) or t.state in (TrialState.RUNNING, TrialState.WAITING)
-
-
-def searched_option(value: Any) -> BaseDistribution | None:
-    """The distribution of an augmenter option written as ``{search: [a, b, ...]}`` (categorical) or
-    ``{low: x, high: y}`` (float; optional ``log: true``, ``step``); None for a plain value."""
-    if not isinstance(value, dict):
-        return None
-    try:
-        if set(value) == {"search"} and isinstance(value["search"], list) and value["search"]:
-            return CategoricalDistribution(value["search"])
-        if {"low", "high"} <= set(value) <= {"low", "high", "log", "step"}:
-            return FloatDistribution(
-                float(value["low"]),
-                float(value["high"]),
-                log=bool(value.get("log", False)),
-                step=value.get("step"),
-            )
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(f"searched augmenter option {value!r}: {exc}") from None
-    return None
-
-
-def augmenter_distributions(refs: Any) -> dict[str, BaseDistribution]:
-    """``aug.<name>.<option>`` -> distribution for every searched option of the configured augmenters."""
-    out: dict[str, BaseDistribution] = {}
-    for ref in refs:
-        for key, value in ref.options.items():
-            dist = searched_option(value)
-            if dist is not None:
-                name = f"aug.{ref.name}.{key}"
-                if name in out:
-                    raise ConfigError(f"augmenter {ref.name!r} is listed twice with searched option {key!r}")
-                out[name] = dist
-    return out
-
-
-def resolve_augmenter_options(name: str, options: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
-    """Options with each searched one replaced by this trial's value (or, without one, a placeholder from its
-    range, for validation)."""
-    out = {}
-    for key, value in options.items():
-        dist = searched_option(value)
-        if dist is None:
-            out[key] = value
-        elif f"aug.{name}.{key}" in values:
-            out[key] = values[f"aug.{name}.{key}"]
-        else:
-            out[key] = dist.choices[0] if isinstance(dist, CategoricalDistribution) else dist.low  # type: ignore[attr-defined]
-    return out
-
-
-def is_finished(t: FrozenTrial) -> bool:
-    """Counts toward ``n_trials``: complete, pruned, or failed/rejected on its own merits (not interrupted)."""
-    if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
-        return True
-    return t.state == TrialState.FAIL and t.user_attrs.get("outcome") in ("failed", "rejected")
 
 
 class Search:
@@ -207,7 +75,7 @@ class Search:
         self.storage_url = storage or config.storage.url
         self.progress = progress
         self.device = resolve_device(config.device)
-        self._resources: dict[str, Any] = {}
+        self.resources = Resources(config, self.device, self.pm, lambda: self.space)
         self._stop = False
         self._consecutive_failures = 0
         self.stop_reason = ""
@@ -248,24 +116,14 @@ class Search:
             self.study.set_user_attr("objectives", list(config.search.objectives))
 
     # -- construction ----------------------------------------------------------------------------------------
-    def _host_args(self, factory: Any, candidates: dict[str, Any]) -> dict[str, Any]:
-        if accepts_var_keywords(factory):
-            return candidates
-        names = parameter_names(factory)
-        return {k: v for k, v in candidates.items() if k in names}
-
     def _make_space(self) -> SearchSpace:
         ref = self.config.space
-        entry = self.pm.spaces.get(ref.name)
         shape = DATA_SHAPES.get(self.config.data.dataset)
         if shape is None and getattr(self.evaluator, "trains", False):
             data = self.resource("data")
             shape = (data.num_classes, data.in_chans, data.input_size)
         host = dict(zip(("num_classes", "in_chans", "input_size"), shape, strict=True)) if shape else {}
-        host = {k: v for k, v in self._host_args(entry.factory, host).items() if k not in ref.options}
-        from .options import build_with_options
-
-        space = build_with_options(entry, ref.options, "space", **host)
+        space: SearchSpace = self.pm.spaces.create(ref.name, ref.options, where="space", **host)
         if getattr(self.evaluator, "trains", False) and not getattr(space, "buildable", True):
             raise ConfigError(f"space {ref.name!r} cannot build networks; use a table evaluator with it")
         return space
@@ -273,20 +131,15 @@ class Search:
     def _make_sampler(self, seed: int | None = None) -> optuna.samplers.BaseSampler:
         seed = self.config.seed if seed is None else seed
         ref = self.config.search.proposer
-        entry = self.pm.proposers.get(ref.name)
-        host = self._host_args(
-            entry.factory,
-            {
-                "space": self.space,
-                "seed": seed,
-                "directions": self.directions,
-                "constraints": self.constraints,
-                "run_dir": self.run_dir,
-            },
+        obj = self.pm.proposers.create(
+            ref.name,
+            ref.options,
+            space=self.space,
+            seed=seed,
+            directions=self.directions,
+            constraints=self.constraints,
+            run_dir=self.run_dir,
         )
-        from .options import build_with_options
-
-        obj = build_with_options(entry, ref.options, "proposer", **host)
         if isinstance(obj, Proposer):
             return ProposerSampler(obj, self.space, seed=seed)
         if isinstance(obj, optuna.samplers.BaseSampler):
@@ -298,43 +151,15 @@ class Search:
         if kind == "median":
             return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0)
         if kind == "hyperband":
-            epochs = int(self.config.evaluator.options.get("epochs", 10))
+            # the budget is the evaluator's number of epochs (the train evaluator's TrainSettings.epochs); an
+            # evaluator that does not say falls back to its `epochs` option, else 10
+            epochs = self.evaluator.steps or int(self.config.evaluator.options.get("epochs", 10))
             return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(epochs, 2))
         return optuna.pruners.NopPruner()
 
-    # -- shared resources ------------------------------------------------------------------------------------
     def resource(self, name: str) -> Any:
-        """Objects shared by every trial of this process, built on first use."""
-        if name not in self._resources:
-            self._resources[name] = self._build_resource(name)
-        return self._resources[name]
-
-    def _build_resource(self, name: str) -> Any:
-        if name == "data":
-            from .data import load_data
-
-            return load_data(self.config.data).to(self.device)
-        if name == "data_config":
-            return self.config.data
-        if name == "cache":
-            from .cache import ArtifactCache
-
-            return ArtifactCache.default()
-        if name == "teacher":
-            if self.config.teacher is None:
-                return None
-            from .teacher import get_teacher
-
-            return get_teacher(
-                self.config.teacher, self.resource("data"), self.device, self.resource("cache"), pm=self.pm
-            )
-        if name == "reference_params":
-            teacher = self.resource("teacher") if self.config.teacher else None
-            if teacher is not None:
-                return sum(p.numel() for p in teacher.parameters())
-            ref = self.space.reference()
-            return self.space.cost(ref).params if ref else None
-        raise KeyError(f"unknown resource {name!r}")
+        """Objects shared by every trial of this process, built on first use (see :class:`Resources`)."""
+        return self.resources(name)
 
     # -- one trial -------------------------------------------------------------------------------------------
     def _objective(self, trial: optuna.Trial) -> float | list[float]:
@@ -342,7 +167,7 @@ class Search:
         try:  # Optuna samples lazily: the proposer runs inside the first suggest call
             params = {name: suggest(trial, name, d) for name, d in self.space.distributions().items()}
         except BudgetExhausted as exc:
-            trial.set_user_attr("outcome", "budget")
+            trial.set_user_attr(ATTR_OUTCOME, TrialOutcome.BUDGET)
             trial.set_user_attr("fail_reason", f"proposer budget spent: {exc}")
             self._stop = True
             self.stop_reason = f"proposer budget spent: {exc}"
@@ -352,7 +177,7 @@ class Search:
         origin = system.get("failed_trial")
         seed = trial_seed(self.config.seed, int(origin) if origin is not None else trial.number)
         if self._is_surplus(trial):
-            trial.set_user_attr("outcome", "surplus")
+            trial.set_user_attr(ATTR_OUTCOME, TrialOutcome.SURPLUS)
             raise TrialSurplus(
                 f"the study already has its {self._target} trials (another worker started one first)"
             )
@@ -381,34 +206,35 @@ class Search:
                 raise CandidateRejected(reason)
             metrics = self._evaluate(trial, candidate, seed, aug_options)
         except (CandidateRejected, InvalidCandidate) as exc:
-            trial.set_user_attr("outcome", "rejected")
+            trial.set_user_attr(ATTR_OUTCOME, TrialOutcome.REJECTED)
             trial.set_user_attr("fail_reason", f"rejected: {exc}")
             raise
         except optuna.TrialPruned:
-            trial.set_user_attr("outcome", "pruned")
+            trial.set_user_attr(ATTR_OUTCOME, TrialOutcome.PRUNED)
             raise
         except (TrialInterrupted, KeyboardInterrupt) as exc:
             # not the candidate's fault: record it as interrupted and queue the same parameters (and seed) again
-            trial.set_user_attr("outcome", "interrupted")
+            trial.set_user_attr(ATTR_OUTCOME, TrialOutcome.INTERRUPTED)
             trial.set_user_attr("interrupted_by", str(exc) or "KeyboardInterrupt")
             self._requeue(trial, {**params, **aug_values}, origin)
             raise
         except Exception as exc:
-            trial.set_user_attr("outcome", "failed")
-            trial.set_user_attr("fail_reason", _reason(exc))
+            trial.set_user_attr(ATTR_OUTCOME, TrialOutcome.FAILED)
+            trial.set_user_attr("fail_reason", failure_reason(exc))
             raise
         finally:
             trial.set_user_attr("wall_clock_s", round(time.perf_counter() - t0, 3))
-        trial.set_user_attr("outcome", "complete")
         values = [float(metrics["val_acc"])]
         for obj in self.config.search.objectives[1:]:
             key = "latency_ms_b1" if obj == "latency" else obj
             if key not in metrics:
+                trial.set_user_attr(ATTR_OUTCOME, TrialOutcome.FAILED)
                 raise ConfigError(
                     f"objective {obj!r} needs metric {key!r}, which evaluator "
                     f"{self.config.evaluator.name!r} does not report"
                 )
             values.append(float(metrics[key]))
+        trial.set_user_attr(ATTR_OUTCOME, TrialOutcome.COMPLETE)
         return values[0] if len(values) == 1 else values
 
     def _evaluate(
@@ -464,7 +290,7 @@ class Search:
         if ref_params and metrics.get("params"):
             metrics["compression_factor"] = round(ref_params / float(metrics["params"]), 4)
         for key, value in metrics.items():
-            trial.set_user_attr(key, _jsonable(value))
+            trial.set_user_attr(key, jsonable(value))
         return metrics
 
     def _budget_spent(self) -> str | None:
@@ -491,15 +317,22 @@ class Search:
         )
 
     def _after_trial(self, study: optuna.Study, frozen: FrozenTrial) -> None:
-        state = frozen.user_attrs.get("outcome") or frozen.state.name.lower()
-        if state == "failed" or (frozen.state == TrialState.FAIL and "outcome" not in frozen.user_attrs):
+        outcome = TrialOutcome.of(frozen)
+        # a failure before any outcome was recorded (the proposer raised) counts as a failure of the search too
+        if outcome == TrialOutcome.FAILED or (
+            frozen.state == TrialState.FAIL and ATTR_OUTCOME not in frozen.user_attrs
+        ):
             self._consecutive_failures += 1
-        elif state != "rejected":
+        elif outcome != TrialOutcome.REJECTED:
             self._consecutive_failures = 0
         if self.progress:
             self.progress.trial_finished(frozen)
-        if state == "surplus":  # never evaluated: nothing for observers
+        if outcome == TrialOutcome.SURPLUS:  # never evaluated: nothing for observers
             return
+        # observers get the outcome's name; a failure with no recorded outcome keeps Optuna's state name ("fail")
+        state = (
+            str(outcome) if ATTR_OUTCOME in frozen.user_attrs or frozen.state != TrialState.FAIL else "fail"
+        )
         self.pm.on_trial_end(self.study_name, frozen.number, state, frozen.values, dict(frozen.user_attrs))
 
     # -- the loop --------------------------------------------------------------------------------------------
@@ -609,34 +442,3 @@ class Search:
                 f"{MAX_CONSECUTIVE_FAILURES} trials failed in a row; the last failed with: {reason}"
             )
         return False
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, MemoryError) or "out of memory" in str(exc).lower():
-        return f"out of memory: {exc}"
-    return f"{type(exc).__name__}: {exc}"
-
-
-def _jsonable(value: Any) -> Any:
-    try:
-        json.dumps(value)
-        return value
-    except (TypeError, ValueError):
-        return json.loads(json.dumps(value, default=str))
-
-
-def load_study(storage: str | None, run_dir: Path, study_name: str | None) -> optuna.Study:
-    """Open an existing study for reading (``show``, ``report``); its only study if no name is given."""
-    from .config import StorageConfig
-
-    st = open_storage(storage, run_dir, StorageConfig(), create=False)
-    names = [s.study_name for s in optuna.get_all_study_summaries(st)]
-    if not names:
-        raise ConfigError(f"no study found in {storage or run_dir}")
-    if study_name is None:
-        if len(names) > 1:
-            raise ConfigError(f"several studies in this storage ({', '.join(names)}); pick one with --study")
-        study_name = names[0]
-    if study_name not in names:
-        raise ConfigError(f"study {study_name!r} not found; studies: {', '.join(names)}")
-    return optuna.load_study(study_name=study_name, storage=st)

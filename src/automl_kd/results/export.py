@@ -32,9 +32,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import AutomlKdError, ConfigError
-from .finalize import CHECK_IMAGES, load_finalized
-from .manager import PluginManager
+from automl_kd.errors import AutomlKdError, ConfigError
+from automl_kd.manager import PluginManager
+from automl_kd.results.finalize import CHECK_IMAGES, load_finalized
 
 FORMATS = ("onnx", "pt2", "torchscript", "safetensors")
 DEFAULT_FORMATS = ("onnx", "pt2", "safetensors")

@@ -23,20 +23,31 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import optuna
+import timm
 import torch
 from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 
-from .config import Config, load_config
-from .errors import AutomlKdError, ConfigError
-from .manager import PluginManager, get_plugin_manager
-from .space import SearchSpace
+from automl_kd._version import __version__
+from automl_kd.cache import ArtifactCache, atomic_save
+from automl_kd.config import Config, load_config
+from automl_kd.data import load_data
+from automl_kd.distill.fit import fit
+from automl_kd.distill.loop import accuracy
+from automl_kd.distill.settings import TrainSettings
+from automl_kd.distill.teacher import get_teacher, teacher_info
+from automl_kd.engine.outcome import TrialOutcome
+from automl_kd.engine.trial import trial_seed
+from automl_kd.errors import AutomlKdError, ConfigError
+from automl_kd.manager import PluginManager, get_plugin_manager
+from automl_kd.metrics import count_macs, count_params, measure_latency, resolve_device
+from automl_kd.space import SearchSpace
+from automl_kd.storage.studies import load_study
 
 log = logging.getLogger("automl_kd")
 
@@ -45,8 +56,6 @@ DEFAULT_EPOCH_FACTOR = 5
 FINAL_RECORD = "final.json"
 CHECKPOINT = "model.pt"
 CHECK_IMAGES = "check_images.pt"
-#: evaluator options that are also training settings (the rest, e.g. ``max_steps_per_epoch``, are search-only)
-TRAIN_KEYS = ("batch_size", "lr", "optimizer", "weight_decay", "schedule", "label_smoothing", "grad_clip")
 
 
 class CheckpointError(AutomlKdError):
@@ -70,10 +79,8 @@ def resolve_trial(study: optuna.Study, which: str | int | None = "best") -> Froz
     if found is None:
         raise ConfigError(f"study {study.study_name!r} has no trial {number} (trials 0..{len(trials) - 1})")
     if found.state not in (TrialState.COMPLETE, TrialState.PRUNED):
-        from .report import trial_state
-
         raise ConfigError(
-            f"trial {number} is {trial_state(found)}, not complete; finalize a completed (or pruned) trial"
+            f"trial {number} is {TrialOutcome.of(found)}, not complete; finalize a completed (or pruned) trial"
         )
     return found
 
@@ -82,15 +89,8 @@ def build_space(
     cfg: Config, pm: PluginManager, num_classes: int, in_chans: int, input_size: int
 ) -> SearchSpace:
     """The config's search space for this data shape, built the way :class:`automl_kd.Search` builds it."""
-    from .options import accepts_var_keywords, build_with_options, parameter_names
-
-    entry = pm.spaces.get(cfg.space.name)
-    host: dict[str, Any] = {"num_classes": num_classes, "in_chans": in_chans, "input_size": input_size}
-    if not accepts_var_keywords(entry.factory):
-        names = parameter_names(entry.factory)
-        host = {k: v for k, v in host.items() if k in names}
-    host = {k: v for k, v in host.items() if k not in cfg.space.options}
-    space: SearchSpace = build_with_options(entry, cfg.space.options, "space", **host)
+    host = {"num_classes": num_classes, "in_chans": in_chans, "input_size": input_size}
+    space: SearchSpace = pm.spaces.create(cfg.space.name, cfg.space.options, where="space", **host)
     if not getattr(space, "buildable", True):
         raise ConfigError(f"space {cfg.space.name!r} has no networks to train (a table-look-up benchmark)")
     return space
@@ -116,8 +116,6 @@ def locate_final(
 ) -> Path:
     """The finalized directory of ``trial`` (``"best"`` is resolved through the study) or a clear error."""
     if trial in (None, "best"):
-        from .search import load_study
-
         number = resolve_trial(load_study(storage, run_dir, study_name), "best").number
     else:
         try:
@@ -182,31 +180,6 @@ def _augmenter_refs(cfg: Config, trial: FrozenTrial, overrides: Sequence[str]) -
     return [{"name": a.name, "options": dict(a.options)} for a in cfg.augmenters]
 
 
-def _teacher(cfg: Config, data: Any, device: torch.device, pm: PluginManager) -> nn.Module | None:
-    """The config's teacher (trained or loaded, cached), or None when the config has none.
-
-    Like the ``train`` evaluator, an augmenter that needs a teacher the config lacks fails in ``train_student``
-    with a message naming it.
-    """
-    if cfg.teacher is None:
-        return None
-    try:
-        from .teacher import get_teacher
-    except ImportError as exc:
-        raise ConfigError(f"augmenters need a teacher, and automl_kd.teacher is unavailable: {exc}") from None
-    teacher: nn.Module = get_teacher(cfg.teacher, data, device, _cache(), pm=pm)
-    return teacher
-
-
-def _save_atomic(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    if path.suffix == ".json":
-        tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    else:
-        torch.save(obj, tmp)
-    tmp.replace(path)
-
-
 def finalize(
     run_dir: Path,
     *,
@@ -224,11 +197,6 @@ def finalize(
     ``data.train_size=null`` to finalize on the whole training set, or ``device=cuda``). Latency is measured at
     ``latency_batch_sizes`` (default: the evaluator's ``latency_batch_sizes`` option, else 1 and 64).
     """
-    from .data import load_data
-    from .metrics import count_macs, count_params, measure_latency, resolve_device
-    from .search import load_study, trial_seed
-    from .training import TrainSettings, accuracy, train_student
-
     run_dir = Path(run_dir)
     pm = pm or get_plugin_manager()
     study = load_study(storage, run_dir, study_name)
@@ -241,49 +209,39 @@ def finalize(
     device = resolve_device(cfg.device)
 
     opts = dict(cfg.evaluator.options)
-    search_epochs = int(opts.get("epochs", 2))
     if epochs is not None and epochs < 1:
         raise ConfigError(f"--epochs must be at least 1, got {epochs}")
-    settings = TrainSettings(
-        epochs=epochs or DEFAULT_EPOCH_FACTOR * search_epochs,
-        **{k: opts[k] for k in TRAIN_KEYS if k in opts},
-        crop_padding=cfg.data.crop_padding,
-        flip=cfg.data.flip,
+    # the search's own training settings, longer, over the whole training split and without the step cap
+    searched = TrainSettings.from_options(opts)
+    settings = searched.model_copy(
+        update={
+            "epochs": epochs or DEFAULT_EPOCH_FACTOR * searched.epochs,
+            "max_steps_per_epoch": None,
+            "train_fraction": 1.0,
+            "crop_padding": cfg.data.crop_padding,
+            "flip": cfg.data.flip,
+        }
     )
     data = load_data(cfg.data).to(device)
     space = build_space(cfg, pm, data.num_classes, data.in_chans, data.input_size)
     params = space.validate(chosen.params)
-    model = space.build(params).to(device)
 
     refs = _augmenter_refs(cfg, chosen, overrides)
     augmenters = [pm.augmenters.create(r["name"], r["options"]) for r in refs]
     teacher = None
-    teacher_info: dict[str, Any] | None = None
-    if augmenters:
-        from .augmenter import PrepareContext
-
-        teacher = _teacher(cfg, data, device, pm)
-        if teacher is not None and cfg.teacher is not None:
-            info = getattr(teacher, "automl_kd_teacher", None)  # where automl_kd.teacher got it from
-            teacher_info = {
-                "config": cfg.teacher.model_dump(mode="json"),
-                "source": getattr(info, "source", None),
-                "fingerprint": getattr(info, "fingerprint", None),
-                "params": count_params(teacher),
-                "val_acc": round(accuracy(teacher, data.val, data), 4),
-                "test_acc": round(accuracy(teacher, data.test, data), 4),  # report only
-            }
-        prep = PrepareContext(
-            teacher=teacher,
-            student=model,
-            data=data,
-            cache=_cache(),
-            device=device,
-            run_dir=run_dir,
-            log=lambda msg: log.info("finalize: %s", msg),
-        )
-        for aug in augmenters:
-            aug.prepare(prep)
+    teacher_record: dict[str, Any] | None = None
+    if augmenters and cfg.teacher is not None:
+        # without a teacher in the config, an augmenter that needs one fails in training with a message naming it
+        teacher = get_teacher(cfg.teacher, data, device, ArtifactCache.default(), pm=pm)
+        info = teacher_info(teacher)
+        teacher_record = {
+            "config": cfg.teacher.model_dump(mode="json"),
+            "source": getattr(info, "source", None),
+            "fingerprint": getattr(info, "fingerprint", None),
+            "params": count_params(teacher),
+            "val_acc": round(accuracy(teacher, data.val, data), 4),
+            "test_acc": round(accuracy(teacher, data.test, data), 4),  # report only
+        }
 
     log.info(
         "finalize trial %d: %d epochs, seed %d, augmenters %s",
@@ -292,20 +250,22 @@ def finalize(
         seed,
         ", ".join(r["name"] for r in refs) or "none",
     )
-    t0 = time.perf_counter()
     try:
-        result = train_student(
-            model,
+        fitted = fit(
+            lambda: space.build(params),
             data,
             settings,
             seed=seed,
+            device=device,
             augmenters=augmenters,
             teacher=teacher,
+            cache=ArtifactCache.default(),
+            run_dir=run_dir,
             log=lambda msg: log.info("finalize trial %d: %s", chosen.number, msg),
         )
     except ValueError as exc:  # e.g. an augmenter needs a teacher the config lacks
         raise ConfigError(f"finalize trial {chosen.number}: {exc}") from exc
-    train_s = time.perf_counter() - t0
+    model, result = fitted.model, fitted.result
     model.eval().to(memory_format=torch.contiguous_format)  # training used channels_last; save plain tensors
     shape = (data.in_chans, data.input_size, data.input_size)
     metrics: dict[str, Any] = {
@@ -313,7 +273,7 @@ def finalize(
         "test_acc": round(accuracy(model, data.test, data), 4),  # report only, never used to choose
         "val_acc_curve": [round(v, 4) for v in result.val_curve],
         "loss_terms": {k: round(v, 6) for k, v in result.loss_terms.items()},
-        "train_seconds": round(train_s, 3),
+        "train_seconds": round(fitted.seconds, 3),
         "params": count_params(model),
         "macs": count_macs(model, shape),
         **measure_latency(
@@ -323,9 +283,9 @@ def finalize(
 
     out = final_dir(run_dir, chosen.number)
     out.mkdir(parents=True, exist_ok=True)
-    _save_atomic({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, out / CHECKPOINT)
+    atomic_save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, out / CHECKPOINT)
     n_check = min(16, len(data.test))
-    _save_atomic({"x": data.test.x[:n_check].cpu(), "y": data.test.y[:n_check].cpu()}, out / CHECK_IMAGES)
+    atomic_save({"x": data.test.x[:n_check].cpu(), "y": data.test.y[:n_check].cpu()}, out / CHECK_IMAGES)
     record: dict[str, Any] = {
         "study": study.study_name,
         "trial": chosen.number,
@@ -350,14 +310,14 @@ def finalize(
         },
         "train": {k: getattr(settings, k) for k in ("epochs", "batch_size", "lr", "optimizer", "schedule")},
         "augmenters": refs,
-        "teacher": teacher_info,
+        "teacher": teacher_record,
         "metrics": metrics,
         "search": {k: chosen.user_attrs.get(k) for k in ("val_acc", "test_acc", "epochs", "params", "macs")},
         "checkpoint": CHECKPOINT,
         "config": cfg.to_dict(),
         "versions": _versions(),
     }
-    _save_atomic(record, out / FINAL_RECORD)
+    atomic_save(record, out / FINAL_RECORD)
     log.info(
         "finalized trial %d: val %.2f%%, test %.2f%% -> %s",
         chosen.number,
@@ -368,15 +328,5 @@ def finalize(
     return record
 
 
-def _cache() -> Any:
-    from .cache import ArtifactCache
-
-    return ArtifactCache.default()
-
-
 def _versions() -> dict[str, str]:
-    import timm
-
-    from . import __version__
-
     return {"automl_kd": __version__, "torch": torch.__version__, "timm": timm.__version__}

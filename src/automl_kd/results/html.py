@@ -24,8 +24,10 @@ from typing import Any
 import optuna
 import yaml
 
-from . import report
-from .report import trial_state
+from automl_kd.proposer import ATTR_META
+from automl_kd.results.leaderboard import trial_state
+
+from . import leaderboard, plots
 
 #: section ids of the page, in order
 SECTIONS = ("config", "leaderboard", "pareto", "curves", "gallery", "loss-terms", "llm-transcripts", "final")
@@ -39,7 +41,6 @@ TITLES = {
     "llm-transcripts": "LLM transcripts",
     "final": "Finalized students",
 }
-META_ATTR = "automl_kd:proposal_meta"
 
 CSS = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 0 auto; max-width: 1200px; padding: 0 1.5em 3em;
@@ -146,9 +147,9 @@ def _config_section(study: optuna.Study) -> str:
 
 
 def _leaderboard_section(study: optuna.Study) -> str:
-    rows = report.leaderboard(study)
+    rows = leaderboard.leaderboard(study)
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
-    front = set(report.pareto_numbers(study))
+    front = set(leaderboard.pareto_numbers(study))
     # latency columns for whichever batch sizes the evaluator measured (1 and 64 by default)
     batch_sizes = sorted(
         {int(k[len("latency_ms_b") :]) for t in trials.values() for k in t.user_attrs if _latency_key(k)}
@@ -207,20 +208,20 @@ def _latency_key(key: str) -> bool:
 def _pareto_section(study: optuna.Study, png: Path) -> str:
     parts = [_img(png, "validation accuracy against params, MACs and latency")]
     rows = []
-    for key, label, _ in report.COST_AXES:
-        pts = report.cost_points(study, key)
-        front = report.front_2d(pts)
+    for key, label, _ in leaderboard.COST_AXES:
+        pts = leaderboard.cost_points(study, key)
+        front = leaderboard.front_2d(pts)
         rows.append([esc(label), esc(", ".join(str(n) for n in sorted(front)) or "-")])
     parts.append(_table(["accuracy against", "trials on the front"], rows, left=(0, 1)))
     if len(study.directions) > 1:
         objectives = ", ".join(str(o) for o in study.user_attrs.get("objectives") or [])
-        numbers = ", ".join(str(n) for n in report.pareto_numbers(study)) or "-"
+        numbers = ", ".join(str(n) for n in leaderboard.pareto_numbers(study)) or "-"
         parts.append(f"<p>The study's own front over ({esc(objectives)}): trials {esc(numbers)}.</p>")
     return "".join(parts)
 
 
 def _loss_terms_section(study: optuna.Study, png: Path | None) -> str:
-    names, rows = report.loss_term_rows(study)
+    names, rows = leaderboard.loss_term_rows(study)
     if not rows:
         return '<p class="muted">no trial recorded loss terms (only training evaluators do)</p>'
     body = [
@@ -266,7 +267,7 @@ def _transcript(meta: dict[str, Any]) -> str:
 def _llm_section(study: optuna.Study) -> str:
     parts = []
     for t in study.get_trials(deepcopy=False):
-        meta = t.system_attrs.get(META_ATTR)
+        meta = t.system_attrs.get(ATTR_META)
         if not isinstance(meta, dict) or not meta:
             continue
         model = meta.get("model") or meta.get("llm_model") or ""
@@ -320,9 +321,9 @@ def write_report(
     """Write ``index.html`` and its PNGs into ``out_dir`` (default ``run_dir/report``); return the page's path."""
     out = out_dir or run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
-    pareto_png = report.plot_pareto(study, out / "pareto.png")
-    curves_png = report.plot_curves(study, out / "curves.png")
-    loss_png = report.plot_loss_terms(study, out / "loss_terms.png")
+    pareto_png = plots.plot_pareto(study, out / "pareto.png")
+    curves_png = plots.plot_curves(study, out / "curves.png")
+    loss_png = plots.plot_loss_terms(study, out / "loss_terms.png")
 
     gallery = []
     for src in find_gallery(run_dir):

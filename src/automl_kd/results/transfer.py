@@ -37,15 +37,13 @@ import numpy as np
 import pydantic
 import torch
 import torch.nn.functional as F
-import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from .config import DataConfig
-from .errors import ConfigError, DataError
-from .finalize import load_finalized
-from .manager import PluginManager
-
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
+from automl_kd.config import DataConfig, read_yaml_mapping
+from automl_kd.data import IMAGE_EXTS, load_data, read_class_folders
+from automl_kd.errors import ConfigError, DataError
+from automl_kd.manager import PluginManager
+from automl_kd.results.finalize import load_finalized
 
 
 class EvalConfig(BaseModel):
@@ -63,18 +61,9 @@ class EvalConfig(BaseModel):
 
 def load_eval_config(source: str | Path | Mapping[str, Any]) -> EvalConfig:
     """Read and validate an evaluation config from YAML or a mapping; errors name the key."""
-    if isinstance(source, Mapping):
-        raw: Any = dict(source)
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise ConfigError(f"evaluation config {str(path)!r} does not exist")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"evaluation config {str(path)!r} is not valid YAML: {exc}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError("the evaluation config must be a mapping with `data:` and `class_map:`")
+    raw = read_yaml_mapping(
+        source, "evaluation config", "the evaluation config must be a mapping with `data:` and `class_map:`"
+    )
     try:
         return EvalConfig.model_validate(raw)
     except pydantic.ValidationError as exc:
@@ -91,40 +80,15 @@ def load_eval_config(source: str | Path | Mapping[str, Any]) -> EvalConfig:
 
 
 # -- reading the evaluation images ----------------------------------------------------------------------------
-def read_class_folders(
+def read_eval_folders(
     root: Path, image_size: int | None, grey: bool
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Every image under ``root/<class>/``: uint8 ``N x C x H x W``, labels, class names (sorted)."""
-    from PIL import Image
-
     classes = sorted(p.name for p in root.iterdir() if p.is_dir())
     if not classes:
         raise DataError(f"{root} has no class folders")
-    xs: list[np.ndarray] = []
-    ys: list[int] = []
-    for ci, c in enumerate(classes):
-        for f in sorted((root / c).iterdir()):
-            if f.suffix.lower() not in IMAGE_EXTS:
-                continue
-            try:
-                with Image.open(f) as opened:
-                    img = opened.convert("L" if grey else "RGB")
-                if image_size:
-                    img = img.resize((image_size, image_size), Image.Resampling.BILINEAR)
-            except OSError as exc:
-                raise DataError(f"cannot decode {f}: {exc}") from None
-            arr = np.asarray(img, dtype=np.uint8)
-            arr = arr[:, :, None] if arr.ndim == 2 else arr
-            if xs and arr.shape != xs[0].shape:
-                raise DataError(
-                    f"{f} is {arr.shape[1]}x{arr.shape[0]}, earlier images are "
-                    f"{xs[0].shape[1]}x{xs[0].shape[0]}; set data.image_size to resize"
-                )
-            xs.append(arr)
-            ys.append(ci)
-    if not xs:
-        raise DataError(f"no images in the class folders of {root}")
-    return np.stack(xs).transpose(0, 3, 1, 2).copy(), np.asarray(ys, dtype=np.int64), classes
+    x, y = read_class_folders(root, classes, image_size, "L" if grey else "RGB")
+    return x, y, classes
 
 
 def load_eval_images(cfg: EvalConfig, in_chans: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
@@ -134,9 +98,8 @@ def load_eval_images(cfg: EvalConfig, in_chans: int) -> tuple[torch.Tensor, torc
         # a plain folder of class folders (the usual shape of a held-out set): score all of it
         if not Path(d.root).is_dir():
             raise DataError(f"imagefolder root {d.root} does not exist")
-        x, y, classes = read_class_folders(Path(d.root), d.image_size, grey=in_chans == 1)
+        x, y, classes = read_eval_folders(Path(d.root), d.image_size, grey=in_chans == 1)
         return torch.from_numpy(x), torch.from_numpy(y), classes
-    from .data import load_data
 
     data = load_data(d)
     splits = {"test": [data.test], "val": [data.val], "train": [data.train]}.get(

@@ -1,4 +1,5 @@
-"""Opening Optuna storage from a URL: SQLite (default), PostgreSQL/MySQL, or a Journal file.
+"""Storage URLs and studies: opening Optuna storage from a URL (SQLite by default, PostgreSQL/MySQL, a Journal
+file) and opening an existing study for reading.
 
 RDB storages get heartbeats, so a trial whose process died is marked failed after the grace period and its
 parameters are retried once (Optuna's ``RetryHeartbeatStaleTrialCallback``).
@@ -13,8 +14,8 @@ import optuna
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend
 
-from .config import StorageConfig
-from .errors import ConfigError
+from automl_kd.config import StorageConfig
+from automl_kd.errors import ConfigError
 
 DEFAULT_DB = "study.db"
 
@@ -56,3 +57,18 @@ def open_storage(url: str | None, run_dir: Path, cfg: StorageConfig, *, create: 
         raise ConfigError(f"cannot open storage {url!r}: {exc}") from None
     except ImportError as exc:
         raise ConfigError(f"storage {url!r} needs a database driver: {exc}") from None
+
+
+def load_study(storage: str | None, run_dir: Path, study_name: str | None) -> optuna.Study:
+    """Open an existing study for reading (``show``, ``report``); its only study if no name is given."""
+    st = open_storage(storage, run_dir, StorageConfig(), create=False)
+    names = [s.study_name for s in optuna.get_all_study_summaries(st)]
+    if not names:
+        raise ConfigError(f"no study found in {storage or run_dir}")
+    if study_name is None:
+        if len(names) > 1:
+            raise ConfigError(f"several studies in this storage ({', '.join(names)}); pick one with --study")
+        study_name = names[0]
+    if study_name not in names:
+        raise ConfigError(f"study {study_name!r} not found; studies: {', '.join(names)}")
+    return optuna.load_study(study_name=study_name, storage=st)

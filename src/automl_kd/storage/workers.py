@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .config import Config
-from .errors import AutomlKdError
+from automl_kd.config import Config
+from automl_kd.errors import AutomlKdError
 
 log = logging.getLogger("automl_kd")
 
@@ -85,8 +85,8 @@ def config_of_study(storage: str, study: str) -> Config:
     """The config a study was created with (stored in its user attributes), for a worker joining it."""
     import optuna
 
-    from .config import StorageConfig, load_config
-    from .storage import open_storage
+    from automl_kd.config import StorageConfig, load_config
+    from automl_kd.storage.studies import open_storage
 
     st = open_storage(storage, Path("."), StorageConfig(), create=False)
     try:

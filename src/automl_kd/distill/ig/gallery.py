@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from automl_kd.results.plots import pyplot
+
 
 def overlay(
     x01: torch.Tensor, maps: torch.Tensor, w: float, exponent: float | torch.Tensor = 1.0
@@ -34,11 +36,7 @@ def write_gallery(
     titles: Sequence[str] | None = None,
 ) -> Path:
     """Write a 3-row PNG: images, IG maps, overlaid images (exponent 1). Return its path."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     x01, maps = x01.detach().float().cpu(), maps.detach().float().cpu()
     n = int(x01.shape[0])
     mixed = overlay(x01, maps, w)

@@ -16,10 +16,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from .ig import IGSettings, attribution_maps, inference_copy
+from automl_kd.distill.ig.attribution import IGSettings, attribution_maps
+from automl_kd.distill.ig.inference import inference_copy
 
 if TYPE_CHECKING:
-    from .data import Split
+    from automl_kd.data import Split
 
 
 class IGMaps:
@@ -59,7 +60,7 @@ class IGMaps:
 
 
 def ig_cache_key(teacher_fingerprint: str, data_fingerprint: str, split: str, s: IGSettings) -> str:
-    from .cache import ArtifactCache
+    from automl_kd.cache import ArtifactCache
 
     parts = {"teacher": teacher_fingerprint, "data": data_fingerprint, "split": split, **s.key_parts()}
     return ArtifactCache.key("ig-maps", parts)
@@ -82,7 +83,7 @@ def precompute_ig_maps(
     ``chunk`` images, each stored as it finishes, so an interrupted precompute resumes where it stopped.
     ``progress(done, total)`` is called after every chunk.
     """
-    from .teacher import model_fingerprint
+    from automl_kd.distill.teacher import model_fingerprint
 
     say = log or (lambda msg: None)
     part: Split = getattr(data, split)
@@ -169,7 +170,7 @@ def _compute_chunks(
     progress: Callable[[int, int], None] | None,
     say: Callable[[str], None],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    from .cache import atomic_write, decode_artifact, encode_artifact
+    from automl_kd.cache import atomic_write, decode_artifact, encode_artifact
 
     folder = cache.partial_dir("ig-maps", key)
     folder.mkdir(parents=True, exist_ok=True)
@@ -217,53 +218,3 @@ def _compute_chunks(
         torch.cat([p["err"] for p in pieces]),
         torch.cat([p["gap"] for p in pieces]),
     )
-
-
-#: ig-overlay options that determine the maps; they cannot be searched by ``automl-kd ig precompute``
-MAP_OPTIONS = ("steps", "method", "baseline", "blur_sigma", "target", "reduction", "fp16")
-
-
-def precompute_for_config(
-    config: Any,
-    pm: Any = None,
-    *,
-    progress: Callable[[int, int], None] | None = None,
-    log: Callable[[str], None] | None = None,
-) -> IGMaps:
-    """``automl-kd ig precompute``: the IG maps of a config's ``ig-overlay`` augmenter, for its teacher and data,
-    computed (resumably) or found in the cache; also writes the gallery into the run directory."""
-    from .cache import ArtifactCache
-    from .errors import ConfigError
-    from .gallery import write_gallery
-    from .manager import get_plugin_manager
-    from .search import resolve_augmenter_options, searched_option
-    from .teacher import teacher_for_config
-
-    pm = pm or get_plugin_manager()
-    refs = [r for r in config.augmenters if r.name == "ig-overlay"]
-    if not refs:
-        raise ConfigError(
-            "augmenters: the config has no ig-overlay augmenter, so there are no IG maps to compute"
-        )
-    searched = [k for k, v in refs[0].options.items() if k in MAP_OPTIONS and searched_option(v) is not None]
-    if searched:
-        raise ConfigError(
-            f"augmenters.ig-overlay.{searched[0]}: IG map settings must be fixed to precompute them"
-        )
-    aug = pm.augmenters.create("ig-overlay", resolve_augmenter_options("ig-overlay", refs[0].options, {}))
-    teacher, data = teacher_for_config(config, pm)
-    maps = precompute_ig_maps(
-        teacher, data, aug.settings, ArtifactCache.default(), progress=progress, log=log
-    )
-    n = min(8, len(data.train))
-    if n:
-        idx = data.train.index[:n]
-        path = config.resolved_run_dir / "ig_gallery.png"
-        write_gallery(
-            path,
-            data.train.x[:n].float() / 255,
-            maps.lookup(idx),
-            w=aug.w,
-            titles=[f"#{int(i)}" for i in idx],
-        )
-    return maps
