@@ -228,7 +228,7 @@ class ArtifactCache:
         path = self.path(kind, key).with_suffix(".lock")
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            import fcntl
+            import fcntl  # POSIX only: imported here so that the cache still works without it
         except ImportError:  # Windows: atomic renames still keep readers safe
             yield
             return

@@ -142,7 +142,7 @@ def _idx_file(folder: Path, stem: str) -> Path:
 
 def load_fashion_mnist(cfg: DataConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str]]:
     if cfg.download and cfg.root:
-        import torchvision
+        import torchvision  # only to download: a second of import time that offline loading never pays
 
         torchvision.datasets.FashionMNIST(cfg.root, train=True, download=True)
         torchvision.datasets.FashionMNIST(cfg.root, train=False, download=True)
@@ -173,7 +173,7 @@ def load_cifar(cfg: DataConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
         raise DataError(f"{cfg.dataset}: set data.root to the folder holding the torchvision-format files")
     root = Path(cfg.root)
     if cfg.download:
-        import torchvision
+        import torchvision  # only to download (see load_fashion_mnist)
 
         cls = torchvision.datasets.CIFAR10 if cfg.dataset == "cifar10" else torchvision.datasets.CIFAR100
         cls(str(root), train=True, download=True)

@@ -67,7 +67,7 @@ def register_benchmarks(register: Registry[Any]) -> None:
 
 
 @hookspec
-def register_commands(cli: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register_commands(cli: argparse._SubParsersAction) -> None:
     """Add subcommands to ``automl-kd``: ``cli.add_parser(name, help=...)``, then ``set_defaults(func=...)``.
 
     Called once per command line, before it is parsed. ``func(args)`` returns the exit code; it may raise

@@ -17,6 +17,7 @@ import importlib
 import importlib.metadata
 import logging
 import os
+import types
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -76,6 +77,18 @@ def disabled_from_env() -> set[str]:
     return {p.strip() for p in raw.split(",") if p.strip()}
 
 
+def _hashable(plugin: Any, name: str) -> Any:
+    """``plugin``, or for an unhashable object (a ``SimpleNamespace``) a module holding its attributes: pluggy's
+    per-plugin hook callers keep plugins in sets."""
+    try:
+        hash(plugin)
+        return plugin
+    except TypeError:
+        module = types.ModuleType(name)
+        module.__dict__.update({a: getattr(plugin, a) for a in dir(plugin) if not a.startswith("__")})
+        return module
+
+
 class _Attributed:
     """The ``register`` callback handed to a ``register_*`` hook: the registry, told which plugin is calling."""
 
@@ -116,6 +129,7 @@ class PluginManager:
         """Register one plugin object; on failure record it in :attr:`errors` and return False."""
         if self.pm.is_blocked(name):
             return False
+        plugin = _hashable(plugin, name)
         try:
             self.pm.register(plugin, name=name)
         except Exception as exc:  # a bad hookimpl signature, a misspelt hook marker, ...
@@ -205,7 +219,7 @@ class PluginManager:
         return record
 
     # -- typed hook calls ------------------------------------------------------------------------------------
-    def register_commands(self, subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    def register_commands(self, subparsers: argparse._SubParsersAction) -> None:
         """Let plugins add ``automl-kd`` subcommands; a failing plugin (a name already taken) is recorded."""
 
         def record(plugin: str, exc: Exception) -> None:

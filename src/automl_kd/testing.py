@@ -29,6 +29,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, IntD
 from .distill.augmenter import Augmenter, Outputs, StepBatch
 from .errors import InvalidCandidate
 from .evaluator import Evaluator, TrialContext
+from .metrics import count_macs, count_params
 from .proposer import Proposer, ProposerSampler
 from .space import Candidate, Cost, SearchSpace, suggest
 
@@ -106,8 +107,6 @@ class SearchSpaceContract:
     def test_build_agrees_with_cost(self, space: SearchSpace) -> None:
         if not space.buildable:
             pytest.skip(f"space {space.name!r} is a table-look-up space without build()")
-        from .metrics import count_macs, count_params
-
         params = space.sample(random.Random(4))
         model = space.build(params)
         cost = space.cost(params)

@@ -29,6 +29,23 @@ def emit_json(obj: Any) -> None:
     print(json.dumps(obj, default=str, separators=(",", ":")), flush=True)
 
 
+def emit_facts(args: argparse.Namespace, out: dict[str, Any]) -> None:
+    """A tool's result: the JSON line with ``--json``, else one ``key=value`` line."""
+    if args.json:
+        emit_json(out)
+    else:
+        print(" ".join(f"{k}={v}" for k, v in out.items()))
+
+
+def config_options(sp: argparse.ArgumentParser) -> None:
+    """A config file argument, its ``--set`` overrides and ``--json`` (``teacher train``, ``ig precompute``)."""
+    sp.add_argument("config")
+    sp.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="override a config value (repeatable)"
+    )
+    sp.add_argument("--json", action="store_true")
+
+
 def run_dir_of(args: argparse.Namespace) -> Path:
     """``--run-dir``, or where ``automl-kd run`` puts the study: ``runs/<study>`` (``runs/automl-kd`` by default)."""
     return Path(args.run_dir) if args.run_dir else default_run_dir(getattr(args, "study", None))

@@ -8,7 +8,7 @@ import logging
 from automl_kd.config import load_config
 from automl_kd.distill.teacher import teacher_for_config, teacher_info
 
-from .common import emit_json, plugin_manager
+from .common import config_options, emit_facts, plugin_manager
 
 log = logging.getLogger("automl_kd")
 
@@ -20,23 +20,16 @@ def cmd_teacher_train(args: argparse.Namespace) -> int:
     assert info is not None
     out = {"source": info.source, "cache_key": info.cache_key, "weights": info.fingerprint, **info.metrics}
     out["params"] = sum(p.numel() for p in teacher.parameters())
-    if args.json:
-        emit_json(out)
-    else:
-        print(" ".join(f"{k}={v}" for k, v in out.items()))
+    emit_facts(args, out)
     return 0
 
 
-def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_commands(sub: argparse._SubParsersAction) -> None:
     sp = sub.add_parser("teacher", help="teacher tools")
     teacher_sub = sp.add_subparsers(dest="teacher_command", required=True)
     tp = teacher_sub.add_parser(
         "train", help="train the config's teacher once and cache it (or show the cached one)"
     )
-    tp.add_argument("config")
-    tp.add_argument(
-        "--set", action="append", metavar="KEY=VALUE", help="override a config value (repeatable)"
-    )
+    config_options(tp)
     tp.add_argument("--force", action="store_true", help="retrain even if cached weights exist")
-    tp.add_argument("--json", action="store_true")
     tp.set_defaults(func=cmd_teacher_train)

@@ -95,7 +95,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def _finalized_options(sp: argparse.ArgumentParser) -> None:
+    """Where a finalized student is: a study's trial, or a folder (export, evaluate)."""
+    study_options(sp)
+    sp.add_argument("--trial", default="best", help="finalized trial number or 'best' (default)")
+    sp.add_argument(
+        "--checkpoint", help="a finalized directory or its model.pt (instead of --run-dir/--trial)"
+    )
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
     sp = sub.add_parser(
         "report", help="an HTML report of a study: leaderboard, Pareto front, curves, transcripts"
     )
@@ -115,11 +124,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     sp.set_defaults(func=cmd_finalize)
 
     sp = sub.add_parser("export", help="a finalized student as ONNX, .pt2 and safetensors, with a model card")
-    study_options(sp)
-    sp.add_argument("--trial", default="best", help="finalized trial number or 'best' (default)")
-    sp.add_argument(
-        "--checkpoint", help="a finalized directory or its model.pt (instead of --run-dir/--trial)"
-    )
+    _finalized_options(sp)
     sp.add_argument("--out", help="output folder (default: the finalized directory's export/)")
     sp.add_argument(
         "--format",
@@ -131,11 +136,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     sp.set_defaults(func=cmd_export)
 
     sp = sub.add_parser("evaluate", help="score a finalized student on another dataset through a class map")
-    study_options(sp)
-    sp.add_argument("--trial", default="best", help="finalized trial number or 'best' (default)")
-    sp.add_argument(
-        "--checkpoint", help="a finalized directory or its model.pt (instead of --run-dir/--trial)"
-    )
+    _finalized_options(sp)
     sp.add_argument("--config", required=True, help="evaluation YAML: data, split, class_map, restrict")
     sp.add_argument("--out", help="result JSON (default: <finalized dir>/evaluate-<config name>.json)")
     sp.set_defaults(func=cmd_evaluate)

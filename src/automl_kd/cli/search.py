@@ -115,7 +115,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         "evaluators": pm.evaluators,
         "augmenters": pm.augmenters,
     }
-    data = {
+    data: dict[str, Any] = {
         "plugins": [
             {"name": i.name, "distribution": i.distribution, "version": i.version, "hooks": list(i.hooks)}
             for i in pm.infos.values()
@@ -166,7 +166,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_commands(sub: argparse._SubParsersAction) -> None:
     def run_opts(sp: argparse.ArgumentParser) -> None:
         sp.add_argument(
             "--set", action="append", metavar="KEY=VALUE", help="override a config value (repeatable)"

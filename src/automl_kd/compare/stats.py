@@ -8,6 +8,7 @@ need scipy. Intervals are percentile bootstraps with a fixed seed, so reruns agr
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -44,14 +45,11 @@ def curve_band(m: np.ndarray) -> dict[str, list[float | None]]:
     """Per column of ``m`` (seeds x budget): median, mean and the 95 % bootstrap interval of the median."""
     rng = np.random.default_rng(_BOOT_SEED)
     n = m.shape[0]
-    with np.errstate(all="ignore"):
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns before a first valid proposal
-            meds = np.nanmedian(m[rng.integers(0, n, (N_BOOT, n))], axis=1)
-            lo, hi = np.nanpercentile(meds, [2.5, 97.5], axis=0)
-            med, mean = np.nanmedian(m, axis=0), np.nanmean(m, axis=0)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns before a first valid proposal
+        meds = np.nanmedian(m[rng.integers(0, n, (N_BOOT, n))], axis=1)
+        lo, hi = np.nanpercentile(meds, [2.5, 97.5], axis=0)
+        med, mean = np.nanmedian(m, axis=0), np.nanmean(m, axis=0)
     return {
         k: [_r(v) for v in arr] for k, arr in (("median", med), ("mean", mean), ("ci_lo", lo), ("ci_hi", hi))
     }

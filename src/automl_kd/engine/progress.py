@@ -7,6 +7,17 @@ import time
 from typing import Any, TextIO
 
 from optuna.trial import FrozenTrial
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from .outcome import TrialOutcome
 
 
 def _fmt_s(seconds: float) -> str:
@@ -38,7 +49,7 @@ class PlainProgress:
         best = [
             t.user_attrs.get("val_acc")
             for t in search.study.get_trials(deepcopy=False)
-            if t.user_attrs.get("outcome") == "complete"
+            if TrialOutcome.of(t) == TrialOutcome.COMPLETE
         ]
         self.best = max((b for b in best if b is not None), default=None)
         self._print(
@@ -59,11 +70,11 @@ class PlainProgress:
         return f"elapsed {_fmt_s(elapsed)}" + (f", eta {_fmt_s(eta)}" if eta is not None else "")
 
     def trial_finished(self, t: FrozenTrial) -> None:
-        outcome = t.user_attrs.get("outcome") or "interrupted"
-        if outcome in ("complete", "pruned", "failed", "rejected"):
+        outcome = TrialOutcome.of(t)
+        if outcome.counts:
             self.done += 1
         val = t.user_attrs.get("val_acc")
-        if outcome == "complete" and val is not None and (self.best is None or val > self.best):
+        if outcome == TrialOutcome.COMPLETE and val is not None and (self.best is None or val > self.best):
             self.best = val
         detail = f" val_acc={val:.2f}%" if isinstance(val, int | float) else ""
         if "params" in t.user_attrs:
@@ -85,15 +96,6 @@ class RichProgress(PlainProgress):
 
     def __init__(self) -> None:
         super().__init__()
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
 
         self.console = Console(stderr=True)
         self.bar = Progress(

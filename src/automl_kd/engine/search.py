@@ -8,6 +8,7 @@ Optuna's retry callback re-enqueues its parameters once.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -204,7 +205,8 @@ class Search:
             reason = self.constraints.check(cost)
             if reason:
                 raise CandidateRejected(reason)
-            metrics = self._evaluate(trial, candidate, seed, aug_options)
+            with self._heartbeat(trial):
+                metrics = self._evaluate(trial, candidate, seed, aug_options)
         except (CandidateRejected, InvalidCandidate) as exc:
             trial.set_user_attr(ATTR_OUTCOME, TrialOutcome.REJECTED)
             trial.set_user_attr("fail_reason", f"rejected: {exc}")
@@ -238,18 +240,6 @@ class Search:
         return values[0] if len(values) == 1 else values
 
     def _evaluate(
-        self,
-        trial: optuna.Trial,
-        candidate: Candidate,
-        seed: int,
-        aug_options: list[dict[str, Any]] | None = None,
-    ) -> dict[str, Any]:
-        if needs_own_heartbeat(self.study._storage):
-            with beating(self.study, trial._trial_id, self.config.storage.heartbeat_interval):
-                return self._evaluate_now(trial, candidate, seed, aug_options)
-        return self._evaluate_now(trial, candidate, seed, aug_options)
-
-    def _evaluate_now(
         self,
         trial: optuna.Trial,
         candidate: Candidate,
@@ -292,6 +282,12 @@ class Search:
         for key, value in metrics.items():
             trial.set_user_attr(key, jsonable(value))
         return metrics
+
+    def _heartbeat(self, trial: optuna.Trial) -> contextlib.AbstractContextManager[None]:
+        """Beat for ``trial`` while it runs: an RDB storage beats in Optuna's own thread, a Journal file needs ours."""
+        if needs_own_heartbeat(self.study._storage):
+            return beating(self.study, trial._trial_id, self.config.storage.heartbeat_interval)
+        return contextlib.nullcontext()
 
     def _budget_spent(self) -> str | None:
         """A proposer with a budget says so before a trial is created for it (``budget_exhausted()``)."""

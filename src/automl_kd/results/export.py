@@ -94,6 +94,7 @@ def _batch_dim() -> Any:
 def _onnx(wrapped: nn.Module, x: torch.Tensor, ref: torch.Tensor, path: Path) -> dict[str, Any]:
     for mod in ("onnx", "onnxscript", "onnxruntime"):
         _need(mod, "ONNX export")
+    # optional dependencies (the dev extra): imported when this format is asked for, after _need's hint
     import onnx
     import onnxruntime as ort
 

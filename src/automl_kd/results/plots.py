@@ -91,7 +91,7 @@ def plot_curves(study: optuna.Study, path: Path) -> Path:
     """Left: best validation accuracy so far per proposer, by trial number. Right: each trial's validation
     accuracy per epoch (``val_acc_curve``), coloured by proposer."""
     plt = pyplot()
-    from matplotlib.ticker import MaxNLocator
+    from matplotlib.ticker import MaxNLocator  # after pyplot(): matplotlib is imported on first plot only
 
     colors = _proposer_colors(study)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from automl_kd.config import DataConfig, read_yaml_mapping
-from automl_kd.data import IMAGE_EXTS, load_data, read_class_folders
+from automl_kd.data import load_data, read_class_folders
 from automl_kd.errors import ConfigError, DataError
 from automl_kd.manager import PluginManager
 from automl_kd.results.finalize import load_finalized

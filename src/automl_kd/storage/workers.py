@@ -14,8 +14,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from automl_kd.config import Config
+import optuna
+
+from automl_kd.config import Config, StorageConfig, load_config
 from automl_kd.errors import AutomlKdError
+
+from .studies import open_storage
 
 log = logging.getLogger("automl_kd")
 
@@ -83,11 +87,6 @@ def run_workers(
 
 def config_of_study(storage: str, study: str) -> Config:
     """The config a study was created with (stored in its user attributes), for a worker joining it."""
-    import optuna
-
-    from automl_kd.config import StorageConfig, load_config
-    from automl_kd.storage.studies import open_storage
-
     st = open_storage(storage, Path("."), StorageConfig(), create=False)
     try:
         s = optuna.load_study(study_name=study, storage=st)

@@ -11,16 +11,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
+from automl_kd.cache import ArtifactCache, atomic_write, decode_artifact, encode_artifact
+from automl_kd.data import Split
 from automl_kd.distill.ig.attribution import IGSettings, attribution_maps
 from automl_kd.distill.ig.inference import inference_copy
-
-if TYPE_CHECKING:
-    from automl_kd.data import Split
+from automl_kd.distill.taps import model_fingerprint
 
 
 class IGMaps:
@@ -60,8 +60,6 @@ class IGMaps:
 
 
 def ig_cache_key(teacher_fingerprint: str, data_fingerprint: str, split: str, s: IGSettings) -> str:
-    from automl_kd.cache import ArtifactCache
-
     parts = {"teacher": teacher_fingerprint, "data": data_fingerprint, "split": split, **s.key_parts()}
     return ArtifactCache.key("ig-maps", parts)
 
@@ -83,8 +81,6 @@ def precompute_ig_maps(
     ``chunk`` images, each stored as it finishes, so an interrupted precompute resumes where it stopped.
     ``progress(done, total)`` is called after every chunk.
     """
-    from automl_kd.distill.teacher import model_fingerprint
-
     say = log or (lambda msg: None)
     part: Split = getattr(data, split)
     key = ig_cache_key(model_fingerprint(teacher), data.fingerprint, split, settings)
@@ -170,8 +166,6 @@ def _compute_chunks(
     progress: Callable[[int, int], None] | None,
     say: Callable[[str], None],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    from automl_kd.cache import atomic_write, decode_artifact, encode_artifact
-
     folder = cache.partial_dir("ig-maps", key)
     folder.mkdir(parents=True, exist_ok=True)
     fast = inference_copy(teacher)

@@ -24,7 +24,7 @@ import torch
 from rich.progress import Progress
 
 from automl_kd.cache import ArtifactCache
-from automl_kd.cli.common import emit_json, plugin_manager
+from automl_kd.cli.common import config_options, emit_facts, plugin_manager
 from automl_kd.config import Config, load_config
 from automl_kd.distill.augmenter import Augmenter, PrepareContext
 from automl_kd.distill.ig.attribution import Baseline, IGSettings, Method, Reduction, Target
@@ -86,8 +86,6 @@ class IGOverlay(Augmenter):
     def prepare(self, ctx: PrepareContext) -> None:
         if ctx.teacher is None:
             raise ValueError("ig-overlay needs a teacher (its IG maps); set `teacher:` in the config")
-        from automl_kd.cache import ArtifactCache
-
         cache = ctx.cache if ctx.cache is not None else ArtifactCache.default()
         self.maps = precompute_ig_maps(ctx.teacher, ctx.data, self.settings, cache, log=ctx.log)
         if self.gallery and ctx.run_dir is not None:
@@ -210,10 +208,7 @@ def cmd_ig_precompute(args: argparse.Namespace) -> int:
 
         maps = precompute_for_config(cfg, plugin_manager(args), progress=progress, log=log.info)
     out = {"key": maps.key, "images": len(maps), **{k: v for k, v in maps.meta.items() if k != "settings"}}
-    if args.json:
-        emit_json(out)
-    else:
-        print(" ".join(f"{k}={v}" for k, v in out.items()))
+    emit_facts(args, out)
     return 0
 
 
@@ -224,9 +219,5 @@ def register_commands(cli: Any) -> None:
     ip = ig_sub.add_parser(
         "precompute", help="compute (or resume) the IG maps of the config's ig-overlay augmenter"
     )
-    ip.add_argument("config")
-    ip.add_argument(
-        "--set", action="append", metavar="KEY=VALUE", help="override a config value (repeatable)"
-    )
-    ip.add_argument("--json", action="store_true")
+    config_options(ip)
     ip.set_defaults(func=cmd_ig_precompute)

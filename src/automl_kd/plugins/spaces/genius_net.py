@@ -118,7 +118,7 @@ class GeniusNet(nn.Module):
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
+        return self.forward_head(self.forward_features(x))  # timm's split: features, then the head
 
 
 def _build_stage(st: StageSpec, ops: list[str]) -> nn.Sequential:
