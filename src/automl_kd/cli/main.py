@@ -56,13 +56,18 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     sp.set_defaults(func=compare_main)
     results.add_commands(sub)
     distill.add_commands(sub)
-    # the plugins' commands; --disable-plugin is read first, so that a blocked plugin adds none
+    # the plugins' commands. Loading the plugins takes seconds (timm, entry points), so a host command starts
+    # without them (a worker opens its storage first); any other word, or none (help, usage), loads them.
+    # --disable-plugin is read first, so that a blocked plugin adds no command.
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--disable-plugin", action="append")
+    pre.add_argument("-v", "--verbose", action="store_true")
+    pre.add_argument("command", nargs="?")
     known, _ = pre.parse_known_args(argv)
-    pm = plugin_manager(known)
-    pm.register_commands(sub)
-    p.set_defaults(_pm=pm)
+    if known.command not in sub.choices:
+        pm = plugin_manager(known)
+        pm.register_commands(sub)
+        p.set_defaults(_pm=pm)
     return p
 
 

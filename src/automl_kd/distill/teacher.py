@@ -27,7 +27,6 @@ import types
 from pathlib import Path
 from typing import Any
 
-import timm
 import torch
 from torch import nn
 
@@ -55,6 +54,10 @@ def build_teacher_model(cfg: TeacherConfig, data: DataSplits, pm: PluginManager 
     """The teacher network, randomly initialised, for ``data``'s classes, channels and image size."""
     shape = {"num_classes": data.num_classes, "in_chans": data.in_chans, "input_size": data.input_size}
     if cfg.model is not None:
+        # imported here: timm (with torchvision) takes seconds to import, and only a timm-model teacher needs it;
+        # the engine imports this module on every command-line start
+        import timm
+
         if cfg.model_options.get("pretrained"):
             raise ConfigError(
                 "teacher.model_options.pretrained: not supported offline; use teacher.checkpoint"

@@ -21,6 +21,7 @@ Example::
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import logging
 from collections.abc import Sequence
@@ -28,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import timm
 import torch
 from optuna.trial import FrozenTrial, TrialState
 from torch import nn
@@ -329,4 +329,5 @@ def finalize(
 
 
 def _versions() -> dict[str, str]:
-    return {"automl_kd": __version__, "torch": torch.__version__, "timm": timm.__version__}
+    # the installed version, without importing timm (seconds) only to read it
+    return {"automl_kd": __version__, "torch": torch.__version__, "timm": importlib.metadata.version("timm")}
