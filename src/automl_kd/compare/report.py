@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from automl_kd.results.plots import pyplot
+from automl_kd.plotting import pyplot
 
 __all__ = ["markdown_report", "plot_benchmark", "write_outputs"]
 

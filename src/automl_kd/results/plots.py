@@ -7,6 +7,8 @@ from typing import Any
 
 import optuna
 
+from automl_kd.plotting import pyplot
+
 from .leaderboard import (
     COST_AXES,
     best_so_far,
@@ -17,20 +19,6 @@ from .leaderboard import (
     loss_term_rows,
     pareto_numbers,
 )
-
-
-def pyplot() -> Any:
-    """matplotlib's pyplot on the Agg backend (files only: never a window, works without a display).
-
-    Imported here, not at module level: the backend must be chosen before pyplot is first imported, and
-    matplotlib is a second or more of import time that commands without plots should not pay.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _proposer_colors(study: optuna.Study) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from automl_kd.results.plots import pyplot
+from automl_kd.plotting import pyplot
 
 
 def overlay(
