@@ -196,6 +196,27 @@ def llm_options(root: Path, bench: str, strategy: str, seed: int, base: dict[str
     }
 
 
+def _take(lock: Path) -> bool:
+    """Claim a run with a lock file holding our PID; a lock whose process is gone is taken over."""
+    import os
+
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                os.kill(int(lock.read_text() or 0), 0)
+                return False  # its process is alive
+            except (ProcessLookupError, ValueError):
+                lock.unlink(missing_ok=True)  # stale: the process that wrote it is gone
+                continue
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        return True
+    return False
+
+
 def llm_runs(args: argparse.Namespace) -> int:
     """Run (or resume) the LLM searches into ``args.llm_runs``, seed by seed, so that partial results cover every
     benchmark and strategy."""
@@ -222,12 +243,22 @@ def llm_runs(args: argparse.Namespace) -> int:
     os.environ.setdefault("OPENAI_API_KEY", "no-key")
     strategies = [s.strip() for s in args.llm_strategies.split(",") if s.strip()]
     try:
-        for seed in range(args.llm_seeds):
+        order = (
+            [int(x) for x in args.llm_seed_order.split(",")] if args.llm_seed_order else range(args.llm_seeds)
+        )
+        for seed in order:
             for bench in benches:
                 for strategy in strategies:
                     out = _llm_run_path(root, bench.name, strategy, seed)
                     if out.is_file() and json.loads(out.read_text()).get("budget", 0) >= args.budget:
                         continue  # done (a larger --budget reruns it: the cached answers replay the start)
+                    lock = out.with_suffix(".running")
+                    if not _take(lock):  # a second process (--llm-seed-order) is on this run
+                        print(
+                            f"{bench.name} {strategy} seed {seed}: running elsewhere ({lock}); skipped",
+                            flush=True,
+                        )
+                        continue
                     opts = llm_options(root, bench.name, strategy, seed, base)
                     prop = ProposerSpec(LLM_LABELS.get(strategy, strategy), "llm", opts, needs_llm=True)
                     t0 = time.perf_counter()
@@ -237,6 +268,7 @@ def llm_runs(args: argparse.Namespace) -> int:
                     tmp = out.with_suffix(".tmp")
                     tmp.write_text(json.dumps(res) + "\n")
                     tmp.replace(out)
+                    lock.unlink(missing_ok=True)
                     done = [v for v in res["values"] if v is not None]
                     print(
                         f"{bench.name} {strategy} seed {seed}: best {max(done) if done else float('nan'):.2f} after "
@@ -593,6 +625,11 @@ def main(argv: list[str] | None = None) -> int:
         "--llm-local", action="store_true", help="with --llm-runs: start the local llama.cpp server"
     )
     parser.add_argument("--llm-strategies", default="default,genius-benchmark")
+    parser.add_argument(
+        "--llm-seed-order",
+        default="",
+        help="with --llm-runs: these seeds, in this order (e.g. 4,3 for a second process)",
+    )
     parser.add_argument("--llm-ctx", type=int, default=8192, help="the local server's context size (tokens)")
     args = parser.parse_args(argv)
     if args.llm_runs:
