@@ -25,6 +25,7 @@ from automl_kd.errors import (
     CandidateRejected,
     ConfigError,
     InvalidCandidate,
+    ProposerFailed,
     StorageUnavailable,
     TrainingDiverged,
     TrialInterrupted,
@@ -80,12 +81,18 @@ class Search:
         self._stop = False
         self._consecutive_failures = 0
         self.stop_reason = ""
+        self._proposer_error = ""
         self._waiting_logged = False
         self._target: int | None = None
         self.directions: list[Any] = ["maximize", *["minimize"] * (len(config.search.objectives) - 1)]
         self.constraints = Constraints.from_config(config.search.constraints)
 
         self.evaluator: Evaluator = self.pm.evaluators.create(config.evaluator.name, config.evaluator.options)
+        preflight = getattr(self.evaluator, "preflight", None)
+        if callable(
+            preflight
+        ):  # e.g. a table evaluator's file: fail now, in one line, not inside every trial
+            preflight()
         self.space: SearchSpace = self._make_space()
         #: searched augmenter options (``{search: [...]}`` or ``{low: .., high: ..}``): ``aug.<name>.<option>``
         self.aug_distributions = augmenter_distributions(config.augmenters)
@@ -172,6 +179,12 @@ class Search:
             trial.set_user_attr("fail_reason", f"proposer budget spent: {exc}")
             self._stop = True
             self.stop_reason = f"proposer budget spent: {exc}"
+            raise
+        except Exception as exc:  # the proposer failed (e.g. its endpoint is gone): stop with its reason
+            why = f"the proposer {self.config.search.proposer.name!r} failed at trial {trial.number}: {_reason(exc)}"
+            trial.set_user_attr("outcome", "proposer-failed")
+            trial.set_user_attr("fail_reason", why)
+            self._proposer_error = why
             raise
         # Optuna 5 keeps system attributes (proposer, rationale, retry origin) off the public Trial API
         system = self.study._storage.get_trial_system_attrs(trial._trial_id)
@@ -431,6 +444,9 @@ class Search:
             self.stop_reason = f"proposer budget spent: {exc}"
             log.warning("search stopped: %s", exc)
             return True
+        if self._proposer_error:
+            self.stop_reason = self._proposer_error
+            raise ProposerFailed(f"search stopped: {self._proposer_error}")
         if self._consecutive_failures >= MAX_CONSECUTIVE_FAILURES:
             last = self.study.get_trials(deepcopy=False)[-1]
             reason = last.user_attrs.get("fail_reason") or last.system_attrs.get("fail_reason")
