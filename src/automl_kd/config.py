@@ -141,11 +141,31 @@ class TeacherOutputsConfig(_Model):
     dtype: Literal["float16", "float32"] = "float16"
 
 
+class InputNorm(_Model):
+    """A network's own input normalisation: ``(x - mean) / std`` per channel, ``x`` in [0, 1]."""
+
+    mean: list[float] = Field(min_length=1)
+    std: list[float] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _same_length(self) -> InputNorm:
+        if len(self.mean) != len(self.std):
+            raise ValueError(
+                f"mean has {len(self.mean)} values and std {len(self.std)}; give one per channel"
+            )
+        if any(v <= 0 for v in self.std):
+            raise ValueError("every std must be > 0")
+        return self
+
+
 class TeacherConfig(_Model):
     """The teacher: a timm model name, a candidate of a space, or a space's reference network.
 
-    Weights come from ``checkpoint`` (loaded with ``weights_only=True``) or are trained by the library and cached
-    by content hash.
+    Weights come from ``checkpoint`` (loaded with ``weights_only=True``; our own state dicts and the reference
+    layouts of :mod:`automl_kd.distill.checkpoints`) or are trained by the library and cached by content hash.
+    ``finetune: true`` trains a checkpoint further with ``train`` (cached by content hash too). ``input`` is the
+    input convention the weights expect: ``dataset`` (normalised with the training split's mean and std, as the
+    library trains), ``unit`` ([0, 1], no normalisation), or ``{mean: [...], std: [...]}``.
     """
 
     model: str | None = None
@@ -155,6 +175,8 @@ class TeacherConfig(_Model):
     #: extra keyword arguments for ``timm.create_model`` (teacher.model only)
     model_options: dict[str, Any] = Field(default_factory=dict)
     checkpoint: str | None = None
+    finetune: bool = False
+    input: Literal["dataset", "unit"] | InputNorm = "dataset"
     train: TeacherTrainConfig = TeacherTrainConfig()
     outputs: TeacherOutputsConfig = TeacherOutputsConfig()
 
@@ -162,6 +184,8 @@ class TeacherConfig(_Model):
     def _one_source(self) -> TeacherConfig:
         if (self.model is None) == (self.space is None):
             raise ValueError("give exactly one of teacher.model (a timm name) or teacher.space")
+        if self.finetune and not self.checkpoint:
+            raise ValueError("teacher.finetune needs teacher.checkpoint (the weights to start from)")
         return self
 
 
@@ -171,6 +195,8 @@ class Config(_Model):
     name: str = Field("automl-kd", pattern=r"^[A-Za-z0-9_.-]+$")
     seed: int = 0
     device: str = "auto"
+    #: numeric precision of training, teacher outputs, evaluation and the IG precompute (automl_kd.precision)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     run_dir: str | None = None
     data: DataConfig = DataConfig()
     space: PluginRef = PluginRef(name="mbv2")

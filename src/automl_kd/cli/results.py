@@ -6,10 +6,11 @@ import argparse
 import json
 from pathlib import Path
 
+from automl_kd.cache import atomic_write
 from automl_kd.results.export import DEFAULT_FORMATS, export_student
 from automl_kd.results.finalize import final_dir, finalize, locate_final
 from automl_kd.results.html import write_report
-from automl_kd.results.transfer import evaluate_student
+from automl_kd.results.transfer import evaluate_student, load_eval_config
 from automl_kd.storage.studies import load_study
 
 from .common import emit_json, plugin_manager, run_dir_of, study_options
@@ -77,11 +78,18 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     final = _final_path(args)
-    result = evaluate_student(final, args.config, pm=plugin_manager(args))
-    folder = final if final.is_dir() else final.parent
-    out = Path(args.out) if args.out else folder / f"evaluate-{Path(args.config).stem}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    cfg = load_eval_config(args.config)
+    result = evaluate_student(final, cfg, pm=plugin_manager(args))
+    if (
+        cfg.model is not None
+    ):  # a plain weights file (perhaps read-only, shared): write the result only if asked
+        out = Path(args.out) if args.out else None
+    else:
+        folder = final if final.is_dir() else final.parent
+        out = Path(args.out) if args.out else folder / f"evaluate-{Path(args.config).stem}.json"
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(out, (json.dumps(result, indent=2) + "\n").encode())
     if args.json:
         emit_json(result)
         return 0
@@ -91,7 +99,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     )
     for name, v in result["per_class_recall"].items():
         print(f"  {name}: recall {v['recall']:.2f} % (n={v['n']})")
-    print(out)
+    if out is not None:
+        print(out)
     return 0
 
 
@@ -135,8 +144,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--tolerance", type=float, default=1e-4, help="max abs difference allowed vs torch")
     sp.set_defaults(func=cmd_export)
 
-    sp = sub.add_parser("evaluate", help="score a finalized student on another dataset through a class map")
+    sp = sub.add_parser(
+        "evaluate",
+        help="score a finalized student through a class map, or a plain weights file named by `model:` in the config",
+    )
     _finalized_options(sp)
     sp.add_argument("--config", required=True, help="evaluation YAML: data, split, class_map, restrict")
-    sp.add_argument("--out", help="result JSON (default: <finalized dir>/evaluate-<config name>.json)")
+    sp.add_argument(
+        "--out",
+        help="result JSON (default: <finalized dir>/evaluate-<config name>.json; none for a plain weights file)",
+    )
     sp.set_defaults(func=cmd_evaluate)

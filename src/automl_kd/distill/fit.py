@@ -60,6 +60,7 @@ def fit(
     report: Callable[[int, float], None] | None = None,
     log: Callable[[str], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    normalize: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> Fitted:
     """Seed, build the network with ``build()`` on ``device``, let each augmenter ``prepare`` (precompute into
     ``cache``), and train it with :func:`automl_kd.distill.loop.train_student`.
@@ -91,5 +92,6 @@ def fit(
         report=report,
         log=log,
         should_stop=should_stop,
+        normalize=normalize,
     )
     return Fitted(model, result, time.perf_counter() - t0)

@@ -25,10 +25,12 @@ from torch import nn
 
 from automl_kd.data import DataSplits, Split, batches, stratified_indices
 from automl_kd.errors import TrainingDiverged
+from automl_kd.precision import autocast, autocast_dtype, grad_scaler
 
 from .augmenter import Augmenter, StepBatch
 from .settings import TrainSettings, check_train_fraction
 from .taps import forward
+from .teacher_info import Normalizer, teacher_normalizer
 from .teacher_outputs import reduce_outputs, teacher_output_provider, teacher_reducers
 from .views import random_crop_flip
 
@@ -45,13 +47,31 @@ class TrainResult:
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, split: Split, data: DataSplits, batch_size: int = 512) -> float:
-    """Top-1 accuracy in percent on a split, eval mode."""
+def accuracy(
+    model: nn.Module,
+    split: Split,
+    data: DataSplits,
+    batch_size: int = 512,
+    *,
+    normalize: Normalizer | None = None,
+    precision: str = "auto",
+) -> float:
+    """Top-1 accuracy in percent on a split, eval mode, in ``precision`` (:mod:`automl_kd.precision`).
+
+    ``normalize`` turns [0, 1] images into the model's input (default: the training split's mean and std).
+    """
     was_training = model.training
     model.eval()
+    normalize = normalize or data.normalize
+    device = split.x.device
+    dtype = autocast_dtype(precision, device)
     correct = 0
     for x, y, _ in batches(split, batch_size, shuffle=False):
-        logits = model(data.normalize(x.float().div_(255)))
+        xin = normalize(x.float().div_(255))
+        if device.type == "cpu":
+            xin = xin.contiguous(memory_format=torch.channels_last)
+        with autocast(device, dtype):
+            logits = model(xin)
         correct += int((logits.argmax(1) == y).sum())
     model.train(was_training)
     return 100.0 * correct / max(1, len(split))
@@ -93,6 +113,7 @@ def train_student(
     should_stop: Callable[[], bool] | None = None,
     teacher_outputs: str | None = None,
     cache: Any = None,
+    normalize: Normalizer | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``data.train``; return validation accuracy after each epoch.
 
@@ -100,13 +121,18 @@ def train_student(
     ``data`` must already live on the training device. The test split is not touched here.
     ``teacher_outputs`` (``online``, ``cached``, ``auto``) overrides the teacher's ``teacher.outputs.mode``;
     ``cache`` overrides the artifact cache the teacher-output cache lives in (see
-    :mod:`automl_kd.distill.teacher_outputs`).
+    :mod:`automl_kd.distill.teacher_outputs`). ``normalize`` turns [0, 1] images into ``model``'s input
+    (default: the training split's mean and std); the teacher gets its own (``teacher.input``). Forward passes
+    run under autocast in ``settings.precision`` (:mod:`automl_kd.precision`); weights and losses stay fp32.
     """
     device = data.train.x.device
     torch.manual_seed(seed)  # dropout and other module-level randomness
     gen = torch.Generator().manual_seed(seed)
     model.to(device).train()
-    use_amp = device.type == "cuda"
+    dtype = autocast_dtype(settings.precision, device)
+    scaler = grad_scaler(device, dtype)
+    normalize = normalize or data.normalize
+    t_normalize = teacher_normalizer(teacher, data) if teacher is not None else normalize
     # channels_last speeds up depthwise convolutions about 2x on CPUs too (measured on the 2-core CI machine)
     model.to(memory_format=torch.channels_last)
 
@@ -123,7 +149,15 @@ def train_student(
         assert teacher is not None
         pad, flip = settings.crop_padding, settings.flip
         provider = teacher_output_provider(
-            teacher, augmenters, data, pad, flip, mode=teacher_outputs, cache=cache, say=log
+            teacher,
+            augmenters,
+            data,
+            pad,
+            flip,
+            mode=teacher_outputs,
+            cache=cache,
+            say=log,
+            precision=settings.precision,
         )
 
     train = training_subset(data.train, settings.train_fraction, seed)
@@ -156,9 +190,10 @@ def train_student(
                 for a in augmenters:  # before geometric augmentation: the map belongs to this exact image
                     x = a.transform(x, ib, yb, gen)
                 x = random_crop_flip(x, settings.crop_padding, settings.flip, gen)
-            x = data.normalize(x).contiguous(memory_format=torch.channels_last)
+            x01 = x
+            x = normalize(x01).contiguous(memory_format=torch.channels_last)
 
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            with autocast(device, dtype):
                 s_out = forward(model, x, student_layers)
                 t_out = None
                 if provider is not None:
@@ -166,7 +201,9 @@ def train_student(
                 elif needs_teacher:
                     assert teacher is not None
                     with torch.no_grad():  # the teacher sees the very view the student sees
-                        t_out = reduce_outputs(forward(teacher, x, teacher_layers), reducers)
+                        xt = x if t_normalize is normalize else t_normalize(x01)
+                        xt = xt.contiguous(memory_format=torch.channels_last)
+                        t_out = reduce_outputs(forward(teacher, xt, teacher_layers), reducers)
                 terms: dict[str, tuple[float, torch.Tensor]] = {
                     "ce": (
                         task_weight,
@@ -185,10 +222,12 @@ def train_student(
                 parts = ", ".join(f"{k}={float(v.detach()):.4g}" for k, (_, v) in terms.items())
                 raise TrainingDiverged(f"loss is {float(loss.detach())} at epoch {epoch} step {i} ({parts})")
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            scaler.scale(loss).backward()
             if settings.grad_clip:
+                scaler.unscale_(opt)
                 nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
-            opt.step()
+            scaler.step(opt)
+            scaler.update()
             if sched is not None:
                 sched.step()
             step += 1
@@ -198,7 +237,9 @@ def train_student(
             sums["total"] = sums.get("total", 0.0) + float(loss.detach())
 
         means = {k: v / max(1, n_batches) for k, v in sums.items()}
-        val = accuracy(model, data.val, data, settings.eval_batch_size)
+        val = accuracy(
+            model, data.val, data, settings.eval_batch_size, normalize=normalize, precision=settings.precision
+        )
         curve.append(val)
         history.append({"epoch": epoch, "val_acc": val, **means})
         if log:

@@ -36,12 +36,14 @@ from automl_kd.data import DataSplits, load_data
 from automl_kd.errors import ConfigError
 from automl_kd.manager import PluginManager, get_plugin_manager
 from automl_kd.metrics import resolve_device
+from automl_kd.precision import autocast_dtype, dtype_name
 
+from .checkpoints import load_weights
 from .fit import fit
 from .loop import accuracy
 from .settings import TrainSettings
 from .taps import model_fingerprint
-from .teacher_info import TeacherInfo, attach_info, teacher_info
+from .teacher_info import TeacherInfo, attach_info, check_input, input_normalizer, teacher_info
 
 __all__ = ["TeacherInfo", "get_teacher", "teacher_cache_key", "teacher_for_config", "teacher_info"]
 
@@ -87,29 +89,11 @@ def build_teacher_model(cfg: TeacherConfig, data: DataSplits, pm: PluginManager 
     return built
 
 
-def load_checkpoint(model: nn.Module, path: str | Path) -> None:
-    """Load weights with ``weights_only=True`` (no code runs); accept a state dict or one nested under
-    ``state_dict``/``model``. A missing file or mismatched tensors raise :class:`ConfigError`."""
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise ConfigError(f"teacher.checkpoint {str(p)!r} does not exist")
-    try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ConfigError(f"teacher.checkpoint {str(p)!r} cannot be read safely: {exc}") from None
-    for k in ("state_dict", "model"):
-        if isinstance(obj, dict) and isinstance(obj.get(k), dict):
-            obj = obj[k]
-    if not isinstance(obj, dict):
-        raise ConfigError(f"teacher.checkpoint {str(p)!r} holds no state dict")
-    obj = {k.removeprefix("module."): v for k, v in obj.items()}  # saved from DataParallel/DDP
-    try:
-        model.load_state_dict(obj, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[0:2]
-        raise ConfigError(
-            f"teacher.checkpoint {str(p)!r} does not fit the teacher: {' '.join(first)}"
-        ) from None
+def load_checkpoint(model: nn.Module, path: str | Path) -> str:
+    """Load ``teacher.checkpoint`` into ``model`` (``weights_only=True``, no code runs): our own state dicts and
+    the reference layouts of :mod:`automl_kd.distill.checkpoints`; return the layout. A missing, unsafe or
+    mismatched file raises :class:`ConfigError` in one line."""
+    return load_weights(model, path, what="teacher.checkpoint")
 
 
 def freeze(model: nn.Module) -> nn.Module:
@@ -125,10 +109,22 @@ def freeze(model: nn.Module) -> nn.Module:
     return model
 
 
-def teacher_cache_key(cfg: TeacherConfig, data: DataSplits) -> str:
-    """Hash of everything that determines trained teacher weights: the network, its training, the data split."""
+def teacher_cache_key(
+    cfg: TeacherConfig, data: DataSplits, start: str | None = None, precision: str = "fp32"
+) -> str:
+    """Hash of everything that determines trained teacher weights: the network, its training, the data split, the
+    precision it trains in, and for a fine-tuned checkpoint the fingerprint of the weights it starts from
+    (``start``). Options at their defaults stay out of the hash, so keys made before they existed still hold."""
     spec = cfg.model_dump(mode="json", exclude={"checkpoint", "outputs"})
-    return ArtifactCache.key(CACHE_KIND, {"teacher": spec, "data": data.fingerprint})
+    for k, default in (("finetune", False), ("input", "dataset")):
+        if spec.get(k) == default:
+            spec.pop(k)
+    parts: dict[str, Any] = {"teacher": spec, "data": data.fingerprint}
+    if start is not None:
+        parts["start"] = start
+    if precision != "fp32":
+        parts["precision"] = precision
+    return ArtifactCache.key(CACHE_KIND, parts)
 
 
 def teacher_settings(cfg: TeacherConfig) -> TrainSettings:
@@ -137,22 +133,38 @@ def teacher_settings(cfg: TeacherConfig) -> TrainSettings:
 
 
 def train_teacher(
-    cfg: TeacherConfig, data: DataSplits, device: torch.device, pm: PluginManager | None = None
+    cfg: TeacherConfig,
+    data: DataSplits,
+    device: torch.device,
+    pm: PluginManager | None = None,
+    precision: str = "auto",
+    start: nn.Module | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """Build and train the teacher on ``data.train`` with ``cfg.train`` (through :func:`automl_kd.distill.fit.fit`);
-    return it and its metrics (validation accuracy, and test accuracy for the report only)."""
+    """Build and train the teacher on ``data.train`` with ``cfg.train`` (through :func:`automl_kd.distill.fit.fit`),
+    from ``start``'s weights when fine-tuning a checkpoint; return it and its metrics (validation accuracy, and test
+    accuracy for the report only)."""
+    normalize = input_normalizer(cfg.input, data)
+
+    def build() -> nn.Module:
+        model = build_teacher_model(cfg, data, pm)
+        if start is not None:
+            model.load_state_dict(start.state_dict())
+        return model
+
     fitted = fit(
-        lambda: build_teacher_model(cfg, data, pm),
+        build,
         data,
-        teacher_settings(cfg),
+        teacher_settings(cfg).model_copy(update={"precision": precision}),
         seed=cfg.train.seed,
         device=device,
+        normalize=normalize,
         log=lambda m: log.info("teacher: %s", m),
     )
     model = fitted.model.eval()
     return model, {
         "val_acc": round(fitted.result.val_acc, 4),
-        "test_acc": round(accuracy(model, data.test, data), 4),  # report only, never used to select
+        # report only, never used to select
+        "test_acc": round(accuracy(model, data.test, data, normalize=normalize, precision=precision), 4),
         "epochs": fitted.result.epochs_run,
         "steps": fitted.result.steps,
     }
@@ -166,18 +178,31 @@ def get_teacher(
     pm: PluginManager | None = None,
     *,
     retrain: bool = False,
+    precision: str = "auto",
 ) -> nn.Module:
-    """The frozen teacher on ``device``: from the checkpoint, from the cache, or trained now and cached.
+    """The frozen teacher on ``device``: from the checkpoint, from the cache, or trained now and cached (a
+    checkpoint with ``finetune: true`` is trained further and cached under its weights' fingerprint).
 
-    ``retrain`` ignores a cached entry (``automl-kd teacher train --force``).
+    ``retrain`` ignores a cached entry (``automl-kd teacher train --force``). The teacher takes inputs in its own
+    convention (``teacher.input``): use :func:`automl_kd.distill.teacher_info.teacher_normalizer`.
     """
+    check_input(teacher_cfg.input, data)
     model = build_teacher_model(teacher_cfg, data, pm)
+    start: nn.Module | None = None
+    start_fp: str | None = None
     if teacher_cfg.checkpoint:
-        load_checkpoint(model, teacher_cfg.checkpoint)
-        info = TeacherInfo("checkpoint", model_fingerprint(model), teacher_cfg, cache)
-        log.info("teacher: loaded %s (weights %s)", teacher_cfg.checkpoint, info.fingerprint[:12])
-        return _ready(model, info, device)
-    key = teacher_cache_key(teacher_cfg, data)
+        layout = load_checkpoint(model, teacher_cfg.checkpoint)
+        fingerprint = model_fingerprint(model)
+        if not teacher_cfg.finetune:
+            info = TeacherInfo("checkpoint", fingerprint, teacher_cfg, cache, metrics={"layout": layout})
+            log.info(
+                "teacher: loaded %s (%s layout, weights %s)", teacher_cfg.checkpoint, layout, fingerprint[:12]
+            )
+            return _ready(model, info, device)
+        start, start_fp = model, fingerprint
+        model = build_teacher_model(teacher_cfg, data, pm)
+    dtype = autocast_dtype(precision, device)
+    key = teacher_cache_key(teacher_cfg, data, start_fp, dtype_name(dtype))
     art = None if retrain else _load_cached(model, cache, key)
     if art is None:
         with cache.lock(CACHE_KIND, key):
@@ -185,8 +210,9 @@ def get_teacher(
                 None if retrain else _load_cached(model, cache, key)
             )  # a concurrent worker may have trained it
             if art is None:
-                log.info("teacher: no cached weights (key %s); training it now", key[:12])
-                model, metrics = train_teacher(teacher_cfg, data, device, pm)
+                what = "fine-tuning the checkpoint" if start is not None else "training it"
+                log.info("teacher: no cached weights (key %s); %s now", key[:12], what)
+                model, metrics = train_teacher(teacher_cfg, data, device, pm, precision, start)
                 meta = {"metrics": metrics, "config": teacher_cfg.model_dump(mode="json")}
                 cache.save(CACHE_KIND, key, model.state_dict(), meta)
                 info = TeacherInfo("trained", model_fingerprint(model), teacher_cfg, cache, key, metrics)
@@ -226,4 +252,7 @@ def teacher_for_config(
         raise ConfigError("teacher: the config has no `teacher:` section")
     device = resolve_device(config.device)
     data = load_data(config.data).to(device)
-    return get_teacher(config.teacher, data, device, ArtifactCache.default(), pm, retrain=retrain), data
+    teacher = get_teacher(
+        config.teacher, data, device, ArtifactCache.default(), pm, retrain=retrain, precision=config.precision
+    )
+    return teacher, data

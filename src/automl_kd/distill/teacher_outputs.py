@@ -29,9 +29,10 @@ from automl_kd.cache import Artifact, ArtifactCache
 from automl_kd.data import DataSplits
 from automl_kd.distill.augmenter import Augmenter, Outputs
 from automl_kd.errors import ConfigError
+from automl_kd.precision import autocast, autocast_dtype, dtype_name
 
 from .taps import forward, model_fingerprint
-from .teacher_info import teacher_info
+from .teacher_info import teacher_info, teacher_input, teacher_normalizer
 from .views import apply_crop_flip, crop_flip_draws
 
 log = logging.getLogger("automl_kd")
@@ -192,10 +193,15 @@ def build_teacher_outputs(
     dtype: torch.dtype = torch.float16,
     batch_size: int = 512,
     say: Callable[[str], None] = lambda m: None,
+    precision: str = "fp32",
 ) -> TeacherOutputCache:
-    """Load the teacher-output cache for the training split, building what is missing (once, under a lock)."""
+    """Load the teacher-output cache for the training split, building what is missing (once, under a lock).
+
+    The teacher runs under autocast in ``precision`` (:mod:`automl_kd.precision`), on inputs in its own
+    convention (``teacher.input``); both are part of the key when they are not the defaults."""
     part = data.train
     device = part.x.device
+    run_dtype = autocast_dtype(precision, device)
     reducers = teacher_reducers(augmenters)
     moving = [a for a in augmenters if _transforms(a)]
     base = {
@@ -208,6 +214,10 @@ def build_teacher_outputs(
         "flip": flip,
         "transforms": [[a.name, a.replay_key()] for a in moving],
     }
+    if (convention := teacher_input(teacher)) != "dataset":
+        base["input"] = convention
+    if run_dtype is not None:
+        base["precision"] = dtype_name(run_dtype)
     vkey = cache.key("teacher-views", base)
     fkeys = {
         layer: cache.key(
@@ -251,6 +261,7 @@ def build_teacher_outputs(
                     batch_size,
                     reducers,
                     say,
+                    run_dtype,
                 )
     else:
         say(f"teacher outputs: reusing cache entry {vkey[:12]} ({views} view(s) x {len(part)} images)")
@@ -284,8 +295,10 @@ def _build(
     batch_size: int,
     reducers: dict[str, tuple[Augmenter, Reducer]],
     say: Callable[[str], None],
+    run_dtype: torch.dtype | None = None,
 ) -> tuple[Any, dict[str, torch.Tensor]]:
     part = data.train
+    normalize = teacher_normalizer(teacher, data)
     n = len(part)
     missing = [layer for layer in fkeys if layer not in feats]
     say(
@@ -321,8 +334,9 @@ def _build(
             sl = slice(s, min(s + batch_size, n))
             d = {k: t[v, sl].to(part.x.device) for k, t in draws_all.items()}
             x = build_view(part.x[sl].float().div(255), part.index[sl], part.y[sl], d, moving, padding)
-            x = data.normalize(x).contiguous(memory_format=torch.channels_last)
-            out = forward(teacher, x, missing)
+            x = normalize(x).contiguous(memory_format=torch.channels_last)
+            with autocast(part.x.device, run_dtype):
+                out = forward(teacher, x, missing)
             logits[v, sl] = out.logits.float().cpu()
             for layer in missing:
                 per_layer[layer].append(reducers[layer][1](out.features[layer]).to(dtype).cpu())
@@ -358,6 +372,7 @@ def teacher_output_provider(
     mode: str | None = None,
     cache: Any = None,
     say: Callable[[str], None] | None = None,
+    precision: str = "fp32",
 ) -> TeacherOutputCache | None:
     """The teacher-output cache the training loop should read, or None to run the teacher online.
 
@@ -384,4 +399,5 @@ def teacher_output_provider(
         flip=flip,
         dtype=torch.float32 if fp32 else torch.float16,
         say=say or (lambda m: log.info("%s", m)),
+        precision=precision,
     )

@@ -20,7 +20,8 @@ from automl_kd.space import SearchSpace
 
 
 class Resources:
-    """``resources("data")``, ``"data_config"``, ``"cache"``, ``"teacher"`` (None without ``teacher:``) and
+    """``resources("data")``, ``"data_config"``, ``"precision"`` (the config's), ``"cache"``, ``"teacher"`` (None
+    without ``teacher:``) and
     ``"reference_params"`` (the teacher's parameter count, else the space's reference network's, else None)."""
 
     def __init__(
@@ -36,6 +37,7 @@ class Resources:
         self._builders: dict[str, Callable[[], Any]] = {
             "data": lambda: load_data(self.config.data).to(self.device),
             "data_config": lambda: self.config.data,
+            "precision": lambda: self.config.precision,
             "cache": ArtifactCache.default,
             "teacher": self._teacher,
             "reference_params": self._reference_params,
@@ -51,7 +53,14 @@ class Resources:
     def _teacher(self) -> Any:
         if self.config.teacher is None:
             return None
-        return get_teacher(self.config.teacher, self("data"), self.device, self("cache"), pm=self.pm)
+        return get_teacher(
+            self.config.teacher,
+            self("data"),
+            self.device,
+            self("cache"),
+            pm=self.pm,
+            precision=self.config.precision,
+        )
 
     def _reference_params(self) -> int | None:
         teacher = self("teacher") if self.config.teacher else None

@@ -41,6 +41,7 @@ from automl_kd.distill.fit import fit
 from automl_kd.distill.loop import accuracy
 from automl_kd.distill.settings import TrainSettings
 from automl_kd.distill.teacher import get_teacher, teacher_info
+from automl_kd.distill.teacher_info import teacher_normalizer
 from automl_kd.engine.outcome import TrialOutcome
 from automl_kd.engine.trial import trial_seed
 from automl_kd.errors import AutomlKdError, ConfigError
@@ -220,6 +221,7 @@ def finalize(
             "train_fraction": 1.0,
             "crop_padding": cfg.data.crop_padding,
             "flip": cfg.data.flip,
+            "precision": cfg.precision,
         }
     )
     data = load_data(cfg.data).to(device)
@@ -232,15 +234,21 @@ def finalize(
     teacher_record: dict[str, Any] | None = None
     if augmenters and cfg.teacher is not None:
         # without a teacher in the config, an augmenter that needs one fails in training with a message naming it
-        teacher = get_teacher(cfg.teacher, data, device, ArtifactCache.default(), pm=pm)
+        teacher = get_teacher(
+            cfg.teacher, data, device, ArtifactCache.default(), pm=pm, precision=cfg.precision
+        )
         info = teacher_info(teacher)
+        t_norm = teacher_normalizer(teacher, data)
         teacher_record = {
             "config": cfg.teacher.model_dump(mode="json"),
             "source": getattr(info, "source", None),
             "fingerprint": getattr(info, "fingerprint", None),
             "params": count_params(teacher),
-            "val_acc": round(accuracy(teacher, data.val, data), 4),
-            "test_acc": round(accuracy(teacher, data.test, data), 4),  # report only
+            "val_acc": round(accuracy(teacher, data.val, data, normalize=t_norm, precision=cfg.precision), 4),
+            # report only
+            "test_acc": round(
+                accuracy(teacher, data.test, data, normalize=t_norm, precision=cfg.precision), 4
+            ),
         }
 
     log.info(
@@ -270,7 +278,8 @@ def finalize(
     shape = (data.in_chans, data.input_size, data.input_size)
     metrics: dict[str, Any] = {
         "val_acc": round(result.val_acc, 4),
-        "test_acc": round(accuracy(model, data.test, data), 4),  # report only, never used to choose
+        # report only, never used to choose
+        "test_acc": round(accuracy(model, data.test, data, precision=settings.precision), 4),
         "val_acc_curve": [round(v, 4) for v in result.val_curve],
         "loss_terms": {k: round(v, 6) for k, v in result.loss_terms.items()},
         "train_seconds": round(fitted.seconds, 3),

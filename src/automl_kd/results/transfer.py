@@ -21,6 +21,18 @@ The evaluation config (YAML)::
 Images whose channels or size differ from the student's input are converted (RGB <-> grey, bilinear resize with
 antialiasing), and the report says so.
 
+A plain weights file (any network of a registered space; our own state dicts and the reference layouts of
+:mod:`automl_kd.distill.checkpoints`, e.g. the IG-KD authors' released students) is scored the same way when the
+config says which network it is::
+
+    model:
+      space: paper-truncated
+      params: {removed: 5}
+      input: unit               # dataset (default: the data's training-split mean/std) | unit | {mean, std}
+    data: {dataset: imagefolder, root: cifar-10-jpeg}
+
+    automl-kd evaluate --checkpoint CIFAR10_..._TestAcc92.42.pt --config eval.yaml --json
+
 Example::
 
     result = evaluate_student(Path("runs/quick/final/trial-3"), "eval.yaml")
@@ -39,24 +51,43 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
-from automl_kd.config import DataConfig, read_yaml_mapping
-from automl_kd.data import load_data, read_class_folders
+from automl_kd.config import DataConfig, InputNorm, read_yaml_mapping
+from automl_kd.data import DataSplits, load_data, read_class_folders
+from automl_kd.distill.checkpoints import load_weights
+from automl_kd.distill.teacher_info import Normalizer, check_input, input_normalizer
 from automl_kd.errors import ConfigError, DataError
-from automl_kd.manager import PluginManager
+from automl_kd.manager import PluginManager, get_plugin_manager
+from automl_kd.precision import autocast, autocast_dtype, dtype_name
 from automl_kd.results.finalize import load_finalized
 
 
-class EvalConfig(BaseModel):
-    """What ``automl-kd evaluate`` reads: the data, which split(s), and the class map."""
+class ModelSpec(BaseModel):
+    """Which network a plain weights file holds: a candidate of a registered space and its input convention."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    space: str
+    params: dict[str, Any] | None = None
+    space_options: dict[str, Any] = Field(default_factory=dict)
+    input: Literal["dataset", "unit"] | InputNorm = "dataset"
+    #: the network's class names in output order (default: the data's training classes)
+    classes: list[str] | None = None
+
+
+class EvalConfig(BaseModel):
+    """What ``automl-kd evaluate`` reads: the data, which split(s), the class map, and for a plain weights file
+    the network (``model``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: ModelSpec | None = None
     data: DataConfig
     split: Literal["test", "val", "train", "all"] = "test"
     #: evaluation class name -> training class name or index; empty = classes with identical names
     class_map: dict[str, str | int] = Field(default_factory=dict)
     restrict: bool = False
     batch_size: int = Field(256, ge=1)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
 
 
 def load_eval_config(source: str | Path | Mapping[str, Any]) -> EvalConfig:
@@ -71,8 +102,8 @@ def load_eval_config(source: str | Path | Mapping[str, Any]) -> EvalConfig:
         loc = ".".join(str(p) for p in err["loc"]) or "<root>"
         if err["type"] == "extra_forbidden":
             message = (
-                f"evaluation config key {loc!r} is unknown; allowed: data, split, class_map, restrict, "
-                "batch_size (and DataConfig keys under data)"
+                f"evaluation config key {loc!r} is unknown; allowed: model, data, split, class_map, restrict, "
+                "batch_size (DataConfig keys under data; space, params, space_options, input, classes under model)"
             )
         else:
             message = f"evaluation config key {loc!r}: {err['msg']} (got {err.get('input')!r})"
@@ -91,8 +122,10 @@ def read_eval_folders(
     return x, y, classes
 
 
-def load_eval_images(cfg: EvalConfig, in_chans: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """The images to score (uint8), their labels and the evaluation classes."""
+def load_eval_images(
+    cfg: EvalConfig, in_chans: int, data: DataSplits | None = None
+) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """The images to score (uint8), their labels and the evaluation classes (from ``data`` when it is loaded)."""
     d = cfg.data
     if d.dataset == "imagefolder" and d.root and not (Path(d.root) / "train").is_dir():
         # a plain folder of class folders (the usual shape of a held-out set): score all of it
@@ -101,7 +134,7 @@ def load_eval_images(cfg: EvalConfig, in_chans: int) -> tuple[torch.Tensor, torc
         x, y, classes = read_eval_folders(Path(d.root), d.image_size, grey=in_chans == 1)
         return torch.from_numpy(x), torch.from_numpy(y), classes
 
-    data = load_data(d)
+    data = data or load_data(d)
     splits = {"test": [data.test], "val": [data.val], "train": [data.train]}.get(
         cfg.split, [data.train, data.val, data.test]
     )
@@ -169,12 +202,18 @@ def evaluate_student(
     *,
     pm: PluginManager | None = None,
 ) -> dict[str, Any]:
-    """Score a finalized student (its directory or ``model.pt``) on the evaluation data of ``eval_config``."""
+    """Score a finalized student (its directory or ``model.pt``) on the evaluation data of ``eval_config``; with
+    ``model:`` in the config, ``checkpoint`` is a plain weights file of that network."""
     cfg = eval_config if isinstance(eval_config, EvalConfig) else load_eval_config(eval_config)
-    model, record = load_finalized(Path(checkpoint), pm)
+    data: DataSplits | None = None
+    if cfg.model is not None:
+        model, record, normalize, data = _plain_checkpoint(Path(checkpoint), cfg, pm)
+    else:
+        model, record = load_finalized(Path(checkpoint), pm)
+        normalize = None
     sp, data_rec = record["space"], record["data"]
     train_classes = list(data_rec["classes"])
-    x_all, y_all, eval_classes = load_eval_images(cfg, sp["in_chans"])
+    x_all, y_all, eval_classes = load_eval_images(cfg, sp["in_chans"], data)
     mapping = resolve_class_map(cfg.class_map, eval_classes, train_classes)
 
     keep = torch.tensor([int(v) in mapping for v in y_all.tolist()], dtype=torch.bool)
@@ -186,6 +225,7 @@ def evaluate_student(
     x_src, y_src = x_all[keep], y_all[keep]
     target = torch.tensor([mapping[int(v)] for v in y_src.tolist()], dtype=torch.long)
 
+    dtype = autocast_dtype(cfg.precision, torch.device("cpu"))
     mean = torch.tensor(data_rec["mean"]).view(1, -1, 1, 1)
     std = torch.tensor(data_rec["std"]).view(1, -1, 1, 1)
     allowed = torch.tensor(sorted(set(mapping.values())))
@@ -195,7 +235,8 @@ def evaluate_student(
         xb, notes = _fit(
             x_src[start : start + cfg.batch_size].float().div(255), sp["in_chans"], sp["input_size"]
         )
-        logits = model((xb - mean) / std)
+        with autocast(torch.device("cpu"), dtype):
+            logits = model(normalize(xb) if normalize is not None else (xb - mean) / std).float()
         if cfg.restrict:  # predict among the mapped training classes only
             mask = torch.full_like(logits, float("-inf"))
             mask[:, allowed] = 0.0
@@ -222,6 +263,8 @@ def evaluate_student(
     targets = set(mapping.values())
     return {
         "checkpoint": str(checkpoint),
+        **({"layout": record["layout"], "model": cfg.model.model_dump(mode="json")} if cfg.model else {}),
+        "precision": dtype_name(dtype),
         "trial": record.get("trial"),
         "data": cfg.data.model_dump(mode="json"),
         "split": cfg.split if not _plain_folder(cfg) else "all (class folders)",
@@ -236,6 +279,59 @@ def evaluate_student(
         "restrict": cfg.restrict,
         "conversions": notes,
     }
+
+
+def _plain_checkpoint(
+    path: Path, cfg: EvalConfig, pm: PluginManager | None
+) -> tuple[torch.nn.Module, dict[str, Any], Normalizer, DataSplits | None]:
+    """The network of ``cfg.model`` with ``path``'s weights, a record shaped like a finalized one, how its inputs
+    are normalised, and the loaded data (None for a plain folder of class folders)."""
+    spec = cfg.model
+    assert spec is not None
+    if path.is_dir():
+        raise ConfigError(f"--checkpoint {str(path)!r} is a directory; with `model:` give the weights file")
+    if _plain_folder(cfg):
+        if spec.input == "dataset":
+            raise ConfigError(
+                "model.input: 'dataset' needs the training split's mean and std, and a plain folder of class "
+                "folders has none; give `unit` or {mean: [...], std: [...]}"
+            )
+        if not spec.classes:
+            raise ConfigError(
+                "model.classes: a plain folder of class folders needs the network's class names"
+            )
+        data = None
+        in_chans = int(spec.space_options.get("in_chans", 3))
+        size = int(cfg.data.image_size or spec.space_options.get("input_size", 32))
+        classes, mean, std = list(spec.classes), [0.0] * in_chans, [1.0] * in_chans
+    else:
+        data = load_data(cfg.data)
+        check_input(spec.input, data)
+        in_chans, size = data.in_chans, data.input_size
+        classes, mean, std = list(spec.classes or data.classes), list(data.mean), list(data.std)
+    pm = pm or get_plugin_manager()
+    shape = {"num_classes": len(classes), "in_chans": in_chans, "input_size": size}
+    space = pm.spaces.create(spec.space, spec.space_options, where="model.space", **shape)
+    params = spec.params if spec.params is not None else space.reference()
+    if params is None:
+        raise ConfigError(f"model.params: space {spec.space!r} has no reference network; give the parameters")
+    try:
+        model = space.build(space.validate(params))
+    except Exception as exc:
+        raise ConfigError(f"model.params: {exc}") from None
+    layout = load_weights(model, path, "checkpoint")
+    model.eval()
+    record = {
+        "space": {"in_chans": in_chans, "input_size": size},
+        "data": {"classes": classes, "mean": mean, "std": std},
+        "layout": layout,
+    }
+    if data is not None:
+        normalize = input_normalizer(spec.input, data)
+    else:
+        norm = spec.input if isinstance(spec.input, InputNorm) else InputNorm(mean=mean, std=std)
+        normalize = input_normalizer(norm, None)
+    return model, record, normalize, data
 
 
 def _plain_folder(cfg: EvalConfig) -> bool:

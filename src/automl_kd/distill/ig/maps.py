@@ -21,6 +21,7 @@ from automl_kd.data import Split
 from automl_kd.distill.ig.attribution import IGSettings, attribution_maps
 from automl_kd.distill.ig.inference import inference_copy
 from automl_kd.distill.taps import model_fingerprint
+from automl_kd.distill.teacher_info import teacher_input, teacher_normalizer
 
 
 class IGMaps:
@@ -59,8 +60,12 @@ class IGMaps:
         return self.maps[rows].float() * self.scale[rows].view(-1, 1, 1)
 
 
-def ig_cache_key(teacher_fingerprint: str, data_fingerprint: str, split: str, s: IGSettings) -> str:
+def ig_cache_key(
+    teacher_fingerprint: str, data_fingerprint: str, split: str, s: IGSettings, teacher_input: Any = "dataset"
+) -> str:
     parts = {"teacher": teacher_fingerprint, "data": data_fingerprint, "split": split, **s.key_parts()}
+    if teacher_input != "dataset":  # the same weights fed another way are another function
+        parts["input"] = teacher_input
     return ArtifactCache.key("ig-maps", parts)
 
 
@@ -83,7 +88,7 @@ def precompute_ig_maps(
     """
     say = log or (lambda msg: None)
     part: Split = getattr(data, split)
-    key = ig_cache_key(model_fingerprint(teacher), data.fingerprint, split, settings)
+    key = ig_cache_key(model_fingerprint(teacher), data.fingerprint, split, settings, teacher_input(teacher))
     device = part.x.device
 
     def load() -> IGMaps | None:
@@ -169,6 +174,7 @@ def _compute_chunks(
     folder = cache.partial_dir("ig-maps", key)
     folder.mkdir(parents=True, exist_ok=True)
     fast = inference_copy(teacher)
+    normalize = teacher_normalizer(teacher, data)  # IG in the teacher's own input space (teacher.input)
     mean = torch.tensor(data.mean, device=part.x.device)
     n = len(part)
     pieces: list[dict[str, torch.Tensor]] = []
@@ -188,7 +194,7 @@ def _compute_chunks(
                 say(f"IG maps: piece {path.name} is unusable ({exc}); recomputing it")
         if piece is None:
             x01 = part.x[start:stop].float().div(255)
-            maps, err, gap = attribution_maps(fast, x01, part.y[start:stop], data.normalize, mean, s)
+            maps, err, gap = attribution_maps(fast, x01, part.y[start:stop], normalize, mean, s)
             peak = maps.flatten(1).amax(1).clamp_min(1e-30)
             dtype = torch.float16 if s.fp16 else torch.float32
             piece = {

@@ -59,7 +59,11 @@ class TrainEvaluator(Evaluator):
         data = context.resource("data")
         data_cfg = context.resource("data_config")
         settings = self.settings.model_copy(
-            update={"crop_padding": data_cfg.crop_padding, "flip": data_cfg.flip}
+            update={
+                "crop_padding": data_cfg.crop_padding,
+                "flip": data_cfg.flip,
+                "precision": context.resource("precision") or "auto",
+            }
         )
         fitted = fit(
             lambda: context.space.build(candidate.params),
@@ -79,7 +83,10 @@ class TrainEvaluator(Evaluator):
         shape = (data.in_chans, data.input_size, data.input_size)
         metrics: dict[str, Any] = {
             "val_acc": result.val_acc,
-            "test_acc": accuracy(model, data.test, data, settings.eval_batch_size),  # report only
+            # report only
+            "test_acc": accuracy(
+                model, data.test, data, settings.eval_batch_size, precision=settings.precision
+            ),
             "val_acc_curve": [round(v, 4) for v in result.val_curve],
             "loss_terms": {k: round(v, 6) for k, v in result.loss_terms.items()},
             "epochs": result.epochs_run,
