@@ -44,7 +44,7 @@ import optuna
 import torch
 
 from automl_kd import Search, load_config
-from automl_kd.compare.stats import holm
+from automl_kd.compare.stats import bootstrap_ci, holm, welch
 from automl_kd.metrics import measure_latency, resolve_device
 from automl_kd.results.leaderboard import trial_state
 
@@ -120,22 +120,6 @@ def augmenters(method: str, recipe: dict[str, Any], ig_steps: int) -> list[dict[
     if "at" in parts:
         out.append({"name": "attention", "options": {"gamma": 0.8}})
     return out
-
-
-def bootstrap_ci(x: np.ndarray, rng: np.random.Generator, n: int = 10_000) -> tuple[float, float]:
-    if len(x) < 2:
-        return float(x.mean()), float(x.mean())
-    means = rng.choice(x, size=(n, len(x)), replace=True).mean(axis=1)
-    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
-
-
-def welch(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
-    from scipy import stats
-
-    if len(a) < 2 or len(b) < 2:
-        return {"t": float("nan"), "p": float("nan")}
-    res = stats.ttest_ind(a, b, equal_var=False)
-    return {"t": float(res.statistic), "p": float(res.pvalue)}
 
 
 def run_method(

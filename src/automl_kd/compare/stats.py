@@ -90,6 +90,25 @@ def mann_whitney_u(
     return u, p, u / (n1 * n2)
 
 
+def bootstrap_ci(x: np.ndarray, rng: np.random.Generator, n: int = 10_000) -> tuple[float, float]:
+    """95 % percentile-bootstrap interval of the mean of ``x`` (the mean twice for fewer than 2 values)."""
+    if len(x) < 2:
+        return float(x.mean()), float(x.mean())
+    means = rng.choice(x, size=(n, len(x)), replace=True).mean(axis=1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def welch(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
+    """Welch's t-test of ``a`` against ``b`` (unequal variances): ``{"t", "p"}``, NaN for fewer than 2 each."""
+    # imported here: scipy is an optional dependency (the bench and dev extras), used only by the benchmarks
+    from scipy import stats
+
+    if len(a) < 2 or len(b) < 2:
+        return {"t": float("nan"), "p": float("nan")}
+    res = stats.ttest_ind(a, b, equal_var=False)
+    return {"t": float(res.statistic), "p": float(res.pvalue)}
+
+
 def holm(pvals: Sequence[float]) -> list[float]:
     """Holm-Bonferroni adjusted p-values (family-wise error over the pairs of one benchmark and budget)."""
     m = len(pvals)
