@@ -331,7 +331,7 @@ def transcript_stats(log: Path) -> dict[str, Any]:
 def _llm_row(
     info: dict[str, Any], runs: list[dict[str, Any]], root: Path, bench: str, strategy: str
 ) -> dict[str, Any]:
-    from automl_kd.compare_stats import aggregate_runs
+    from automl_kd.compare.stats import aggregate_runs
 
     budget = min(r["budget"] for r in runs)
     marks = sorted({c for c in (10, 50, 100) if c <= budget} | {budget})
@@ -378,7 +378,7 @@ def llm_tests(rows: dict[str, Any], marks: list[str]) -> list[dict[str, Any]]:
     mark, Holm-adjusted over the pairs at that mark."""
     import numpy as np
 
-    from automl_kd.compare_stats import holm, mann_whitney_u
+    from automl_kd.compare.stats import holm, mann_whitney_u
 
     tests: list[dict[str, Any]] = []
     llms = [k for k in rows if k.startswith("llm") and rows[k].get("status") == "ok"]
@@ -417,8 +417,9 @@ def llm_merge(args: argparse.Namespace) -> int:
     """Add the finished LLM runs in ``args.llm_merge`` to the result files (the "LLM rows" section)."""
     import json
 
-    from automl_kd.compare import BENCHMARKS, _bench_info, _plugin_manager
-    from automl_kd.compare_report import write_outputs
+    from automl_kd.compare import BENCHMARKS
+    from automl_kd.compare.report import write_outputs
+    from automl_kd.compare.runner import _bench_info, _plugin_manager
 
     root = Path(args.llm_merge)
     path = Path(args.out) / f"{args.name}.json"
@@ -482,7 +483,7 @@ def permuted_control(benches: dict[str, Any]) -> dict[str, Any]:
     an LLM advantage that disappears when the labels are shuffled came from remembered optima."""
     import numpy as np
 
-    from automl_kd.compare_stats import mann_whitney_u
+    from automl_kd.compare.stats import mann_whitney_u
 
     out: dict[str, Any] = {}
     for name in ("nasbench-macro", "nb201-cifar10"):

@@ -223,8 +223,8 @@ def record_replay(macro_path: Path) -> None:
     import tempfile
 
     from automl_kd.config import load_config
+    from automl_kd.engine.search import Search
     from automl_kd.proposer import ATTR_META
-    from automl_kd.search import Search
 
     with LlamaServer(n_ctx=4096) as server:
         for name in REPLAY_RUNS:

@@ -22,13 +22,13 @@ import optuna
 import pytest
 
 from automl_kd.config import load_config
+from automl_kd.engine.search import Search
 from automl_kd.errors import ProposerFailed
 from automl_kd.evaluator import Evaluator, TrialContext
 from automl_kd.hookspecs import hookimpl
 from automl_kd.llm import ChatClient
 from automl_kd.manager import get_plugin_manager
 from automl_kd.proposer import ATTR_META
-from automl_kd.search import Search
 from automl_kd.space import Candidate
 
 try:

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from automl_kd.config import load_config
+from automl_kd.engine.search import Search
 from automl_kd.proposer import ATTR_META
-from automl_kd.search import Search
 
 try:
     from llm_local import REPLAY_DIR, REPLAY_RUNS, REPLAY_TRIALS, replay_config

@@ -28,6 +28,8 @@ class TrialOutcome(enum.StrEnum):
     INTERRUPTED = "interrupted"
     #: the proposer's budget was spent before it produced a candidate
     BUDGET = "budget"
+    #: the proposer raised (e.g. its LLM endpoint went away); the search stops with its reason, not counted
+    PROPOSER_FAILED = "proposer-failed"
     #: started after another worker reached the study's target; never trained, not counted
     SURPLUS = "surplus"
     RUNNING = "running"

@@ -41,6 +41,7 @@ from automl_kd.storage.studies import open_storage
 
 from .constraints import Constraints
 from .outcome import ATTR_OUTCOME, TrialOutcome, is_claimed, is_finished
+from .pruners import make_pruner
 from .resources import Resources
 from .searched_options import augmenter_distributions, resolve_augmenter_options
 from .trial import TrialSurplus, failure_reason, jsonable, trial_seed
@@ -109,7 +110,7 @@ class Search:
             study_name=self.study_name,
             storage=self.storage,
             sampler=self.sampler,
-            pruner=self._make_pruner(),
+            pruner=make_pruner(self.config, self.evaluator.steps),  # Hyperband: over the evaluator's epochs
             directions=self.directions,
             load_if_exists=True,
         )
@@ -154,17 +155,6 @@ class Search:
             return obj
         raise ConfigError(f"proposer {ref.name!r} returned {type(obj).__name__}, not a sampler or Proposer")
 
-    def _make_pruner(self) -> optuna.pruners.BasePruner:
-        kind = self.config.search.pruner
-        if kind == "median":
-            return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0)
-        if kind == "hyperband":
-            # the budget is the evaluator's number of epochs (the train evaluator's TrainSettings.epochs); an
-            # evaluator that does not say falls back to its `epochs` option, else 10
-            epochs = self.evaluator.steps or int(self.config.evaluator.options.get("epochs", 10))
-            return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(epochs, 2))
-        return optuna.pruners.NopPruner()
-
     def resource(self, name: str) -> Any:
         """Objects shared by every trial of this process, built on first use (see :class:`Resources`)."""
         return self.resources(name)
@@ -181,8 +171,9 @@ class Search:
             self.stop_reason = f"proposer budget spent: {exc}"
             raise
         except Exception as exc:  # the proposer failed (e.g. its endpoint is gone): stop with its reason
-            why = f"the proposer {self.config.search.proposer.name!r} failed at trial {trial.number}: {_reason(exc)}"
-            trial.set_user_attr("outcome", "proposer-failed")
+            name = self.config.search.proposer.name
+            why = f"the proposer {name!r} failed at trial {trial.number}: {failure_reason(exc)}"
+            trial.set_user_attr(ATTR_OUTCOME, TrialOutcome.PROPOSER_FAILED)
             trial.set_user_attr("fail_reason", why)
             self._proposer_error = why
             raise

@@ -34,6 +34,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from automl_kd.errors import AutomlKdError
 
+from . import replies
 from .cache import ResponseCache, cache_key
 
 StructuredMode = Literal[
@@ -48,8 +49,6 @@ FORMS: dict[str, str] = {
 }
 STRUCTURED_MODES: tuple[str, ...] = ("auto", *FORMS, "json_object", "off")
 # words by which an error answer says it rejects the structured-output request (any status)
-_FORM_WORDS = ("response_format", "json_schema", "json_object", "schema", "grammar")
-_FORM_FIELD = {"guided_json": "guided_json", "ollama_format": "format"}  # a form's own request field
 API_KEY_ENV = "OPENAI_API_KEY"
 BASE_URL_ENV = "OPENAI_BASE_URL"
 _RETRY_STATUS = frozenset({408, 409, 429})
@@ -213,7 +212,7 @@ class ChatClient:
         if form is None:
             return None, {}
         if form == "json_schema":
-            strict = strict_schema(schema or {})
+            strict = replies.strict_schema(schema or {})
             return form, {
                 "response_format": {
                     "type": "json_schema",
@@ -323,11 +322,11 @@ class ChatClient:
             except openai.APITimeoutError:
                 errors.append(f"attempt {attempts}: no answer within timeout_s={self.timeout_s:g}")
             except openai.APIConnectionError as exc:
-                errors.append(f"attempt {attempts}: connection error: {self._scrub(_cause(exc))}")
+                errors.append(f"attempt {attempts}: connection error: {self._scrub(replies.cause(exc))}")
             except openai.APIStatusError as exc:
                 status = exc.status_code
                 detail = self._scrub(str(exc))
-                if form is not None and _rejects_form(form, status, detail):
+                if form is not None and replies.rejects_form(form, status, detail):
                     if self.structured_output != "auto":
                         raise LLMUnavailable(
                             f"the endpoint {self.endpoint} rejected structured_output={form} (HTTP {status}: "
@@ -341,11 +340,11 @@ class ChatClient:
                     )
                     errors.append(
                         f"attempt {attempts}: HTTP {status}: the endpoint rejected structured output form "
-                        f"{form}; trying {nxt} ({_one_line(detail)})"
+                        f"{form}; trying {nxt} ({replies.one_line(detail)})"
                     )
                     log.info("%s rejected structured output form %s; using %s", self.endpoint, form, nxt)
                     continue
-                if status == 400 and _overflows(detail):
+                if status == 400 and replies.overflows(detail):
                     raise ContextOverflow(
                         f"the conversation does not fit the model's context at {self.endpoint}: {detail}"
                     ) from None
@@ -359,7 +358,7 @@ class ChatClient:
                         f"the endpoint {self.endpoint} refused the request (HTTP {status}): {detail}{hint}"
                     ) from None
                 errors.append(f"attempt {attempts}: HTTP {status}: {detail}")
-                retry_after = _retry_after(exc)
+                retry_after = replies.retry_after(exc)
             else:
                 if form is not None and self.structured_output == "auto" and not self._form_ok:
                     self._forms = [form]  # accepted: keep it for the rest of the run
@@ -423,66 +422,3 @@ class ChatClient:
             usage_estimated=estimated,
             model=str(getattr(resp, "model", "") or ""),
         )
-
-
-def _cause(exc: BaseException) -> str:
-    """The root of a connection error ("[Errno 111] Connection refused"), not only openai's "Connection
-    error."."""
-    text = str(exc)
-    root = exc.__cause__ or exc.__context__
-    while root is not None and (root.__cause__ or root.__context__) is not None:
-        root = root.__cause__ or root.__context__
-    if root is not None and str(root) and str(root) not in text:
-        text = f"{text.rstrip('.')}: {root}"
-    return text
-
-
-def _overflows(detail: str) -> bool:
-    text = detail.lower()
-    return "context length" in text or "context window" in text or "too many tokens" in text
-
-
-def _one_line(text: str, limit: int = 200) -> str:
-    line = " ".join(text.split())
-    return line if len(line) <= limit else line[: limit - 3] + "..."
-
-
-def _rejects_form(form: str, status: int, detail: str) -> bool:
-    """Whether an error answer rejects the structured-output request ``form``, judged by what it says, in any
-    status: llama-cpp-python answers 500 ("Input should be 'text' or 'json_object'"), others 400 or 422."""
-    if status in (401, 403, 404, 408, 409, 429):
-        return False
-    text = detail.lower()
-    words = (*_FORM_WORDS, _FORM_FIELD[form]) if form in _FORM_FIELD else _FORM_WORDS
-    return any(word in text for word in words)
-
-
-#: JSON-schema keywords OpenAI's strict mode does not take (they bound the answer for grammar-based servers)
-_NOT_STRICT = ("maxItems", "minItems", "maxLength", "minLength")
-
-
-def strict_schema(schema: dict[str, Any]) -> dict[str, Any]:
-    """``schema`` without the keywords OpenAI's strict mode rejects (recursively)."""
-
-    def walk(node: Any) -> Any:
-        if isinstance(node, dict):
-            return {k: walk(v) for k, v in node.items() if k not in _NOT_STRICT}
-        if isinstance(node, list):
-            return [walk(v) for v in node]
-        return node
-
-    out: dict[str, Any] = walk(schema)
-    return out
-
-
-def _retry_after(exc: Any) -> float | None:
-    headers = getattr(getattr(exc, "response", None), "headers", None) or {}
-    for name, scale in (("retry-after-ms", 1e-3), ("retry-after", 1.0)):
-        raw = headers.get(name)
-        if raw is None:
-            continue
-        try:
-            return float(raw) * scale
-        except ValueError:
-            return None  # an HTTP date: fall back to our own backoff
-    return None
