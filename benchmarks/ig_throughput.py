@@ -9,8 +9,9 @@ second run timed, so that each is timed in its own steady state; the best and th
 
 - captum: ``IntegratedGradients(teacher).attribute(..., internal_batch_size=b)`` on chunks of ``--images-per-call``
   images, for each ``b`` of a small sweep; the best setting is the reference;
-- ours, IG only: :func:`automl_kd.ig.integrated_gradients` on the inference copy, for each row batch of a sweep;
-- ours, the whole precompute: :func:`automl_kd.ig_maps.precompute_ig_maps` (IG, channel reduction, completeness
+- ours, IG only: :func:`automl_kd.distill.ig.attribution.integrated_gradients` on the inference copy, for each row
+  batch of a sweep;
+- ours, the whole precompute: :func:`automl_kd.distill.ig.maps.precompute_ig_maps` (IG, channel reduction, completeness
   check, fp16 storage in a fresh cache, checksummed atomic write) with the default row batch.
 
 Completeness error of both: mean over images of |sum(attributions) - (f(x) - f(baseline))|, also relative to the
@@ -40,10 +41,16 @@ import torch
 from automl_kd import get_plugin_manager, load_config
 from automl_kd.cache import ArtifactCache
 from automl_kd.data import DataSplits, Split
-from automl_kd.ig import IGSettings, completeness_error, inference_copy, integrated_gradients, make_baseline
-from automl_kd.ig_maps import precompute_ig_maps
+from automl_kd.distill.ig.attribution import (
+    IGSettings,
+    completeness_error,
+    integrated_gradients,
+    make_baseline,
+)
+from automl_kd.distill.ig.inference import inference_copy
+from automl_kd.distill.ig.maps import precompute_ig_maps
+from automl_kd.distill.teacher import teacher_for_config
 from automl_kd.metrics import device_name
-from automl_kd.teacher import teacher_for_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

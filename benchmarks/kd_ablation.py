@@ -44,9 +44,9 @@ import optuna
 import torch
 
 from automl_kd import Search, load_config
-from automl_kd.compare_stats import holm
+from automl_kd.compare.stats import bootstrap_ci, holm, welch
 from automl_kd.metrics import measure_latency, resolve_device
-from automl_kd.report import trial_state
+from automl_kd.results.leaderboard import trial_state
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -120,22 +120,6 @@ def augmenters(method: str, recipe: dict[str, Any], ig_steps: int) -> list[dict[
     if "at" in parts:
         out.append({"name": "attention", "options": {"gamma": 0.8}})
     return out
-
-
-def bootstrap_ci(x: np.ndarray, rng: np.random.Generator, n: int = 10_000) -> tuple[float, float]:
-    if len(x) < 2:
-        return float(x.mean()), float(x.mean())
-    means = rng.choice(x, size=(n, len(x)), replace=True).mean(axis=1)
-    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
-
-
-def welch(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
-    from scipy import stats
-
-    if len(a) < 2 or len(b) < 2:
-        return {"t": float("nan"), "p": float("nan")}
-    res = stats.ttest_ind(a, b, equal_var=False)
-    return {"t": float(res.statistic), "p": float(res.pvalue)}
 
 
 def run_method(
@@ -397,8 +381,8 @@ def _portable(base: dict[str, Any]) -> dict[str, Any]:
 def teacher_accuracy(base: dict[str, Any]) -> dict[str, Any]:
     """The teacher's validation and test accuracy (trained and cached on first use, like in every trial)."""
     from automl_kd import get_plugin_manager
-    from automl_kd.teacher import teacher_for_config
-    from automl_kd.training import accuracy
+    from automl_kd.distill.loop import accuracy
+    from automl_kd.distill.teacher import teacher_for_config
 
     teacher, data = teacher_for_config(load_config(base), get_plugin_manager())
     return {
@@ -502,7 +486,7 @@ def markdown(out: Path, scale: str) -> str:
 
 def latency(base: dict[str, Any], removed: int) -> dict[str, Any]:
     from automl_kd import get_plugin_manager
-    from automl_kd.search import DATA_SHAPES
+    from automl_kd.data import DATA_SHAPES
 
     n, c, s = DATA_SHAPES.get(base["data"]["dataset"], (10, 3, 32))
     space = get_plugin_manager().spaces.create(

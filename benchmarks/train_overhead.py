@@ -24,12 +24,13 @@ from typing import Any
 import torch
 
 from automl_kd import get_plugin_manager, load_config
-from automl_kd.augmenter import Augmenter, PrepareContext, StepBatch
 from automl_kd.cache import ArtifactCache
+from automl_kd.distill.augmenter import Augmenter, PrepareContext, StepBatch
+from automl_kd.distill.loop import train_student
+from automl_kd.distill.settings import TrainSettings
+from automl_kd.distill.teacher import teacher_for_config
+from automl_kd.engine.searched_options import resolve_augmenter_options
 from automl_kd.metrics import device_name
-from automl_kd.search import resolve_augmenter_options
-from automl_kd.teacher import teacher_for_config
-from automl_kd.training import TrainSettings, train_student
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = ("kd", "attention", "ig-overlay")

@@ -12,11 +12,11 @@ import torch
 from torch import nn
 
 from automl_kd import get_plugin_manager
-from automl_kd.augmenter import Augmenter, PrepareContext
 from automl_kd.cache import ArtifactCache
 from automl_kd.config import DataConfig, TeacherConfig
 from automl_kd.data import DataSplits, load_data
-from automl_kd.teacher import get_teacher
+from automl_kd.distill.augmenter import Augmenter, PrepareContext
+from automl_kd.distill.teacher import get_teacher
 
 PM = get_plugin_manager()
 CPU = torch.device("cpu")

@@ -74,10 +74,14 @@ class ChatServer:
         script: Iterable[Action] = (),
         responder: Callable[[dict[str, Any]], Action] | None = None,
         reject_response_format: bool = False,
+        reject: Callable[[dict[str, Any]], Status | None] | None = None,
     ) -> None:
         self.script: deque[Action] = deque(script)
         self.responder = responder
         self.reject_response_format = reject_response_format
+        self.reject = (
+            reject  # answers a request before the script does (e.g. a server's structured-output rule)
+        )
         self.requests: list[Recorded] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -127,7 +131,8 @@ class ChatServer:
                         },
                     )
                     return
-                action = server._next(body)
+                refusal = server.reject(body) if server.reject is not None else None
+                action = refusal if refusal is not None else server._next(body)
                 if isinstance(action, Hang):
                     server._stop.wait(action.seconds)
                     return  # the client has given up; answer nothing

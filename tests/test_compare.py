@@ -17,8 +17,15 @@ import scipy.stats
 from optuna.distributions import BaseDistribution, CategoricalDistribution
 
 from automl_kd import compare as cmp
-from automl_kd.compare import BENCHMARKS, PROPOSERS, BenchmarkSpec, ProposerSpec, compare, write_outputs
-from automl_kd.compare_stats import holm, mann_whitney_u, random_best_of_k, summary_stats
+from automl_kd.compare import (
+    BENCHMARKS,
+    PROPOSERS,
+    BenchmarkSpec,
+    ProposerSpec,
+    compare,
+    write_outputs,
+)
+from automl_kd.compare.stats import holm, mann_whitney_u, random_best_of_k, summary_stats
 from automl_kd.errors import InfeasibleCandidate
 from automl_kd.evaluator import Evaluator, TrialContext
 from automl_kd.hookspecs import hookimpl

@@ -15,7 +15,7 @@ from conftest import SHARED_DATA
 
 from automl_kd import get_plugin_manager
 from automl_kd.config import DataConfig
-from automl_kd.search import DATA_SHAPES
+from automl_kd.data import DATA_SHAPES
 from automl_kd.space import SearchSpace
 from automl_kd.testing import AugmenterContract, EvaluatorContract, ProposerContract, SearchSpaceContract
 

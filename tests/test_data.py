@@ -13,7 +13,8 @@ import torch
 from conftest import SHARED_DATA
 
 from automl_kd.config import DataConfig
-from automl_kd.data import DEBIAN_FASHION_MNIST, batches, load_data, random_crop_flip
+from automl_kd.data import DEBIAN_FASHION_MNIST, batches, load_data
+from automl_kd.distill.views import random_crop_flip
 from automl_kd.errors import DataError
 
 

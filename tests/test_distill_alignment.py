@@ -15,14 +15,18 @@ import pytest
 import torch
 from distill_support import augmenter, one_thread, prepare, tiny_data, tiny_student, tiny_teacher
 
-from automl_kd.augmenter import Augmenter, StepBatch
 from automl_kd.cache import ArtifactCache
 from automl_kd.data import batches
-from automl_kd.gallery import overlay
-from automl_kd.ig import attribution_maps, inference_copy
-from automl_kd.ig_maps import IGMaps
-from automl_kd.teacher_cache import apply_crop_flip, build_view, teacher_output_provider
-from automl_kd.training import TrainSettings, forward, train_student
+from automl_kd.distill.augmenter import Augmenter, StepBatch
+from automl_kd.distill.ig.attribution import attribution_maps
+from automl_kd.distill.ig.gallery import overlay
+from automl_kd.distill.ig.inference import inference_copy
+from automl_kd.distill.ig.maps import IGMaps
+from automl_kd.distill.loop import train_student
+from automl_kd.distill.settings import TrainSettings
+from automl_kd.distill.taps import forward
+from automl_kd.distill.teacher_outputs import build_view, teacher_output_provider
+from automl_kd.distill.views import apply_crop_flip
 
 
 @pytest.fixture(autouse=True)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from distill_support import augmenter, one_thread, prepare, tiny_data, tiny_student, tiny_teacher
 
-from automl_kd.augmenter import Augmenter
+from automl_kd.distill.augmenter import Augmenter
 from automl_kd.testing import AugmenterContract
 
 NAMES = ["kd", "attention", "ig-overlay"]

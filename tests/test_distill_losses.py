@@ -9,7 +9,7 @@ import pytest
 import torch
 from distill_support import augmenter, one_thread
 
-from automl_kd.augmenter import Outputs, StepBatch
+from automl_kd.distill.augmenter import Outputs, StepBatch
 from automl_kd.plugins.augmenters.attention import match_layers
 from automl_kd.plugins.augmenters.kd import kd_loss
 

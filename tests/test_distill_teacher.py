@@ -13,9 +13,9 @@ from distill_support import CPU, PM, one_thread, teacher_config, tiny_data
 from automl_kd import load_config
 from automl_kd.cache import ArtifactCache
 from automl_kd.config import TeacherConfig
+from automl_kd.distill.teacher import get_teacher, teacher_cache_key, teacher_info
 from automl_kd.errors import ConfigError
 from automl_kd.plugins.spaces.paper_truncated import PaperTruncatedSpace
-from automl_kd.teacher import get_teacher, teacher_cache_key, teacher_info
 
 
 @pytest.fixture(autouse=True)

@@ -21,8 +21,9 @@ from distill_support import (
 
 from automl_kd import Search, load_config
 from automl_kd.cache import ArtifactCache
-from automl_kd.report import trial_state
-from automl_kd.training import TrainSettings, train_student
+from automl_kd.distill.loop import train_student
+from automl_kd.distill.settings import TrainSettings
+from automl_kd.results.leaderboard import trial_state
 
 NAMES = ("kd", "attention", "ig-overlay")
 OPTIONS = {"kd": {}, "attention": {}, "ig-overlay": {"steps": 2, "p": 0.3, "batch_size": 128}}

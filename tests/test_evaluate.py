@@ -19,8 +19,8 @@ from automl_kd.cli import main
 from automl_kd.config import DataConfig
 from automl_kd.data import load_fashion_mnist
 from automl_kd.errors import ConfigError
-from automl_kd.evaluate import evaluate_student
-from automl_kd.finalize import load_finalized
+from automl_kd.results.finalize import load_finalized
+from automl_kd.results.transfer import evaluate_student
 
 DATA = {"dataset": "fashion-mnist", "train_size": 500, "test_size": 200, "crop_padding": 0, "flip": False}
 #: folder name -> Fashion-MNIST label of the images written into it

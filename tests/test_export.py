@@ -18,8 +18,8 @@ from automl_kd import Augmenter, PrepareContext, Search, StepBatch, get_plugin_m
 from automl_kd.cli import main
 from automl_kd.config import DataConfig
 from automl_kd.data import load_data
-from automl_kd.finalize import CHECKPOINT, CheckpointError, finalize, load_finalized
-from automl_kd.training import accuracy
+from automl_kd.distill.loop import accuracy
+from automl_kd.results.finalize import CHECKPOINT, CheckpointError, finalize, load_finalized
 
 DATA = {"dataset": "fashion-mnist", "train_size": 500, "test_size": 200, "crop_padding": 0, "flip": False}
 
@@ -54,7 +54,7 @@ def test_finalize_retrains_the_best_trial_and_saves_a_loadable_student(
     finalized: tuple[Path, dict[str, Any]],
 ) -> None:
     run_dir, rec = finalized
-    from automl_kd.search import load_study
+    from automl_kd.storage.studies import load_study
 
     study = load_study(None, run_dir, None)
     best = max(study.trials, key=lambda t: t.user_attrs["val_acc"])
@@ -181,8 +181,8 @@ def test_export_matches_torch_on_real_images(
     )
 
     # the study's report lists the finalized, exported student
-    from automl_kd.html_report import write_report
-    from automl_kd.search import load_study
+    from automl_kd.results.html import write_report
+    from automl_kd.storage.studies import load_study
 
     page = write_report(load_study(None, run_dir, None), run_dir).read_text()
     final = page[page.index('<section id="final">') :]

@@ -11,7 +11,7 @@ import torch
 from conftest import small_mbv2_options
 
 from automl_kd import Evaluator, Search, TrialContext, get_plugin_manager, hookimpl, load_config
-from automl_kd.report import trial_state
+from automl_kd.results.leaderboard import trial_state
 from automl_kd.space import Candidate
 
 

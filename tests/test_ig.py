@@ -15,19 +15,19 @@ from distill_support import CPU, one_thread, tiny_data, tiny_teacher
 from torch import nn
 
 from automl_kd.cache import ArtifactCache
-from automl_kd.ig import (
+from automl_kd.distill.ig.attribution import (
     IGSettings,
     completeness_error,
-    fold_batchnorm,
-    inference_copy,
     integrated_gradients,
     make_baseline,
     quadrature,
     reduce_channels,
 )
-from automl_kd.ig_maps import ig_cache_key, precompute_ig_maps
+from automl_kd.distill.ig.inference import fold_batchnorm, inference_copy
+from automl_kd.distill.ig.maps import ig_cache_key, precompute_ig_maps
+from automl_kd.distill.taps import model_fingerprint
+from automl_kd.distill.teacher import freeze
 from automl_kd.plugins.spaces.paper_truncated import PaperTruncatedSpace
-from automl_kd.teacher import freeze, model_fingerprint
 
 
 @pytest.fixture(autouse=True)
@@ -107,7 +107,7 @@ def test_attributions_equal_captums() -> None:
 def test_stem_hoisting_gives_the_per_node_result(monkeypatch: pytest.MonkeyPatch) -> None:
     """The stem conv runs once per image (its pre-activation is affine along the path); the attributions equal
     those of differentiating the whole network at every node, with per-image and shared baselines."""
-    import automl_kd.ig as ig
+    import automl_kd.distill.ig.attribution as ig
 
     torch.manual_seed(0)
     model = _randomise_bn(

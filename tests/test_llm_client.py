@@ -93,20 +93,98 @@ def test_refusals_stop_with_a_hint_and_no_key(server: ChatServer) -> None:
     assert len(server.chat_requests) == 2  # no retries for 4xx
 
 
-def test_structured_output_falls_back_when_unsupported() -> None:
-    schema = {"type": "object", "properties": {"x": {"type": "integer"}}, "required": ["x"]}
-    with ChatServer([Reply('{"x": 1}'), Reply('{"x": 2}')], reject_response_format=True) as server:
+SCHEMA = {
+    "type": "object",
+    "properties": {"x": {"type": "integer"}, "xs": {"type": "array", "items": {"enum": [1]}, "maxItems": 2}},
+    "required": ["x", "xs"],
+}
+# what llama-cpp-python's server answers to a json_schema response_format (an HTTP 500, not a 400)
+LLAMA_CPP_500 = (
+    "1 validation error for CreateChatCompletionRequest\nresponse_format.type\n  Input should be 'text' or "
+    "'json_object' [type=literal_error, input_value='json_schema', input_type=str]"
+)
+
+
+def llama_cpp_rule(body: dict) -> Status | None:
+    rf = body.get("response_format")
+    if rf is not None and rf.get("type") not in ("text", "json_object"):
+        return Status(500, LLAMA_CPP_500)
+    return None
+
+
+def form_of(body: dict) -> str | None:
+    rf = body.get("response_format") or {}
+    if rf.get("type") == "json_schema":
+        return "json_schema"
+    if rf.get("type") == "json_object":
+        return "json_object_schema" if "schema" in rf else "json_object"
+    return "guided_json" if "guided_json" in body else "ollama_format" if "format" in body else None
+
+
+def test_structured_output_negotiates_the_form_a_server_takes() -> None:
+    """llama-cpp-python's 500 to json_schema is a rejection of the form (by its content), not an outage."""
+    with ChatServer(
+        [Reply('{"x": 1, "xs": []}'), Reply('{"x": 2, "xs": [1]}')], reject=llama_cpp_rule
+    ) as server:
         client = client_for(server)
-        result = client.complete(MESSAGES, schema=schema)
-        assert result.content == '{"x": 1}' and not result.structured
-        assert "response_format" in result.errors[0]
+        result = client.complete(MESSAGES, schema=SCHEMA)
+        assert result.structured and result.structured_form == "json_object_schema" and result.retries == 0
+        assert "rejected structured output form json_schema; trying json_object_schema" in result.errors[0]
         first, second = server.chat_requests
-        assert first.body["response_format"]["type"] == "json_schema" and "response_format" not in second.body
-        client.complete([*MESSAGES, {"role": "user", "content": "again"}], schema=schema)
-        assert "response_format" not in server.chat_requests[-1].body  # learnt once
-    with ChatServer([Reply('{"x": 3}')]) as server:
-        result = client_for(server).complete(MESSAGES, schema=schema)
-        assert result.structured and server.chat_requests[0].body["response_format"]["json_schema"]["strict"]
+        assert form_of(first.body) == "json_schema" and first.body["response_format"]["json_schema"]["strict"]
+        assert "maxItems" not in json.dumps(first.body["response_format"])  # OpenAI's strict mode rejects it
+        assert second.body["response_format"] == {"type": "json_object", "schema": SCHEMA}
+        client.complete([*MESSAGES, {"role": "user", "content": "again"}], schema=SCHEMA)
+        assert len(server.chat_requests) == 3  # remembered: no second negotiation
+        assert form_of(server.chat_requests[-1].body) == "json_object_schema"
+
+
+@pytest.mark.parametrize("status", [400, 422, 500])
+def test_every_form_rejected_falls_back_to_the_tolerant_parser(status: int) -> None:
+    def rule(body: dict) -> Status | None:
+        if "response_format" in body:
+            return Status(status, "response_format is not supported by this server")
+        if "guided_json" in body or "format" in body:
+            return Status(
+                status,
+                f"Unrecognized request argument supplied: {next(iter(body.keys() & {'guided_json', 'format'}))}",
+            )
+        return None
+
+    with ChatServer([Reply('{"x": 1}'), Reply('{"x": 2}')], reject=rule) as server:
+        client = client_for(server)
+        result = client.complete(MESSAGES, schema=SCHEMA)
+        assert result.content == '{"x": 1}' and not result.structured and result.structured_form is None
+        assert [form_of(r.body) for r in server.chat_requests] == [
+            "json_schema",
+            "json_object_schema",
+            "guided_json",
+            "ollama_format",
+            None,
+        ]
+        assert len(result.errors) == 4 and result.retries == 0
+        assert client.rejected_forms == ["json_schema", "json_object_schema", "guided_json", "ollama_format"]
+        client.complete([*MESSAGES, {"role": "user", "content": "again"}], schema=SCHEMA)
+        assert form_of(server.chat_requests[-1].body) is None and len(server.chat_requests) == 6
+
+
+def test_a_plain_500_is_retried_not_taken_for_a_rejection(server: ChatServer) -> None:
+    server.push(Status(500, "internal server error"), Reply('{"x": 1}'))
+    result = client_for(server).complete(MESSAGES, schema=SCHEMA)
+    assert result.structured_form == "json_schema" and result.retries == 1
+
+
+def test_a_forced_form_that_is_rejected_stops_with_its_name() -> None:
+    with ChatServer(reject=llama_cpp_rule) as server:
+        with pytest.raises(LLMUnavailable, match="rejected structured_output=json_schema") as info:
+            client_for(server, structured_output="json_schema").complete(MESSAGES, schema=SCHEMA)
+        assert "\n" not in str(info.value).strip() or "Input should be" in str(info.value)
+        assert len(server.chat_requests) == 1
+        server.push(Reply('{"x": 1}'))
+        forced = client_for(server, structured_output="json_object_schema").complete(MESSAGES, schema=SCHEMA)
+        assert forced.structured_form == "json_object_schema"
+    with pytest.raises(ValueError, match="unknown mode 'json'"):
+        ChatClient("m", structured_output="json")  # type: ignore[arg-type]
 
 
 def test_missing_usage_is_estimated(server: ChatServer) -> None:

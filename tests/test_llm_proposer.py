@@ -13,12 +13,12 @@ from typing import Any
 
 import pytest
 
+from automl_kd import Constraints
 from automl_kd.errors import BudgetExhausted, ConfigError
-from automl_kd.llm import LLMProposer, NoValidCandidate
+from automl_kd.llm import ContextOverflow, LLMProposer, NoValidCandidate
 from automl_kd.manager import get_plugin_manager
 from automl_kd.plugins.spaces.genius_imagenet import GeniusImageNetSpace
 from automl_kd.proposer import HistoryEntry
-from automl_kd.search import Constraints
 from automl_kd.space import SearchSpace
 from automl_kd.testing import ProposerContract, ToySpace
 
@@ -257,3 +257,60 @@ class TestLLMProposerContract(ProposerContract):
             yield lambda space, seed: LLMProposer(
                 space, seed=seed, model="toy", base_url=server.base_url, cache="off"
             )
+
+
+def test_max_tokens_is_bounded_by_the_answer_schema(
+    space: GeniusImageNetSpace, designs: list, server: ChatServer, tmp_path: Path
+) -> None:
+    from automl_kd.llm.prompts import answer_schema, max_tokens_for, schema_max_chars
+
+    one, three = max_tokens_for(answer_schema(space, 1)), max_tokens_for(answer_schema(space, 3))
+    assert one is not None and three is not None and one < three < 4096
+    assert schema_max_chars(answer_schema(space)) is None  # no candidate count: no bound
+    text = json_answer(space, *designs[:3], rationale="x" * 200)
+    assert len(text) <= schema_max_chars(answer_schema(space, 3))  # type: ignore[operator]
+    proposer = make(space, server, tmp_path, candidates_per_call=3)
+    server.push(Reply(json_answer(space, *designs[:3])))
+    proposer.propose(space, [], 3)
+    body = server.chat_requests[0].body
+    assert body["max_tokens"] == three
+    items = body["response_format"]["json_schema"]["schema"]["properties"]["candidates"]
+    assert "maxItems" not in items  # dropped for OpenAI's strict mode (grammar servers get it)
+    prose = make(space, server, tmp_path, prompt="genius-imagenet", max_tokens=None)
+    server.push(Reply(prose_answer(designs[4])))
+    prose.propose(space, [], 1)
+    assert server.chat_requests[-1].body["max_tokens"] >= 1024  # prose: room for the reasoning
+
+
+def test_a_repeated_answer_ends_the_reasks(
+    space: GeniusImageNetSpace, designs: list, server: ChatServer, tmp_path: Path
+) -> None:
+    history = [entry(space, 0, designs[0], 70.0)]
+    proposer = make(space, server, tmp_path, candidates_per_call=1, max_reasks=3)
+    same = json_answer(space, designs[0])
+    server.push(Reply(same), Reply(same), Reply(json_answer(space, designs[1])))
+    (cand,) = proposer.propose(space, history, 1)
+    meta = proposer.proposal_meta(cand)
+    assert meta["llm_fallback"] and meta["llm_requests"] == 2  # not a third time at temperature 0
+    log = json.loads((tmp_path / "llm_transcripts.jsonl").read_text().splitlines()[-1])
+    assert "repeated its previous answer" in log["stopped"]
+
+
+def test_a_reask_that_overflows_the_context_ends_the_round(
+    space: GeniusImageNetSpace, designs: list, tmp_path: Path
+) -> None:
+    try:
+        from llm_server import Status
+    except ImportError:  # tests/ is a package
+        from tests.llm_server import Status
+
+    overflow = "This model's maximum context length is 2048 tokens. However, you requested 2300 tokens"
+    with ChatServer([Reply(json_answer(space, designs[0])), Status(400, overflow)]) as server:
+        proposer = make(space, server, tmp_path, candidates_per_call=2)
+        out = proposer.propose(space, [], 2)
+        assert [space.stage_ids(c.params) for c in out] == [designs[0]]  # what was accepted is kept
+        log = json.loads((tmp_path / "llm_transcripts.jsonl").read_text().splitlines()[-1])
+        assert "did not fit the model's context" in log["stopped"] and log["outcome"] == "ok"
+        server.push(Status(400, overflow))
+        with pytest.raises(ContextOverflow, match="the prompt alone is too long"):
+            proposer.propose(space, [entry(space, 0, designs[5], 70.0)], 2)  # a new prompt: not cached

@@ -11,6 +11,7 @@ from typing import Any
 import optuna
 import pytest
 
+from automl_kd import Constraints, Search
 from automl_kd.config import load_config
 from automl_kd.errors import BudgetExhausted
 from automl_kd.evaluator import Evaluator, TrialContext
@@ -19,7 +20,6 @@ from automl_kd.llm import LLMSampler
 from automl_kd.manager import get_plugin_manager
 from automl_kd.plugins.spaces.genius_imagenet import GeniusImageNetSpace
 from automl_kd.proposer import ATTR_META
-from automl_kd.search import Constraints, Search
 from automl_kd.space import Candidate
 
 try:
@@ -277,3 +277,26 @@ def test_llm_sampler_in_plain_optuna(tmp_path: Path) -> None:
     spent.llm.accountant.charge(10, 10)
     with pytest.raises(BudgetExhausted, match="max_requests=1"):
         spent.llm.propose(space, [], 1)
+
+
+def test_nasbench_macro_without_its_table_stops_before_the_search(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No ``path``, no environment variable, nothing cached, no download: one line, and no trial is run."""
+    from automl_kd.cli import main
+
+    monkeypatch.delenv("AUTOML_KD_NASBENCH_MACRO", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    cfg = tmp_path / "macro.yaml"
+    cfg.write_text(
+        "name: macro-no-table\n"
+        f"run_dir: {tmp_path / 'run'}\n"
+        "space: {name: nasbench-macro}\n"
+        "search: {n_trials: 3, proposer: {name: random}}\n"
+        "evaluator: {name: nasbench-macro, options: {download: false}}\n"
+    )
+    code = main(["run", str(cfg)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 4 and len(err) == 1, err
+    assert err[0].startswith("error: NAS-Bench-Macro table not found: pass path=...")
+    assert not (tmp_path / "run").exists() or not list((tmp_path / "run").glob("*.db"))

@@ -195,6 +195,8 @@ def test_every_hook_is_documented_with_its_exact_signature() -> None:
         "register_proposers",
         "register_evaluators",
         "register_augmenters",
+        "register_benchmarks",
+        "register_commands",
         "on_trial_end",
     }
     for name, sig in sigs.items():

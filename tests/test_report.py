@@ -16,8 +16,8 @@ from conftest import small_mbv2_options
 
 from automl_kd import Search, load_config
 from automl_kd.cli import main
-from automl_kd.html_report import SECTIONS, find_messages, write_report
-from automl_kd.report import best_so_far, front_2d
+from automl_kd.results.html import SECTIONS, find_messages, write_report
+from automl_kd.results.leaderboard import best_so_far, front_2d
 
 EVIL = "<script>window.pwned = 1</script>"
 

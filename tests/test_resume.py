@@ -15,7 +15,7 @@ import pytest
 import yaml
 from conftest import REPO, small_mbv2_options
 
-from automl_kd.report import trial_state
+from automl_kd.results.leaderboard import trial_state
 
 
 def _states(db: Path) -> list[str]:

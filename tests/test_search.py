@@ -10,10 +10,11 @@ import pytest
 from conftest import FormulaPlugin, small_mbv2_options
 
 from automl_kd import Search, hookimpl, load_config
+from automl_kd.engine.constraints import Constraints
+from automl_kd.engine.trial import trial_seed
 from automl_kd.errors import TrainingDiverged
 from automl_kd.proposer import history_from_trials
-from automl_kd.report import leaderboard, summary, trial_state
-from automl_kd.search import Constraints, trial_seed
+from automl_kd.results.leaderboard import leaderboard, summary, trial_state
 from automl_kd.space import Cost
 
 

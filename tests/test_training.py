@@ -13,10 +13,11 @@ from conftest import small_mbv2_options
 from automl_kd import Augmenter, Search, StepBatch, get_plugin_manager, hookimpl, load_config
 from automl_kd.config import DataConfig
 from automl_kd.data import load_data
+from automl_kd.distill.loop import train_student
+from automl_kd.distill.settings import TrainSettings
 from automl_kd.metrics import count_macs, count_params, measure_latency
 from automl_kd.plugins.spaces.mbv2 import MBV2Space
-from automl_kd.report import trial_state
-from automl_kd.training import TrainSettings, train_student
+from automl_kd.results.leaderboard import trial_state
 
 
 def _space() -> MBV2Space:
@@ -127,7 +128,7 @@ def test_metrics_count_and_time_a_model() -> None:
 
 def test_train_fraction_draws_a_fresh_stratified_subset_per_seed() -> None:
     """Monte Carlo runs: each seed trains on its own stratified 80 % of the training split, indices kept."""
-    from automl_kd.training import training_subset
+    from automl_kd.distill.loop import training_subset
 
     data = load_data(DataConfig(train_size=1000, val_fraction=0.2, crop_padding=0, flip=False))
     a, b, again = (training_subset(data.train, 0.8, s) for s in (1, 2, 1))

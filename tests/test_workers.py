@@ -18,7 +18,7 @@ from conftest import REPO
 from pgserver import PostgresServer
 
 from automl_kd import Search, load_config
-from automl_kd.report import trial_state
+from automl_kd.results.leaderboard import trial_state
 
 
 @pytest.fixture(scope="module")

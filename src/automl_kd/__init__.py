@@ -7,31 +7,39 @@ from __future__ import annotations
 
 from typing import Any
 
-from .augmenter import Augmenter, Outputs, PrepareContext, StepBatch
+from ._version import __version__
 from .config import Config, load_config
+from .distill.augmenter import Augmenter, Outputs, PrepareContext, StepBatch
+from .engine.constraints import Constraints
+from .engine.outcome import TrialOutcome
+from .engine.search import Search
 from .errors import (
     AutomlKdError,
     BudgetExhausted,
+    CacheError,
     CandidateRejected,
     ConfigError,
     DataError,
+    DuplicateNameError,
     InfeasibleCandidate,
     InvalidCandidate,
     PluginError,
+    StorageUnavailable,
+    TrainingDiverged,
+    TrialInterrupted,
+    UnknownNameError,
 )
 from .evaluator import Evaluator, TrialContext
 from .hookspecs import hookimpl
 from .manager import PluginManager, get_plugin_manager
 from .proposer import HistoryEntry, Proposer, ProposerSampler
-from .search import Constraints, Search
 from .space import Candidate, Cost, SearchSpace
-
-__version__ = "0.1.0"
 
 __all__ = [
     "Augmenter",
     "AutomlKdError",
     "BudgetExhausted",
+    "CacheError",
     "Candidate",
     "CandidateRejected",
     "Config",
@@ -39,6 +47,7 @@ __all__ = [
     "Constraints",
     "Cost",
     "DataError",
+    "DuplicateNameError",
     "Evaluator",
     "HistoryEntry",
     "InfeasibleCandidate",
@@ -53,7 +62,12 @@ __all__ = [
     "Search",
     "SearchSpace",
     "StepBatch",
+    "StorageUnavailable",
+    "TrainingDiverged",
     "TrialContext",
+    "TrialInterrupted",
+    "TrialOutcome",
+    "UnknownNameError",
     "__version__",
     "get_plugin_manager",
     "hookimpl",

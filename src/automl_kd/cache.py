@@ -135,6 +135,16 @@ def atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
+def atomic_save(obj: Any, path: Path) -> None:
+    """:func:`atomic_write` of a JSON document (``*.json``) or of anything ``torch.save`` writes (tensors)."""
+    if path.suffix == ".json":
+        atomic_write(path, (json.dumps(obj, indent=2, default=str) + "\n").encode())
+        return
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write(path, buf.getvalue())
+
+
 class ArtifactCache:
     """A directory of content-addressed artifacts. Safe for several processes: writes are atomic renames, and
     :meth:`lock` serialises the builders of one entry so that it is computed once."""
@@ -218,7 +228,7 @@ class ArtifactCache:
         path = self.path(kind, key).with_suffix(".lock")
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            import fcntl
+            import fcntl  # POSIX only: imported here so that the cache still works without it
         except ImportError:  # Windows: atomic renames still keep readers safe
             yield
             return

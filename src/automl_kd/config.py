@@ -141,11 +141,31 @@ class TeacherOutputsConfig(_Model):
     dtype: Literal["float16", "float32"] = "float16"
 
 
+class InputNorm(_Model):
+    """A network's own input normalisation: ``(x - mean) / std`` per channel, ``x`` in [0, 1]."""
+
+    mean: list[float] = Field(min_length=1)
+    std: list[float] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _same_length(self) -> InputNorm:
+        if len(self.mean) != len(self.std):
+            raise ValueError(
+                f"mean has {len(self.mean)} values and std {len(self.std)}; give one per channel"
+            )
+        if any(v <= 0 for v in self.std):
+            raise ValueError("every std must be > 0")
+        return self
+
+
 class TeacherConfig(_Model):
     """The teacher: a timm model name, a candidate of a space, or a space's reference network.
 
-    Weights come from ``checkpoint`` (loaded with ``weights_only=True``) or are trained by the library and cached
-    by content hash.
+    Weights come from ``checkpoint`` (loaded with ``weights_only=True``; our own state dicts and the reference
+    layouts of :mod:`automl_kd.distill.checkpoints`) or are trained by the library and cached by content hash.
+    ``finetune: true`` trains a checkpoint further with ``train`` (cached by content hash too). ``input`` is the
+    input convention the weights expect: ``dataset`` (normalised with the training split's mean and std, as the
+    library trains), ``unit`` ([0, 1], no normalisation), or ``{mean: [...], std: [...]}``.
     """
 
     model: str | None = None
@@ -155,6 +175,8 @@ class TeacherConfig(_Model):
     #: extra keyword arguments for ``timm.create_model`` (teacher.model only)
     model_options: dict[str, Any] = Field(default_factory=dict)
     checkpoint: str | None = None
+    finetune: bool = False
+    input: Literal["dataset", "unit"] | InputNorm = "dataset"
     train: TeacherTrainConfig = TeacherTrainConfig()
     outputs: TeacherOutputsConfig = TeacherOutputsConfig()
 
@@ -162,6 +184,8 @@ class TeacherConfig(_Model):
     def _one_source(self) -> TeacherConfig:
         if (self.model is None) == (self.space is None):
             raise ValueError("give exactly one of teacher.model (a timm name) or teacher.space")
+        if self.finetune and not self.checkpoint:
+            raise ValueError("teacher.finetune needs teacher.checkpoint (the weights to start from)")
         return self
 
 
@@ -171,6 +195,8 @@ class Config(_Model):
     name: str = Field("automl-kd", pattern=r"^[A-Za-z0-9_.-]+$")
     seed: int = 0
     device: str = "auto"
+    #: numeric precision of training, teacher outputs, evaluation and the IG precompute (automl_kd.precision)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     run_dir: str | None = None
     data: DataConfig = DataConfig()
     space: PluginRef = PluginRef(name="mbv2")
@@ -189,10 +215,16 @@ class Config(_Model):
 
     @property
     def resolved_run_dir(self) -> Path:
-        return Path(self.run_dir) if self.run_dir else Path("runs") / self.name
+        return Path(self.run_dir) if self.run_dir else default_run_dir(self.name)
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+
+def default_run_dir(name: str | None = None) -> Path:
+    """Where a run keeps its study without ``run_dir``: ``runs/<name>`` (the config's name, ``automl-kd`` by
+    default). ``run`` writes there and ``show``/``report``/``finalize`` read there."""
+    return Path("runs") / (name or str(Config.model_fields["name"].default))
 
 
 def _format_error(exc: pydantic.ValidationError) -> str:
@@ -252,6 +284,28 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
     return out
 
 
+def read_yaml_mapping(
+    source: str | Path | Mapping[str, Any] | None, what: str, not_a_mapping: str
+) -> dict[str, Any]:
+    """The mapping in a YAML file (or ``source`` itself when it is a mapping; ``{}`` for None), or a
+    :class:`ConfigError` that says what is wrong and where. ``what`` names the file in messages; ``not_a_mapping``
+    is the message for a file that holds something else (``{path!r}`` is filled in)."""
+    if source is None:
+        return {}
+    if isinstance(source, Mapping):
+        return dict(source)
+    path = Path(source)
+    if not path.is_file():
+        raise ConfigError(f"{what} {str(path)!r} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{what} {str(path)!r} is not valid YAML: {_yaml_problem(exc)}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(not_a_mapping.format(path=str(path)))
+    return raw
+
+
 def load_config(
     source: str | Path | Mapping[str, Any] | None = None, overrides: Sequence[str] = ()
 ) -> Config:
@@ -261,20 +315,9 @@ def load_config(
 
         cfg = load_config("examples/configs/quick.yaml", overrides=["search.n_trials=6"])
     """
-    if source is None:
-        raw: Any = {}
-    elif isinstance(source, Mapping):
-        raw = dict(source)
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise ConfigError(f"config file {str(path)!r} does not exist")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {_yaml_problem(exc)}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"config file {str(path)!r} must hold a mapping at the top level")
+    raw = read_yaml_mapping(
+        source, "config file", "config file {path!r} must hold a mapping at the top level"
+    )
     raw = apply_overrides(raw, overrides)
     try:
         return Config.model_validate(raw)

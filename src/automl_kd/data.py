@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from .config import DataConfig
 from .errors import DataError
@@ -34,6 +35,8 @@ FASHION_MNIST_CLASSES = [
     "Bag",
     "Ankle boot",
 ]
+#: known data shapes (classes, channels, image size), so a space can be built before the data is loaded
+DATA_SHAPES = {"fashion-mnist": (10, 1, 28), "cifar10": (10, 3, 32), "cifar100": (100, 3, 32)}
 #: where Debian's dataset-fashion-mnist package puts the original files
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
@@ -139,7 +142,7 @@ def _idx_file(folder: Path, stem: str) -> Path:
 
 def load_fashion_mnist(cfg: DataConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str]]:
     if cfg.download and cfg.root:
-        import torchvision
+        import torchvision  # only to download: a second of import time that offline loading never pays
 
         torchvision.datasets.FashionMNIST(cfg.root, train=True, download=True)
         torchvision.datasets.FashionMNIST(cfg.root, train=False, download=True)
@@ -170,7 +173,7 @@ def load_cifar(cfg: DataConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
         raise DataError(f"{cfg.dataset}: set data.root to the folder holding the torchvision-format files")
     root = Path(cfg.root)
     if cfg.download:
-        import torchvision
+        import torchvision  # only to download (see load_fashion_mnist)
 
         cls = torchvision.datasets.CIFAR10 if cfg.dataset == "cifar10" else torchvision.datasets.CIFAR100
         cls(str(root), train=True, download=True)
@@ -214,10 +217,45 @@ def _unpickle_meta(path: Path, key: str) -> list[str]:
     return [str(n) for n in meta[key]]
 
 
+#: the file extensions read as images
+IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"})
+
+
+def read_class_folders(
+    folder: Path, classes: list[str], image_size: int | None, mode: str = "RGB", where: str = ""
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every image of ``folder/<class>/`` for ``classes`` (label = position in ``classes``; a missing class folder
+    has no images): uint8 ``N x C x H x W`` in PIL ``mode`` (``RGB`` or ``L``), resized to ``image_size`` when
+    given, and the labels. ``where`` prefixes every error message."""
+    xs: list[np.ndarray] = []
+    ys: list[int] = []
+    for ci, c in enumerate(classes):
+        for f in sorted((folder / c).iterdir()) if (folder / c).is_dir() else []:
+            if f.suffix.lower() not in IMAGE_EXTS:
+                continue
+            try:
+                with Image.open(f) as opened:
+                    img = opened.convert(mode)
+                if image_size:
+                    img = img.resize((image_size, image_size), Image.Resampling.BILINEAR)
+                arr = np.asarray(img, dtype=np.uint8)
+            except OSError as exc:
+                raise DataError(f"{where}cannot decode {f}: {exc}") from None
+            arr = arr[:, :, None] if arr.ndim == 2 else arr
+            if xs and arr.shape != xs[0].shape:
+                raise DataError(
+                    f"{where}{f} is {arr.shape[1]}x{arr.shape[0]} but earlier images are "
+                    f"{xs[0].shape[1]}x{xs[0].shape[0]}; set data.image_size to resize"
+                )
+            xs.append(arr)
+            ys.append(ci)
+    if not xs:
+        raise DataError(f"{where}no images in {folder}")
+    return np.stack(xs).transpose(0, 3, 1, 2).copy(), np.asarray(ys, dtype=np.int64)
+
+
 def load_imagefolder(cfg: DataConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str]]:
     """``root/train/<class>/*`` and ``root/test/<class>/*`` (or ``val/``), decoded once with PIL."""
-    from PIL import Image
-
     if not cfg.root:
         raise DataError("imagefolder: set data.root to a folder with train/ and test/ class folders")
     root = Path(cfg.root)
@@ -229,36 +267,8 @@ def load_imagefolder(cfg: DataConfig) -> tuple[np.ndarray, np.ndarray, np.ndarra
     classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
     if not classes:
         raise DataError(f"imagefolder: {root / 'train'} has no class folders")
-    exts = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
-
-    def read(folder: Path) -> tuple[np.ndarray, np.ndarray]:
-        xs: list[np.ndarray] = []
-        ys: list[int] = []
-        for ci, c in enumerate(classes):
-            for f in sorted((folder / c).iterdir()) if (folder / c).is_dir() else []:
-                if f.suffix.lower() not in exts:
-                    continue
-                try:
-                    with Image.open(f) as opened:
-                        rgb = opened.convert("RGB")
-                    if cfg.image_size:
-                        rgb = rgb.resize((cfg.image_size, cfg.image_size), Image.Resampling.BILINEAR)
-                    arr = np.asarray(rgb, dtype=np.uint8)
-                except OSError as exc:
-                    raise DataError(f"imagefolder: cannot decode {f}: {exc}") from None
-                if xs and arr.shape != xs[0].shape:
-                    raise DataError(
-                        f"imagefolder: {f} is {arr.shape[1]}x{arr.shape[0]} but earlier images are "
-                        f"{xs[0].shape[1]}x{xs[0].shape[0]}; set data.image_size to resize"
-                    )
-                xs.append(arr)
-                ys.append(ci)
-        if not xs:
-            raise DataError(f"imagefolder: no images in {folder}")
-        return np.stack(xs).transpose(0, 3, 1, 2).copy(), np.asarray(ys, dtype=np.int64)
-
-    xtr, ytr = read(root / "train")
-    xte, yte = read(test_dir)
+    xtr, ytr = read_class_folders(root / "train", classes, cfg.image_size, "RGB", "imagefolder: ")
+    xte, yte = read_class_folders(test_dir, classes, cfg.image_size, "RGB", "imagefolder: ")
     return xtr, ytr, xte, yte, classes
 
 
@@ -345,23 +355,3 @@ def batches(
         else:
             sel = order[start : start + batch_size]
             yield split.x[sel], split.y[sel], split.index[sel]
-
-
-def random_crop_flip(x: torch.Tensor, padding: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
-    """Batched random crop (zero padding) and horizontal flip, one draw per image, as tensor ops on x's device.
-
-    The draws come from ``generator`` (on the CPU) so runs are reproducible on any device.
-    """
-    n, _, h, w = x.shape
-    if padding > 0:
-        padded = torch.nn.functional.pad(x, (padding, padding, padding, padding))
-        dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(x.device)
-        dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(x.device)
-        rows = dy[:, None] + torch.arange(h, device=x.device)[None, :]  # n x h
-        cols = dx[:, None] + torch.arange(w, device=x.device)[None, :]  # n x w
-        b = torch.arange(n, device=x.device)[:, None, None]
-        x = padded.permute(0, 2, 3, 1)[b, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
-    if flip:
-        mask = (torch.rand(n, generator=generator) < 0.5).to(x.device)
-        x = torch.where(mask[:, None, None, None], x.flip(-1), x)
-    return x

@@ -68,6 +68,10 @@ class StorageUnavailable(AutomlKdError):
     exit_code = 5
 
 
+class ProposerFailed(AutomlKdError):
+    """The proposer raised instead of proposing (e.g. its LLM endpoint is gone); the search stops with why."""
+
+
 class TrialInterrupted(AutomlKdError):
     """The running trial was stopped by a signal (SIGTERM, Ctrl-C) before it finished; it is retried later."""
 

@@ -52,6 +52,8 @@ class Evaluator:
     name: ClassVar[str] = "evaluator"
     #: whether this evaluator trains networks (and so needs data, a device and the space's ``build``)
     trains: ClassVar[bool] = False
+    #: how many intermediate values (epochs) ``evaluate`` reports; the Hyperband pruner's budget (None: unknown)
+    steps: int | None = None
 
     def evaluate(self, candidate: Candidate, context: TrialContext) -> dict[str, Any]:
         raise NotImplementedError

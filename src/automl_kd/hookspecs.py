@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
+    import argparse
+
     from .registry import Registry
 
 PROJECT = "automl_kd"
@@ -52,6 +54,25 @@ def register_augmenters(register: Registry[Any]) -> None:
     """Register distillation augmenters: ``register(name, factory, description="")``.
 
     ``factory(**options)`` returns an :class:`automl_kd.Augmenter`.
+    """
+
+
+@hookspec
+def register_benchmarks(register: Registry[Any]) -> None:
+    """Register table benchmarks for ``automl-kd compare``: ``register(name, factory, description="")``.
+
+    ``factory()`` returns an :class:`automl_kd.compare.BenchmarkSpec` naming a registered space and a registered
+    table evaluator (one with ``table_values(space)``). The core knows no benchmark by name.
+    """
+
+
+@hookspec
+def register_commands(cli: argparse._SubParsersAction) -> None:
+    """Add subcommands to ``automl-kd``: ``cli.add_parser(name, help=...)``, then ``set_defaults(func=...)``.
+
+    Called once per command line, before it is parsed. ``func(args)`` returns the exit code; it may raise
+    :class:`automl_kd.AutomlKdError` for a one-line ``error: ...``. A name the host (or another plugin) already
+    uses is a plugin error and the command is not added.
     """
 
 

@@ -1,20 +1,24 @@
 """Building the plugin manager: hookspecs, built-in plugin modules, entry points, blocking, validation.
 
 ``get_plugin_manager()`` builds a fresh manager every call (no import-time global), so tests get their own.
-Built-in plugins are the modules under :mod:`automl_kd.plugins`, registered with the same call a third-party plugin
-goes through; third-party plugins come from the entry-point group ``automl_kd``. A plugin that fails to import,
-fails validation or raises inside a ``register_*`` hook is recorded in :attr:`PluginManager.errors` with its name
-and distribution, and every other plugin still works.
+Built-in plugins are the modules listed in :data:`BUILTIN_PLUGINS`, registered with the same call a third-party
+plugin goes through; third-party plugins come from the entry-point group ``automl_kd``. A plugin that fails to
+import, fails validation or raises inside a hook is recorded in :attr:`PluginManager.errors` with its name and
+distribution, and every other plugin still works.
+
+Hooks are called through pluggy's own hook callers, one plugin at a time (:meth:`PluginManager.call_each`), so
+hook wrappers (``@hookimpl(wrapper=True)``) and ``pm.trace`` apply while one plugin's failure stays its own.
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import importlib.metadata
 import logging
 import os
-import pkgutil
-from collections.abc import Iterable
+import types
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +32,21 @@ log = logging.getLogger("automl_kd")
 
 ENTRY_POINT_GROUP = "automl_kd"
 DISABLE_ENV = "AUTOML_KD_DISABLE_PLUGINS"
-BUILTIN_PACKAGE = "automl_kd.plugins"
+#: the built-in plugins, one module each; a new built-in plugin module is added here
+BUILTIN_PLUGINS: tuple[str, ...] = (
+    "automl_kd.plugins.augmenters.attention",
+    "automl_kd.plugins.augmenters.ig_overlay",
+    "automl_kd.plugins.augmenters.kd",
+    "automl_kd.plugins.evaluators.synthetic",
+    "automl_kd.plugins.evaluators.train",
+    "automl_kd.plugins.proposers.evolution",
+    "automl_kd.plugins.proposers.llm",
+    "automl_kd.plugins.proposers.optuna_samplers",
+    "automl_kd.plugins.proposers.random",
+    "automl_kd.plugins.spaces.genius_imagenet",
+    "automl_kd.plugins.spaces.mbv2",
+    "automl_kd.plugins.spaces.paper_truncated",
+)
 
 
 @dataclass(frozen=True)
@@ -54,23 +72,42 @@ class PluginFailure:
         return f"plugin {self.name!r}{dist} failed: {self.error}"
 
 
-def builtin_plugin_modules() -> list[str]:
-    """The built-in plugin modules: every module below :mod:`automl_kd.plugins`, in a stable order."""
-    pkg = importlib.import_module(BUILTIN_PACKAGE)
-    names = [m.name for m in pkgutil.walk_packages(pkg.__path__, prefix=BUILTIN_PACKAGE + ".") if not m.ispkg]
-    return sorted(names)
-
-
 def disabled_from_env() -> set[str]:
     raw = os.environ.get(DISABLE_ENV, "")
     return {p.strip() for p in raw.split(",") if p.strip()}
 
 
+def _hashable(plugin: Any, name: str) -> Any:
+    """``plugin``, or for an unhashable object (a ``SimpleNamespace``) a module holding its attributes: pluggy's
+    per-plugin hook callers keep plugins in sets."""
+    try:
+        hash(plugin)
+        return plugin
+    except TypeError:
+        module = types.ModuleType(name)
+        module.__dict__.update({a: getattr(plugin, a) for a in dir(plugin) if not a.startswith("__")})
+        return module
+
+
+class _Attributed:
+    """The ``register`` callback handed to a ``register_*`` hook: the registry, told which plugin is calling."""
+
+    def __init__(self, registry: Registry[Any], manager: PluginManager) -> None:
+        self.registry, self.manager = registry, manager
+
+    def __call__(self, name: str, factory: Callable[..., Any], *, description: str = "") -> None:
+        self.registry._set_current_plugin(self.manager._current)
+        self.registry(name, factory, description=description)
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self.registry, attr)
+
+
 class PluginManager:
     """A typed wrapper over :class:`pluggy.PluginManager`; the rest of the code never touches ``pm.hook``.
 
-    Attributes ``spaces``, ``proposers``, ``evaluators`` and ``augmenters`` are the registries filled by the
-    ``register_*`` hooks.
+    Attributes ``spaces``, ``proposers``, ``evaluators``, ``augmenters`` and ``benchmarks`` are the registries
+    filled by the ``register_*`` hooks.
     """
 
     def __init__(self, pm: pluggy.PluginManager) -> None:
@@ -81,7 +118,9 @@ class PluginManager:
         self.proposers: Registry[Any] = Registry("proposer")
         self.evaluators: Registry[Any] = Registry("evaluator")
         self.augmenters: Registry[Any] = Registry("augmenter")
+        self.benchmarks: Registry[Any] = Registry("benchmark")
         self._dists: dict[str, str | None] = {}
+        self._current = "<unknown>"  # the plugin whose hook runs now (register_* attribute names to it)
 
     # -- loading ---------------------------------------------------------------------------------------------
     def add(
@@ -90,6 +129,7 @@ class PluginManager:
         """Register one plugin object; on failure record it in :attr:`errors` and return False."""
         if self.pm.is_blocked(name):
             return False
+        plugin = _hashable(plugin, name)
         try:
             self.pm.register(plugin, name=name)
         except Exception as exc:  # a bad hookimpl signature, a misspelt hook marker, ...
@@ -138,6 +178,23 @@ class PluginManager:
                 self.pm.unregister(name=name)
                 self.infos.pop(name, None)
 
+    def call_each(self, hook_name: str, on_error: Callable[[str, Exception], None], **kwargs: Any) -> None:
+        """Call hook ``hook_name`` once per implementing plugin, in registration order, through pluggy's hook
+        callers (so wrappers and tracing apply); an exception is handed to ``on_error(plugin_name, exc)``."""
+        impls = getattr(self.pm.hook, hook_name).get_hookimpls()
+        wrappers = [i for i in impls if i.wrapper or i.hookwrapper]
+        plain = [i for i in impls if not (i.wrapper or i.hookwrapper)]
+        keep = {id(i.plugin) for i in wrappers}
+        # get_hookimpls() is in registration order (pluggy *calls* them last-first): built-ins come first
+        for impl in plain:
+            others = [i.plugin for i in plain if i is not impl and id(i.plugin) not in keep]
+            caller = self.pm.subset_hook_caller(hook_name, remove_plugins=others)
+            self._current = impl.plugin_name
+            try:
+                caller(**kwargs)
+            except Exception as exc:
+                on_error(impl.plugin_name, exc)
+
     def collect(self) -> None:
         """Call every ``register_*`` hook, one plugin at a time, so one failure doesn't hide the others."""
         for hook_name, registry in (
@@ -145,24 +202,35 @@ class PluginManager:
             ("register_proposers", self.proposers),
             ("register_evaluators", self.evaluators),
             ("register_augmenters", self.augmenters),
+            ("register_benchmarks", self.benchmarks),
         ):
-            caller = getattr(self.pm.hook, hook_name)
-            # get_hookimpls() is in registration order (pluggy *calls* them last-first): built-ins come first,
-            # so a third-party plugin cannot take over a built-in name, it gets a duplicate-name error
-            for impl in caller.get_hookimpls():
-                registry._set_current_plugin(impl.plugin_name)
-                try:
-                    impl.function(register=registry)
-                except Exception as exc:
-                    self.errors.append(
-                        PluginFailure(
-                            impl.plugin_name,
-                            self._dists.get(impl.plugin_name),
-                            f"{hook_name} raised {type(exc).__name__}: {exc}",
-                        )
-                    )
+            # built-ins register first, so a third-party plugin cannot take over a built-in name: it gets a
+            # duplicate-name error
+            self.call_each(hook_name, self._failed(hook_name), register=_Attributed(registry, self))
+
+    def _failed(self, hook_name: str) -> Callable[[str, Exception], None]:
+        def record(plugin: str, exc: Exception) -> None:
+            self.errors.append(
+                PluginFailure(
+                    plugin, self._dists.get(plugin), f"{hook_name} raised {type(exc).__name__}: {exc}"
+                )
+            )
+
+        return record
 
     # -- typed hook calls ------------------------------------------------------------------------------------
+    def register_commands(self, subparsers: argparse._SubParsersAction) -> None:
+        """Let plugins add ``automl-kd`` subcommands; a failing plugin (a name already taken) is recorded."""
+
+        def record(plugin: str, exc: Exception) -> None:
+            failure = PluginFailure(
+                plugin, self._dists.get(plugin), f"register_commands raised {type(exc).__name__}: {exc}"
+            )
+            self.errors.append(failure)
+            log.warning("%s", failure.message())
+
+        self.call_each("register_commands", record, cli=subparsers)
+
     def on_trial_end(
         self,
         study_name: str,
@@ -171,15 +239,18 @@ class PluginManager:
         values: list[float] | None,
         attrs: dict[str, Any],
     ) -> None:
-        for impl in self.pm.hook.on_trial_end.get_hookimpls():
-            try:
-                impl.function(
-                    study_name=study_name, trial_number=trial_number, state=state, values=values, attrs=attrs
-                )
-            except Exception as exc:
-                log.warning(
-                    "plugin %r: on_trial_end raised %s: %s", impl.plugin_name, type(exc).__name__, exc
-                )
+        def warn(plugin: str, exc: Exception) -> None:
+            log.warning("plugin %r: on_trial_end raised %s: %s", plugin, type(exc).__name__, exc)
+
+        self.call_each(
+            "on_trial_end",
+            warn,
+            study_name=study_name,
+            trial_number=trial_number,
+            state=state,
+            values=values,
+            attrs=attrs,
+        )
 
     def raise_errors(self) -> None:
         """Raise a :class:`PluginError` listing every failed plugin (for strict callers)."""
@@ -212,7 +283,7 @@ def get_plugin_manager(
     for name in {*disable, *disabled_from_env()}:
         pm.set_blocked(name)
     manager = PluginManager(pm)
-    for modname in builtin_plugin_modules():
+    for modname in BUILTIN_PLUGINS:
         if pm.is_blocked(modname):
             continue
         try:
@@ -220,8 +291,7 @@ def get_plugin_manager(
         except Exception as exc:
             manager.errors.append(PluginFailure(modname, None, f"import failed: {type(exc).__name__}: {exc}"))
             continue
-        if any(pm.parse_hookimpl_opts(module, attr) is not None for attr in dir(module)):
-            manager.add(module, modname)  # helper modules without hooks are not plugins
+        manager.add(module, modname)
     if entry_points:
         manager.load_entry_points()
     for name, plugin in extra_plugins:

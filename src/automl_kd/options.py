@@ -78,10 +78,20 @@ def validate_options(factory: Any, options: Mapping[str, Any], where: str) -> di
     return out
 
 
+def host_arguments(factory: Any, host: Mapping[str, Any], options: Mapping[str, Any]) -> dict[str, Any]:
+    """The host arguments (``space``, ``seed``, ``num_classes``, ...) that ``factory`` accepts and the user did not
+    set as options: the one rule for every plugin kind, so a factory declares only what it needs."""
+    if accepts_var_keywords(factory):
+        return {k: v for k, v in host.items() if k not in options}
+    names = parameter_names(factory)
+    return {k: v for k, v in host.items() if k in names and k not in options}
+
+
 def build_with_options(entry: Any, options: Mapping[str, Any], where: str, **host: Any) -> Any:
-    """Validate ``options`` for a registry entry and call its factory with them plus host arguments."""
+    """Validate ``options`` for a registry entry and call its factory with them plus the host arguments it
+    accepts (see :func:`host_arguments`)."""
     opts = validate_options(entry.factory, options, f"{where} {entry.name!r} options")
     try:
-        return entry.factory(**host, **opts)
+        return entry.factory(**host_arguments(entry.factory, host, options), **opts)
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"{where} {entry.name!r}: {exc}") from exc

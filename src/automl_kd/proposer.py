@@ -19,6 +19,7 @@ from optuna.distributions import BaseDistribution
 from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, TrialState
 
+from .engine.outcome import TrialOutcome
 from .space import Candidate, SearchSpace
 
 #: trial system attributes written by the adapter
@@ -33,7 +34,7 @@ class HistoryEntry:
 
     number: int
     params: dict[str, Any]
-    state: str  # "complete", "pruned", "failed", "rejected"
+    state: str  # a TrialOutcome: complete, pruned, failed or rejected
     values: tuple[float, ...] | None
     metrics: dict[str, Any] = field(default_factory=dict)
     reason: str = ""
@@ -51,12 +52,12 @@ def history_from_trials(trials: Sequence[FrozenTrial]) -> list[HistoryEntry]:
     """Turn a study's finished trials into proposer history (validation metrics only)."""
     out: list[HistoryEntry] = []
     for t in trials:
-        if t.state == TrialState.COMPLETE:
-            state = "complete"
-        elif t.state == TrialState.PRUNED:
-            state = "pruned"
-        elif t.state == TrialState.FAIL:
-            state = "rejected" if t.user_attrs.get("outcome") == "rejected" else "failed"
+        outcome = TrialOutcome.of(t)
+        state: TrialOutcome
+        if outcome in (TrialOutcome.COMPLETE, TrialOutcome.PRUNED):
+            state = outcome
+        elif t.state == TrialState.FAIL:  # interrupted and surplus trials read as failed, as before
+            state = TrialOutcome.REJECTED if outcome == TrialOutcome.REJECTED else TrialOutcome.FAILED
         else:
             continue
         metrics = {k: t.user_attrs[k] for k in VISIBLE_METRICS if k in t.user_attrs}

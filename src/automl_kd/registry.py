@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from .errors import DuplicateNameError, UnknownNameError
+from .options import build_with_options
 
 T = TypeVar("T")
 
@@ -72,15 +73,17 @@ class Registry(Generic[T]):
             known = ", ".join(sorted(self._entries)) or "none"
             raise UnknownNameError(f"unknown {self.kind} {name!r}; registered: {known}") from None
 
-    def create(self, name: str, options: Mapping[str, Any] | None = None, **host: Any) -> T:
+    def create(
+        self, name: str, options: Mapping[str, Any] | None = None, *, where: str | None = None, **host: Any
+    ) -> T:
         """Build the plugin object ``name``.
 
         ``options`` come from the user and are validated against the factory's signature; ``host`` arguments
-        (``space``, ``seed``, ...) are passed by the engine.
+        (``space``, ``seed``, ``num_classes``, ...) are passed by the host, each only where the factory accepts it
+        and the user did not set it. ``where`` names the config key in error messages (default: the kind).
         """
-        from .options import build_with_options
-
-        return build_with_options(self.get(name), options or {}, self.kind, **host)
+        built: T = build_with_options(self.get(name), options or {}, where or self.kind, **host)
+        return built
 
     def names(self) -> list[str]:
         return sorted(self._entries)

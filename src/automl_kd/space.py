@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import optuna
 from optuna.distributions import (
     BaseDistribution,
     CategoricalDistribution,
@@ -196,3 +197,14 @@ def sample_value(dist: BaseDistribution, rng: random.Random) -> Any:
     if isinstance(dist, FloatDistribution):
         return rng.uniform(dist.low, dist.high)
     raise TypeError(f"unsupported distribution {dist!r}")
+
+
+def suggest(trial: optuna.Trial, name: str, dist: BaseDistribution) -> Any:
+    """Ask ``trial`` for parameter ``name`` of distribution ``dist`` (the ``suggest_*`` call that fits it)."""
+    if isinstance(dist, CategoricalDistribution):
+        return trial.suggest_categorical(name, dist.choices)
+    if isinstance(dist, IntDistribution):
+        return trial.suggest_int(name, dist.low, dist.high, step=dist.step, log=dist.log)
+    if isinstance(dist, FloatDistribution):
+        return trial.suggest_float(name, dist.low, dist.high, step=dist.step, log=dist.log)
+    raise TypeError(f"unsupported distribution for {name}: {dist!r}")

@@ -26,12 +26,12 @@ import pytest
 import torch
 from optuna.distributions import BaseDistribution, CategoricalDistribution, IntDistribution
 
-from .augmenter import Augmenter, Outputs, StepBatch
+from .distill.augmenter import Augmenter, Outputs, StepBatch
 from .errors import InvalidCandidate
 from .evaluator import Evaluator, TrialContext
+from .metrics import count_macs, count_params
 from .proposer import Proposer, ProposerSampler
-from .search import suggest
-from .space import Candidate, Cost, SearchSpace
+from .space import Candidate, Cost, SearchSpace, suggest
 
 
 class ToySpace(SearchSpace):
@@ -107,8 +107,6 @@ class SearchSpaceContract:
     def test_build_agrees_with_cost(self, space: SearchSpace) -> None:
         if not space.buildable:
             pytest.skip(f"space {space.name!r} is a table-look-up space without build()")
-        from .metrics import count_macs, count_params
-
         params = space.sample(random.Random(4))
         model = space.build(params)
         cost = space.cost(params)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from .accounting import DEFAULT_PRICES, Accountant, Usage, price_for
 from .cache import ReplayMiss, ResponseCache, cache_key
-from .client import ChatClient, ChatResult, LLMUnavailable, require_openai
+from .client import FORMS, ChatClient, ChatResult, ContextOverflow, LLMUnavailable, require_openai
 from .parser import ParsedCandidate, ParseResult, loads_tolerant, parse_answer, parse_answer_file
 from .prompts import STRATEGIES, TEMPLATES, PromptStrategy, Templates
 from .proposer import LLMProposer, NoValidCandidate
@@ -15,11 +15,13 @@ from .sampler import LLMSampler
 
 __all__ = [
     "DEFAULT_PRICES",
+    "FORMS",
     "STRATEGIES",
     "TEMPLATES",
     "Accountant",
     "ChatClient",
     "ChatResult",
+    "ContextOverflow",
     "LLMProposer",
     "LLMSampler",
     "LLMUnavailable",

@@ -9,10 +9,20 @@ Retries are ours (the ``openai`` client runs with ``max_retries=0``) so that eve
 recorded: 429, 408, 409 and 5xx answers, timeouts and connection errors are retried with exponential backoff
 (or the server's ``Retry-After``), up to ``max_retries`` times; any other error stops with
 :class:`LLMUnavailable`.
+
+Structured output comes in the form each kind of server accepts (:data:`FORMS`): OpenAI's ``json_schema``
+(strict; also vLLM, Ollama >= 0.5 and the C++ ``llama-server``), llama.cpp's ``json_object`` with a ``schema``
+(``llama-cpp-python``'s server, which answers ``json_schema`` with HTTP 500), vLLM's ``guided_json`` and
+Ollama's ``format``. In ``auto`` mode they are tried in that order: an answer that rejects the form, in any
+status (400, 422 or 500), is recognised by what it says (it names ``response_format``, the schema or the
+form's field) and the next form is tried, then none at all (the tolerant parser reads the prose); what worked
+is remembered for the rest of the run. A form forced with ``structured_output`` that the endpoint rejects
+stops with :class:`LLMUnavailable` naming the form.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import time
@@ -24,16 +34,33 @@ from urllib.parse import urlsplit, urlunsplit
 
 from automl_kd.errors import AutomlKdError
 
+from . import replies
 from .cache import ResponseCache, cache_key
 
-StructuredMode = Literal["auto", "json_schema", "json_object", "off"]
+StructuredMode = Literal[
+    "auto", "json_schema", "json_object_schema", "guided_json", "ollama_format", "json_object", "off"
+]
+#: structured-output forms, in the order ``auto`` tries them, and the servers that take each
+FORMS: dict[str, str] = {
+    "json_schema": "OpenAI response_format json_schema, strict (OpenAI, Azure, vLLM, Ollama >= 0.5, llama-server)",
+    "json_object_schema": "response_format json_object with a schema (llama-cpp-python's server)",
+    "guided_json": "guided_json request field (vLLM)",
+    "ollama_format": "format request field (Ollama)",
+}
+STRUCTURED_MODES: tuple[str, ...] = ("auto", *FORMS, "json_object", "off")
+# words by which an error answer says it rejects the structured-output request (any status)
 API_KEY_ENV = "OPENAI_API_KEY"
 BASE_URL_ENV = "OPENAI_BASE_URL"
 _RETRY_STATUS = frozenset({408, 409, 429})
+log = logging.getLogger("automl_kd.llm")
 
 
 class LLMUnavailable(AutomlKdError):
     """The endpoint refused the request, or gave no answer after every retry."""
+
+
+class ContextOverflow(LLMUnavailable):
+    """The endpoint refused the request because the conversation does not fit the model's context."""
 
 
 def require_openai() -> ModuleType:
@@ -72,6 +99,7 @@ class ChatResult:
     structured: bool = False
     usage_estimated: bool = False
     model: str = ""
+    structured_form: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -82,6 +110,7 @@ class ChatResult:
             "latency_s": round(self.latency_s, 4),
             "errors": list(self.errors),
             "structured": self.structured,
+            "structured_form": self.structured_form,
             "finish_reason": self.finish_reason,
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
@@ -117,6 +146,10 @@ class ChatClient:
     ) -> None:
         if timeout_s <= 0 or max_retries < 0 or backoff_s < 0 or backoff_max_s < 0:
             raise ValueError("timeout_s must be > 0; max_retries, backoff_s and backoff_max_s must be >= 0")
+        if structured_output not in STRUCTURED_MODES:
+            raise ValueError(
+                f"structured_output: unknown mode {structured_output!r}; use one of {', '.join(STRUCTURED_MODES)}"
+            )
         self.model = model
         self.base_url = base_url or os.environ.get(BASE_URL_ENV) or None
         self.timeout_s = timeout_s
@@ -130,7 +163,9 @@ class ChatClient:
         self._sleep = sleep
         self._client: Any = None
         self._secret: str | None = None
-        self._structured_ok: bool | None = None  # learnt in "auto" mode
+        self._forms: list[str] = list(FORMS)  # "auto": the forms not yet rejected, in the order to try them
+        self._form_ok = False  # "auto": the first form has been accepted; no more negotiation
+        self.rejected_forms: list[str] = []
         self.http_requests = 0
 
     @property
@@ -161,16 +196,36 @@ class ChatClient:
         return text[:500]
 
     # -- requests --------------------------------------------------------------------------------------------
-    def _response_format(self, schema: dict[str, Any] | None) -> dict[str, Any] | None:
+    @property
+    def structured_form(self) -> str | None:
+        """The form the next structured request uses (None: none, the tolerant parser reads the answer)."""
         mode = self.structured_output
-        if schema is None or mode == "off" or (mode == "auto" and self._structured_ok is False):
+        if mode == "off":
             return None
-        if mode == "json_object":
-            return {"type": "json_object"}
-        return {
-            "type": "json_schema",
-            "json_schema": {"name": "candidates", "schema": schema, "strict": True},
-        }
+        if mode == "auto":
+            return self._forms[0] if self._forms else None
+        return mode
+
+    def _format_fields(self, schema: dict[str, Any] | None) -> tuple[str | None, dict[str, Any]]:
+        """The form to use and the request fields that carry ``schema`` in it."""
+        form = self.structured_form if schema is not None else None
+        if form is None:
+            return None, {}
+        if form == "json_schema":
+            strict = replies.strict_schema(schema or {})
+            return form, {
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "answer", "schema": strict, "strict": True},
+                }
+            }
+        if form == "json_object_schema":
+            return form, {"response_format": {"type": "json_object", "schema": schema}}
+        if form == "guided_json":
+            return form, {"extra_body": {"guided_json": schema}}
+        if form == "ollama_format":
+            return form, {"extra_body": {"format": schema}}
+        return form, {"response_format": {"type": "json_object"}}
 
     def complete(
         self,
@@ -213,6 +268,7 @@ class ChatClient:
                     key=key,
                     cached=True,
                     structured=bool(hit.get("structured")),
+                    structured_form=hit.get("structured_form"),
                     model=str(hit.get("model", "")),
                     usage_estimated=bool(usage.get("estimated")),
                 )
@@ -226,6 +282,7 @@ class ChatClient:
                     "finish_reason": result.finish_reason,
                     "model": result.model,
                     "structured": result.structured,
+                    "structured_form": result.structured_form,
                     "usage": {
                         "prompt_tokens": result.prompt_tokens,
                         "completion_tokens": result.completion_tokens,
@@ -249,11 +306,12 @@ class ChatClient:
         start = time.perf_counter()
         while True:
             kwargs: dict[str, Any] = {k: v for k, v in sampling.items() if k != "extra_body"}
-            if self.extra_body:
-                kwargs["extra_body"] = self.extra_body
-            rf = self._response_format(schema)
-            if rf is not None:
-                kwargs["response_format"] = rf
+            form, fields = self._format_fields(schema)
+            extra = {**self.extra_body, **fields.get("extra_body", {})}
+            if extra:
+                kwargs["extra_body"] = extra
+            if "response_format" in fields:
+                kwargs["response_format"] = fields["response_format"]
             attempts += 1
             self.http_requests += 1
             retry_after: float | None = None
@@ -264,18 +322,32 @@ class ChatClient:
             except openai.APITimeoutError:
                 errors.append(f"attempt {attempts}: no answer within timeout_s={self.timeout_s:g}")
             except openai.APIConnectionError as exc:
-                errors.append(f"attempt {attempts}: connection error: {self._scrub(str(exc))}")
+                errors.append(f"attempt {attempts}: connection error: {self._scrub(replies.cause(exc))}")
             except openai.APIStatusError as exc:
                 status = exc.status_code
                 detail = self._scrub(str(exc))
-                if rf is not None and self.structured_output == "auto" and status in (400, 422):
-                    # the endpoint does not support response_format: fall back to the tolerant parser for good
-                    self._structured_ok = False
-                    errors.append(
-                        f"attempt {attempts}: HTTP {status} with response_format; retrying without "
-                        f"structured output ({detail})"
+                if form is not None and replies.rejects_form(form, status, detail):
+                    if self.structured_output != "auto":
+                        raise LLMUnavailable(
+                            f"the endpoint {self.endpoint} rejected structured_output={form} (HTTP {status}: "
+                            f"{detail}); set structured_output: auto to use a form it accepts, or off"
+                        ) from None
+                    # not this form: the next one (or none, and the tolerant parser), for the rest of the run
+                    self._forms.remove(form)
+                    self.rejected_forms.append(form)
+                    nxt = (
+                        self.structured_form or "no structured output (the tolerant parser reads the answer)"
                     )
+                    errors.append(
+                        f"attempt {attempts}: HTTP {status}: the endpoint rejected structured output form "
+                        f"{form}; trying {nxt} ({replies.one_line(detail)})"
+                    )
+                    log.info("%s rejected structured output form %s; using %s", self.endpoint, form, nxt)
                     continue
+                if status == 400 and replies.overflows(detail):
+                    raise ContextOverflow(
+                        f"the conversation does not fit the model's context at {self.endpoint}: {detail}"
+                    ) from None
                 if status not in _RETRY_STATUS and status < 500:
                     hint = {
                         401: "; check OPENAI_API_KEY",
@@ -286,11 +358,14 @@ class ChatClient:
                         f"the endpoint {self.endpoint} refused the request (HTTP {status}): {detail}{hint}"
                     ) from None
                 errors.append(f"attempt {attempts}: HTTP {status}: {detail}")
-                retry_after = _retry_after(exc)
+                retry_after = replies.retry_after(exc)
             else:
-                if rf is not None and self.structured_output == "auto":
-                    self._structured_ok = True
-                return self._result(resp, messages, key, attempts, retries, errors, start, rf is not None)
+                if form is not None and self.structured_output == "auto" and not self._form_ok:
+                    self._forms = [form]  # accepted: keep it for the rest of the run
+                    self._form_ok = True
+                result = self._result(resp, messages, key, attempts, retries, errors, start, form is not None)
+                result.structured_form = form
+                return result
             if retries >= self.max_retries:
                 raise LLMUnavailable(
                     f"no answer from {self.endpoint} after {attempts} attempts ({retries} retries): "
@@ -347,16 +422,3 @@ class ChatClient:
             usage_estimated=estimated,
             model=str(getattr(resp, "model", "") or ""),
         )
-
-
-def _retry_after(exc: Any) -> float | None:
-    headers = getattr(getattr(exc, "response", None), "headers", None) or {}
-    for name, scale in (("retry-after-ms", 1e-3), ("retry-after", 1.0)):
-        raw = headers.get(name)
-        if raw is None:
-            continue
-        try:
-            return float(raw) * scale
-        except ValueError:
-            return None  # an HTTP date: fall back to our own backoff
-    return None

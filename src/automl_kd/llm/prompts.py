@@ -187,36 +187,90 @@ def answer_example(space: SearchSpace) -> str:
     return space.encode(space.sample(random.Random(0)))
 
 
+RATIONALE_MAX_CHARS = 200  # a structured answer's rationale: one sentence, so that the answer is bounded
+
+
 def params_schema(space: SearchSpace) -> dict[str, Any]:
-    """JSON schema of one parameter mapping of ``space`` (enums for categorical parameters)."""
+    """JSON schema of one parameter mapping of ``space`` (enums for categorical parameters, bounds for
+    numbers)."""
     props: dict[str, Any] = {}
     for name, d in space.distributions().items():
         if isinstance(d, CategoricalDistribution):
             props[name] = {"enum": list(d.choices)}
         elif isinstance(d, IntDistribution):
-            props[name] = {"type": "integer"}
+            props[name] = {"type": "integer", "minimum": d.low, "maximum": d.high}
         elif isinstance(d, FloatDistribution):
-            props[name] = {"type": "number"}
+            props[name] = {"type": "number", "minimum": d.low, "maximum": d.high}
         else:
             props[name] = {}
     return {"type": "object", "properties": props, "required": list(props), "additionalProperties": False}
 
 
-def answer_schema(space: SearchSpace) -> dict[str, Any]:
+def answer_schema(space: SearchSpace, n: int | None = None) -> dict[str, Any]:
     """JSON schema of the default strategy's answer: ``{"candidates": [{"params": {...}, "rationale":
-    "..."}]}``."""
+    "..."}]}``; with ``n``, exactly ``n`` candidates (``minItems``/``maxItems``, which bound the answer's
+    length on grammar-based servers and are dropped for OpenAI's strict mode)."""
     item = {
         "type": "object",
-        "properties": {"params": params_schema(space), "rationale": {"type": "string"}},
+        "properties": {
+            "params": params_schema(space),
+            "rationale": {"type": "string", "maxLength": RATIONALE_MAX_CHARS},
+        },
         "required": ["params", "rationale"],
         "additionalProperties": False,
     }
+    items: dict[str, Any] = {"type": "array", "items": item}
+    if n is not None:
+        items.update(minItems=n, maxItems=n)
     return {
         "type": "object",
-        "properties": {"candidates": {"type": "array", "items": item}},
+        "properties": {"candidates": items},
         "required": ["candidates"],
         "additionalProperties": False,
     }
+
+
+def schema_max_chars(schema: Mapping[str, Any]) -> int | None:
+    """The longest compact JSON text ``schema`` admits, in characters; None when it has no bound (a string
+    without ``maxLength``, an array without ``maxItems``, a number without bounds)."""
+    if "enum" in schema:
+        return max(len(json.dumps(v)) for v in schema["enum"])
+    kind = schema.get("type")
+    if kind == "integer" and "minimum" in schema and "maximum" in schema:
+        return max(len(str(int(schema["minimum"]))), len(str(int(schema["maximum"]))))
+    if kind == "number":
+        return 24  # repr of a double
+    if kind == "boolean":
+        return 5
+    if kind == "string":
+        limit = schema.get("maxLength")
+        return None if limit is None else 2 * int(limit) + 2  # every character may need an escape
+    if kind == "array":
+        limit = schema.get("maxItems")
+        inner = schema_max_chars(schema.get("items", {}))
+        return None if limit is None or inner is None else int(limit) * (inner + 1) + 2
+    if kind == "object":
+        total = 2
+        for key, sub in schema.get("properties", {}).items():
+            inner = schema_max_chars(sub)
+            if inner is None:
+                return None
+            total += len(json.dumps(key)) + 2 + inner
+        return total
+    return None
+
+
+def max_tokens_for(schema: Mapping[str, Any] | None) -> int | None:
+    """An upper bound on the tokens of an answer that follows ``schema`` (None: no bound known).
+
+    JSON of short keys, digits and enum words runs at 2-4 characters a token in the tokenizers of common
+    chat models; a bound of 0.75 tokens a character over the longest compact text, plus room for the
+    whitespace a grammar allows between items, never cuts a valid answer and stops a runaway one early.
+    """
+    chars = None if schema is None else schema_max_chars(schema)
+    if chars is None:
+        return None
+    return int(chars * 0.75) + 64
 
 
 # -- strategies ----------------------------------------------------------------------------------------------
@@ -237,8 +291,9 @@ class PromptStrategy:
     def reask(self, ctx: RoundContext, reasons: Sequence[str], missing: int) -> str:
         raise NotImplementedError
 
-    def schema(self, space: SearchSpace) -> dict[str, Any] | None:
-        return answer_schema(space) if self.structured else None
+    def schema(self, space: SearchSpace, n: int | None = None) -> dict[str, Any] | None:
+        """The answer's JSON schema for ``n`` candidates (None: the strategy asks for prose)."""
+        return answer_schema(space, n) if self.structured else None
 
     def end_round(self, round_index: int, first_answer: str) -> None:
         """Called after each round with the text of its first answer."""
@@ -297,6 +352,12 @@ class GeniusBenchmarkStrategy(PromptStrategy):
 
     name = "genius-benchmark"
     one_per_call = True
+    structured = True  # the answer is one design: with structured output, a JSON object of its parameters
+
+    def schema(self, space: SearchSpace, n: int | None = None) -> dict[str, Any] | None:
+        """One design as a JSON object of the space's parameters (GENIUS's prose with ``structured_output:
+        off``)."""
+        return params_schema(space)
 
     def start(self, ctx: RoundContext) -> list[dict[str, str]]:
         shown, _ = select_history(ctx)

@@ -25,11 +25,12 @@ from automl_kd.space import Candidate, Cost, SearchSpace, sample_value
 
 from .accounting import Accountant, Usage
 from .cache import ResponseCache
-from .client import ChatClient, StructuredMode
+from .client import ChatClient, ContextOverflow, StructuredMode
 from .parser import ParseResult, parse_answer
-from .prompts import STRATEGIES, RoundContext, Templates
+from .prompts import STRATEGIES, RoundContext, Templates, max_tokens_for, params_schema
 
 log = logging.getLogger("automl_kd.llm")
+PROSE_MIN_TOKENS = 1024  # the least max_tokens of a prose answer
 
 
 class NoValidCandidate(AutomlKdError):
@@ -72,7 +73,9 @@ class LLMProposer(Proposer):
         metric: str = "validation accuracy",
         templates: dict[str, str] | None = None,
         max_reasks: int = 3,
-        structured_output: Literal["auto", "json_schema", "json_object", "off"] = "auto",
+        structured_output: Literal[
+            "auto", "json_schema", "json_object_schema", "guided_json", "ollama_format", "json_object", "off"
+        ] = "auto",
         timeout_s: float = 60.0,
         max_retries: int = 4,
         backoff_s: float = 1.0,
@@ -201,14 +204,25 @@ class LLMProposer(Proposer):
                     record["stopped"] = "budget spent; returning the candidates accepted so far"
                     break
                 self.accountant.check()
-                result = self.client.complete(
-                    list(messages),
-                    temperature=self.temperature,
-                    top_p=self.top_p,
-                    max_tokens=self.max_tokens,
-                    seed=self.request_seed,
-                    schema=self.strategy.schema(space),
-                )
+                schema = self.strategy.schema(space, n - len(accepted))
+                try:
+                    result = self.client.complete(
+                        list(messages),
+                        temperature=self.temperature,
+                        top_p=self.top_p,
+                        max_tokens=self._max_tokens(schema),
+                        seed=self.request_seed,
+                        schema=schema,
+                    )
+                except ContextOverflow as exc:
+                    if not record["calls"]:  # the first prompt alone is too long: nothing a re-ask can fix
+                        raise ContextOverflow(
+                            f"{exc}; the prompt alone is too long: use history: best-recent with smaller "
+                            "history_best/history_recent, or a model with a longer context"
+                        ) from None
+                    messages.pop()  # the re-ask that did not fit
+                    record["stopped"] = f"the re-ask did not fit the model's context: {exc}"
+                    break
                 call_usage = self.accountant.charge(result.prompt_tokens, result.completion_tokens)
                 usage = usage + call_usage
                 messages.append({"role": "assistant", "content": result.content})
@@ -224,6 +238,13 @@ class LLMProposer(Proposer):
                     }
                 )
                 if len(accepted) >= n or reasks >= self.max_reasks * n:
+                    break
+                previous = [m["content"] for m in messages[:-1] if m["role"] == "assistant"]
+                if previous and previous[-1] == result.content and self._deterministic():
+                    # the same answer again at temperature 0: a further re-ask would get it a third time
+                    record["stopped"] = (
+                        "the model repeated its previous answer word for word; no more re-asks"
+                    )
                     break
                 if not reasons:  # e.g. an empty candidate list: still say what is missing
                     reasons.append(f"The answer gave {len(accepted)} usable candidates of the {n} asked for.")
@@ -246,6 +267,23 @@ class LLMProposer(Proposer):
             fallback = True
         self._remember(accepted, record, usage, reasks, fallback)
         return accepted
+
+    def _deterministic(self) -> bool:
+        return self.temperature is not None and self.temperature == 0.0
+
+    def _max_tokens(self, schema: dict[str, Any] | None) -> int | None:
+        """``max_tokens``, bounded by the size of the answer asked for: the longest text the answer's schema
+        admits when structured output is on; for prose (the GENIUS strategies, ``structured_output: off``)
+        twice that of the schema (or of one candidate), at least :data:`PROSE_MIN_TOKENS`, leaving room for
+        the reasoning around the design. The bound does not depend on what the endpoint negotiated, so a
+        replay sends the same requests as its recording."""
+        structured = schema is not None and self.client.structured_output != "off"
+        bound = max_tokens_for(schema if schema is not None else params_schema(self.space))
+        if bound is not None and not structured:
+            bound = max(PROSE_MIN_TOKENS, 2 * bound)
+        if bound is None:
+            return self.max_tokens
+        return bound if self.max_tokens is None else min(self.max_tokens, bound)
 
     def _known(self, space: SearchSpace, history: Sequence[HistoryEntry]) -> dict[str, str]:
         """Canonical key -> how it was already tried, for every past trial of this space."""

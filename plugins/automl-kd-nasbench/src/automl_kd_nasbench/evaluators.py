@@ -58,6 +58,11 @@ class MacroTableEvaluator(Evaluator):
         self.runs = runs
         self._table: MacroTable | None = None
 
+    def preflight(self) -> None:
+        """Load the table before a search starts (the host calls this), so that a missing ``path`` or a failed
+        download stops the search in one line instead of failing every trial."""
+        _ = self.table
+
     @property
     def table(self) -> MacroTable:
         if self._table is None:  # loaded on first use: building the evaluator must not need the file

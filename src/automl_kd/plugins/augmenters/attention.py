@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from automl_kd.augmenter import Augmenter, PrepareContext, StepBatch
+from automl_kd.distill.augmenter import Augmenter, PrepareContext, StepBatch
 from automl_kd.hookspecs import hookimpl
 
 log = logging.getLogger("automl_kd")

@@ -2,9 +2,9 @@
 
 ``prepare`` computes the teacher's IG map of every training image once (or reads it from the artifact cache: one
 entry per teacher weights, data split and IG settings, shared by every trial and run; see
-:mod:`automl_kd.ig_maps`). During training, each image independently, with probability ``p``: the map is raised to
-a power ``s`` drawn log-uniformly from ``exponent``, min-max normalised per image to [0, 1], repeated over the
-colour channels and blended ``x' = (1 - w) * x + w * map`` on the [0, 1] image.
+:mod:`automl_kd.distill.ig.maps`). During training, each image independently, with probability ``p``: the map
+is raised to a power ``s`` drawn log-uniformly from ``exponent``, min-max normalised per image to [0, 1], repeated
+over the colour channels and blended ``x' = (1 - w) * x + w * map`` on the [0, 1] image.
 
 The overlay runs *before* crop and flip (defect 2 of the paper: its maps were blended after the geometric
 augmentation without being cropped or flipped), and maps are looked up by each image's dataset index (defect 1: its
@@ -13,17 +13,28 @@ maps were stored in the order of a shuffled loader and read back by index).
 
 from __future__ import annotations
 
+import argparse
 import logging
 import math
+import sys
+from collections.abc import Callable
 from typing import Any
 
 import torch
+from rich.progress import Progress
 
-from automl_kd.augmenter import Augmenter, PrepareContext
-from automl_kd.gallery import overlay, write_gallery
+from automl_kd.cache import ArtifactCache
+from automl_kd.cli.common import config_options, emit_facts, plugin_manager
+from automl_kd.config import Config, load_config
+from automl_kd.distill.augmenter import Augmenter, PrepareContext
+from automl_kd.distill.ig.attribution import Baseline, IGSettings, Method, Reduction, Target
+from automl_kd.distill.ig.gallery import overlay, write_gallery
+from automl_kd.distill.ig.maps import IGMaps, precompute_ig_maps
+from automl_kd.distill.teacher import teacher_for_config
+from automl_kd.engine.searched_options import resolve_augmenter_options, searched_option
+from automl_kd.errors import ConfigError
 from automl_kd.hookspecs import hookimpl
-from automl_kd.ig import Baseline, IGSettings, Method, Reduction, Target
-from automl_kd.ig_maps import IGMaps, precompute_ig_maps
+from automl_kd.manager import PluginManager, get_plugin_manager
 
 GALLERY_FILE = "ig_gallery.png"
 log = logging.getLogger("automl_kd")
@@ -75,8 +86,6 @@ class IGOverlay(Augmenter):
     def prepare(self, ctx: PrepareContext) -> None:
         if ctx.teacher is None:
             raise ValueError("ig-overlay needs a teacher (its IG maps); set `teacher:` in the config")
-        from automl_kd.cache import ArtifactCache
-
         cache = ctx.cache if ctx.cache is not None else ArtifactCache.default()
         self.maps = precompute_ig_maps(ctx.teacher, ctx.data, self.settings, cache, log=ctx.log)
         if self.gallery and ctx.run_dir is not None:
@@ -141,3 +150,74 @@ def register_augmenters(register: Any) -> None:
     register(
         "ig-overlay", IGOverlay, description="blend training images with the teacher's IG maps (p, w, s)"
     )
+
+
+# -- `automl-kd ig precompute` ------------------------------------------------------------------------------------
+#: ig-overlay options that determine the maps; they cannot be searched by ``automl-kd ig precompute``
+MAP_OPTIONS = ("steps", "method", "baseline", "blur_sigma", "target", "reduction", "fp16")
+
+
+def precompute_for_config(
+    config: Config,
+    pm: PluginManager | None = None,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> IGMaps:
+    """``automl-kd ig precompute``: the IG maps of a config's ``ig-overlay`` augmenter, for its teacher and data,
+    computed (resumably) or found in the cache; also writes the gallery into the run directory."""
+    pm = pm or get_plugin_manager()
+    refs = [r for r in config.augmenters if r.name == "ig-overlay"]
+    if not refs:
+        raise ConfigError(
+            "augmenters: the config has no ig-overlay augmenter, so there are no IG maps to compute"
+        )
+    searched = [k for k, v in refs[0].options.items() if k in MAP_OPTIONS and searched_option(v) is not None]
+    if searched:
+        raise ConfigError(
+            f"augmenters.ig-overlay.{searched[0]}: IG map settings must be fixed to precompute them"
+        )
+    aug = pm.augmenters.create("ig-overlay", resolve_augmenter_options("ig-overlay", refs[0].options, {}))
+    teacher, data = teacher_for_config(config, pm)
+    maps = precompute_ig_maps(
+        teacher, data, aug.settings, ArtifactCache.default(), progress=progress, log=log
+    )
+    n = min(8, len(data.train))
+    if n:
+        idx = data.train.index[:n]
+        path = config.resolved_run_dir / GALLERY_FILE
+        write_gallery(
+            path,
+            data.train.x[:n].float() / 255,
+            maps.lookup(idx),
+            w=aug.w,
+            titles=[f"#{int(i)}" for i in idx],
+        )
+    return maps
+
+
+def cmd_ig_precompute(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, list(args.set or []))
+    with Progress(disable=not sys.stderr.isatty()) as bar:  # a live bar on a terminal; log lines otherwise
+        task = bar.add_task("IG maps", total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+            if bar.disable:
+                log.info("IG maps: %d/%d images", done, total)
+
+        maps = precompute_for_config(cfg, plugin_manager(args), progress=progress, log=log.info)
+    out = {"key": maps.key, "images": len(maps), **{k: v for k, v in maps.meta.items() if k != "settings"}}
+    emit_facts(args, out)
+    return 0
+
+
+@hookimpl
+def register_commands(cli: Any) -> None:
+    sp = cli.add_parser("ig", help="integrated-gradients tools")
+    ig_sub = sp.add_subparsers(dest="ig_command", required=True)
+    ip = ig_sub.add_parser(
+        "precompute", help="compute (or resume) the IG maps of the config's ig-overlay augmenter"
+    )
+    config_options(ip)
+    ip.set_defaults(func=cmd_ig_precompute)

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from automl_kd.augmenter import Augmenter, StepBatch
+from automl_kd.distill.augmenter import Augmenter, StepBatch
 from automl_kd.hookspecs import hookimpl
 
 

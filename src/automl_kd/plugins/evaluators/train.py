@@ -5,15 +5,15 @@ The test split is evaluated once after training, for the report only; it never r
 
 from __future__ import annotations
 
-import time
 from typing import Any, Literal
 
-from automl_kd.augmenter import PrepareContext
+from automl_kd.distill.fit import fit
+from automl_kd.distill.loop import accuracy
+from automl_kd.distill.settings import TrainSettings, check_train_fraction
 from automl_kd.evaluator import Evaluator, TrialContext
 from automl_kd.hookspecs import hookimpl
 from automl_kd.metrics import count_macs, count_params, measure_latency
 from automl_kd.space import Candidate
-from automl_kd.training import TrainSettings, accuracy, check_train_fraction, train_student
 
 
 class TrainEvaluator(Evaluator):
@@ -39,7 +39,7 @@ class TrainEvaluator(Evaluator):
     ) -> None:
         if epochs < 1 or batch_size < 1 or lr <= 0:
             raise ValueError("epochs and batch_size must be >= 1 and lr > 0")
-        self.settings: dict[str, Any] = dict(
+        self.settings = TrainSettings(
             epochs=epochs,
             batch_size=batch_size,
             lr=lr,
@@ -51,49 +51,47 @@ class TrainEvaluator(Evaluator):
             max_steps_per_epoch=max_steps_per_epoch,
             train_fraction=check_train_fraction(train_fraction),
         )
+        self.steps = epochs
         self.latency = latency
         self.latency_batch_sizes = latency_batch_sizes or [1, 64]
 
     def evaluate(self, candidate: Candidate, context: TrialContext) -> dict[str, Any]:
         data = context.resource("data")
         data_cfg = context.resource("data_config")
-        settings = TrainSettings(**self.settings, crop_padding=data_cfg.crop_padding, flip=data_cfg.flip)
-        model = context.space.build(candidate.params).to(context.device)
-        teacher = context.resource("teacher") if context.augmenters else None
-        if context.augmenters:
-            prep = PrepareContext(
-                teacher=teacher,
-                student=model,
-                data=data,
-                cache=context.resource("cache"),
-                device=context.device,
-                run_dir=context.run_dir,
-                log=context.log,
-            )
-            for aug in context.augmenters:
-                aug.prepare(prep)
-        t0 = time.perf_counter()
-        result = train_student(
-            model,
+        settings = self.settings.model_copy(
+            update={
+                "crop_padding": data_cfg.crop_padding,
+                "flip": data_cfg.flip,
+                "precision": context.resource("precision") or "auto",
+            }
+        )
+        fitted = fit(
+            lambda: context.space.build(candidate.params),
             data,
             settings,
             seed=context.seed,
+            device=context.device,
             augmenters=context.augmenters,
-            teacher=teacher,
+            teacher=context.resource("teacher") if context.augmenters else None,
+            cache=context.resource("cache") if context.augmenters else None,
+            run_dir=context.run_dir,
             report=context.report,
             log=context.log,
             should_stop=context.should_stop,
         )
-        train_s = time.perf_counter() - t0
+        model, result = fitted.model, fitted.result
         shape = (data.in_chans, data.input_size, data.input_size)
         metrics: dict[str, Any] = {
             "val_acc": result.val_acc,
-            "test_acc": accuracy(model, data.test, data, settings.eval_batch_size),  # report only
+            # report only
+            "test_acc": accuracy(
+                model, data.test, data, settings.eval_batch_size, precision=settings.precision
+            ),
             "val_acc_curve": [round(v, 4) for v in result.val_curve],
             "loss_terms": {k: round(v, 6) for k, v in result.loss_terms.items()},
             "epochs": result.epochs_run,
             "train_steps": result.steps,
-            "train_seconds": round(train_s, 3),
+            "train_seconds": round(fitted.seconds, 3),
             "params": count_params(model),
             "macs": count_macs(model, shape),
         }

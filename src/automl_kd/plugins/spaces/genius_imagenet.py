@@ -33,72 +33,38 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
-import torch
 from optuna.distributions import BaseDistribution, CategoricalDistribution
-from timm.layers import ConvNormAct, make_divisible
-from timm.models._efficientnet_blocks import SqueezeExcite
-from timm.models._efficientnet_builder import EfficientNetBuilder, decode_arch_def, efficientnet_init_weights
+from timm.layers import make_divisible
 from torch import nn
 
 from automl_kd.errors import InvalidCandidate
 from automl_kd.hookspecs import hookimpl
 from automl_kd.space import Cost, SearchSpace
 
-__all__ = ["OPS", "STAGES", "GeniusImageNetSpace", "GeniusNet", "StageSpec"]
-
-#: op names in GENIUS's id order (the id of an op is its index)
-OPS: tuple[str, ...] = ("skip", "ir_k3_e4", "ir_k5_e4", "ir_k7_e4", "ir_k3_e6", "ir_k5_e6", "ir_k7_e6")
-_ALIASES = {"id": "skip", "identity": "skip", "none": "skip", "zero": "skip"}
-SLOTS = 6
-STEM_CHS = 16
-HEAD_CHS = 320
-FEATURE_CHS = 1280
-SE_RATIO = 0.25
-
-
-@dataclass(frozen=True)
-class StageSpec:
-    """One searched stage: input and output channels, and the stride of its first slot."""
-
-    in_chs: int
-    out_chs: int
-    stride: int
-
-
-STAGES: tuple[StageSpec, ...] = (
-    StageSpec(16, 24, 2),
-    StageSpec(24, 40, 2),
-    StageSpec(40, 80, 2),
-    StageSpec(80, 96, 1),
-    StageSpec(96, 192, 2),
+from .genius_net import (
+    _ALIASES,
+    FEATURE_CHS,
+    HEAD_CHS,
+    OPS,
+    SE_RATIO,
+    SLOTS,
+    STAGES,
+    STEM_CHS,
+    GeniusNet,
+    StageSpec,
+    _op,
 )
+from .irnet import conv_cost, conv_out_size, mid_channels
 
-
-def _op(name: str) -> tuple[int, int]:
-    """``(kernel, expansion)`` of an ``ir_kK_eE`` op."""
-    m = re.fullmatch(r"ir_k(\d)_e(\d)", name)
-    assert m, name
-    return int(m.group(1)), int(m.group(2))
-
-
-def _out(size: int, kernel: int, stride: int) -> int:
-    return (size + 2 * (kernel // 2) - kernel) // stride + 1
+__all__ = ["OPS", "STAGES", "GeniusImageNetSpace", "GeniusNet", "StageSpec"]
 
 
 def _se_chs(chs: int) -> int:
     return int(
         make_divisible(chs * SE_RATIO)
     )  # timm MobileNetV3 / GENIUS: divisor 8 of the expanded channels
-
-
-def _conv(cin: int, cout: int, k: int, size: int, groups: int = 1, bias: bool = False) -> tuple[int, int]:
-    """``(params, macs)`` of a conv producing ``size x size``; a following BN adds ``2 * cout`` params."""
-    w = cout * (cin // groups) * k * k
-    return w + (cout if bias else 0), w * size * size
 
 
 def _se(chs: int) -> tuple[int, int]:
@@ -113,16 +79,16 @@ def slot_cost(stage: StageSpec, first: bool, op: str, size: int) -> tuple[int, i
     if op == "skip":
         if not first:
             return 0, 0, size
-        out = _out(size, 1, stride)
-        p, m = _conv(cin, stage.out_chs, 1, out)
+        out = conv_out_size(size, 1, stride)
+        p, m = conv_cost(cin, stage.out_chs, 1, out)
         return p + 2 * stage.out_chs, m, out
     k, e = _op(op)
-    mid = int(make_divisible(cin * e))
-    out = _out(size, k, stride)
-    p1, m1 = _conv(cin, mid, 1, size)
-    p2, m2 = _conv(mid, mid, k, out, groups=mid)
+    mid = mid_channels(cin, e)
+    out = conv_out_size(size, k, stride)
+    p1, m1 = conv_cost(cin, mid, 1, size)
+    p2, m2 = conv_cost(mid, mid, k, out, groups=mid)
     p3, m3 = _se(mid)
-    p4, m4 = _conv(mid, stage.out_chs, 1, out)
+    p4, m4 = conv_cost(mid, stage.out_chs, 1, out)
     return p1 + p2 + p3 + p4 + 4 * mid + 2 * stage.out_chs, m1 + m2 + m3 + m4, out
 
 
@@ -266,9 +232,9 @@ class GeniusImageNetSpace(SearchSpace):
             k, e = _op(op)
             lines.append(f"{i}: {op} - inverted residual block, depthwise kernel {k}x{k}, expansion {e}")
         lines.append("Stages (parameters; channels; stride of slot 1; output resolution):")
-        res = _out(size, 3, 2)
+        res = conv_out_size(size, 3, 2)
         for i, st in enumerate(STAGES):
-            res = _out(res, 1, st.stride)
+            res = conv_out_size(res, 1, st.stride)
             lines.append(
                 f"stage {i + 1} ({self.param_name(i, 0)}..{self.param_name(i, SLOTS - 1)}): {st.in_chs} -> "
                 f"{st.out_chs} channels, stride {st.stride}, {res}x{res}"
@@ -286,11 +252,11 @@ class GeniusImageNetSpace(SearchSpace):
 
     def slot_macs_table(self) -> list[tuple[list[float], list[float]]]:
         """Per stage: MACs (millions) of each op in slot 1 and in slots 2-6, at ``cost_input_size``."""
-        size = _out(self.cost_input_size, 3, 2)
+        size = conv_out_size(self.cost_input_size, 3, 2)
         table = []
         for st in STAGES:
             first = [slot_cost(st, True, op, size)[1] / 1e6 for op in OPS]
-            rest_size = _out(size, 1, st.stride)
+            rest_size = conv_out_size(size, 1, st.stride)
             rest = [slot_cost(st, False, op, rest_size)[1] / 1e6 for op in OPS]
             table.append((first, rest))
             size = rest_size
@@ -298,21 +264,21 @@ class GeniusImageNetSpace(SearchSpace):
 
     # -- cost ------------------------------------------------------------------------------------------------
     def _fixed_cost(self, input_size: int) -> Cost:
-        size = _out(input_size, 3, 2)
-        p, m = _conv(self.in_chans, STEM_CHS, 3, size)
+        size = conv_out_size(input_size, 3, 2)
+        p, m = conv_cost(self.in_chans, STEM_CHS, 3, size)
         params, macs = p + 2 * STEM_CHS, m
         for cp, cm in (
-            _conv(STEM_CHS, STEM_CHS, 3, size, groups=STEM_CHS),
+            conv_cost(STEM_CHS, STEM_CHS, 3, size, groups=STEM_CHS),
             _se(STEM_CHS),
-            _conv(STEM_CHS, STEM_CHS, 1, size),
+            conv_cost(STEM_CHS, STEM_CHS, 1, size),
         ):
             params, macs = params + cp, macs + cm
         params += 4 * STEM_CHS
         for st in STAGES:
-            size = _out(size, 1, st.stride)
-        p, m = _conv(STAGES[-1].out_chs, HEAD_CHS, 1, size)
+            size = conv_out_size(size, 1, st.stride)
+        p, m = conv_cost(STAGES[-1].out_chs, HEAD_CHS, 1, size)
         params, macs = params + p + 2 * HEAD_CHS, macs + m
-        p, m = _conv(HEAD_CHS, FEATURE_CHS, 1, 1, bias=True)
+        p, m = conv_cost(HEAD_CHS, FEATURE_CHS, 1, 1, bias=True)
         params, macs = params + p, macs + m
         return Cost(
             params=params + (FEATURE_CHS + 1) * self.num_classes, macs=macs + FEATURE_CHS * self.num_classes
@@ -323,7 +289,7 @@ class GeniusImageNetSpace(SearchSpace):
         size_in = input_size or self.cost_input_size
         fixed = self._fixed_cost(size_in)
         total_p, total_m = fixed.params, fixed.macs
-        size = _out(size_in, 3, 2)
+        size = conv_out_size(size_in, 3, 2)
         for st, ops in zip(STAGES, self.stage_ops(params), strict=True):
             for j, op in enumerate(ops):
                 p, m, size = slot_cost(st, j == 0, op, size)
@@ -360,98 +326,6 @@ def _stage_keys(obj: Mapping[str, Any]) -> list[str]:
 
 def _fmt_list(values: Sequence[float]) -> str:
     return "[" + ", ".join(f"{v:.3f}" for v in values) + "]"
-
-
-_SE_LAYER = partial(
-    SqueezeExcite,
-    gate_layer="hard_sigmoid",
-    force_act_layer=nn.ReLU,
-    rd_round_fn=lambda c: int(make_divisible(c)),
-)
-
-
-def _builder() -> EfficientNetBuilder:
-    return EfficientNetBuilder(
-        output_stride=1024,  # never swap a stride for dilation
-        round_chs_fn=lambda c: c,  # channels are final
-        se_from_exp=True,  # SE reduction from the expanded channels, as in MobileNetV3 and GENIUS
-        act_layer=nn.Hardswish,
-        norm_layer=nn.BatchNorm2d,
-        se_layer=_SE_LAYER,
-    )
-
-
-class GeniusNet(nn.Module):
-    """The network of one ``genius-imagenet`` candidate: ``stem``, ``blocks`` (the depthwise-separable block,
-    then one ``nn.Sequential`` per searched stage), ``head``, ``global_pool``, ``conv_head``, ``classifier``.
-
-    :attr:`feature_info` lists ``(module name, channels, reduction)`` of each stage output (``blocks.0`` ...).
-    """
-
-    def __init__(
-        self,
-        stage_ops: Sequence[Sequence[str]],
-        num_classes: int = 1000,
-        in_chans: int = 3,
-        drop_rate: float = 0.2,
-    ) -> None:
-        super().__init__()
-        self.num_classes = num_classes
-        self.stem = ConvNormAct(in_chans, STEM_CHS, 3, stride=2, act_layer=nn.Hardswish)
-        first = _builder()(STEM_CHS, decode_arch_def([[f"ds_r1_k3_s1_c{STEM_CHS}_se{SE_RATIO}"]]))
-        stages: list[nn.Module] = [first[0]]
-        info = [("blocks.0", STEM_CHS, 2)]
-        reduction = 2
-        for i, (st, ops) in enumerate(zip(STAGES, stage_ops, strict=True)):
-            stages.append(_build_stage(st, list(ops)))
-            reduction *= st.stride
-            info.append((f"blocks.{i + 1}", st.out_chs, reduction))
-        self.blocks = nn.Sequential(*stages)
-        self.head = ConvNormAct(STAGES[-1].out_chs, HEAD_CHS, 1, act_layer=nn.Hardswish)
-        self.global_pool = nn.AdaptiveAvgPool2d(1)
-        self.conv_head = nn.Conv2d(HEAD_CHS, FEATURE_CHS, 1, bias=True)
-        self.act2 = nn.Hardswish()
-        self.drop = nn.Dropout(drop_rate)
-        self.classifier = nn.Linear(FEATURE_CHS, num_classes)
-        self.num_features = FEATURE_CHS
-        self.feature_info = info
-        efficientnet_init_weights(self)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = self.head(self.blocks(self.stem(x)))
-        return out
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.act2(self.conv_head(self.global_pool(x))).flatten(1)
-        x = self.drop(x)
-        if pre_logits:
-            return x
-        out: torch.Tensor = self.classifier(x)
-        return out
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-
-def _build_stage(st: StageSpec, ops: list[str]) -> nn.Sequential:
-    modules: list[nn.Module] = []
-    in_chs = st.in_chs
-    stride = st.stride
-    if ops[0] == "skip":
-        # GENIUS's Identity with downsample: slot 1 must change channels/resolution, so a linear projection
-        modules.append(ConvNormAct(st.in_chs, st.out_chs, 1, stride=st.stride, apply_act=False))
-        in_chs, stride = st.out_chs, 1
-    strings = []
-    for j, op in enumerate(ops):
-        if op == "skip":
-            continue
-        k, e = _op(op)
-        s = stride if j == 0 else 1
-        strings.append(f"ir_r1_k{k}_s{s}_e{e}_c{st.out_chs}_se{SE_RATIO}")
-    if strings:
-        built = _builder()(in_chs, decode_arch_def([strings]))
-        modules.extend(built[0])
-    return nn.Sequential(*modules)
 
 
 @hookimpl

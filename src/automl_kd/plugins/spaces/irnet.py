@@ -124,30 +124,33 @@ def mid_channels(in_chs: int, exp_ratio: float) -> int:
     return int(make_divisible(in_chs * exp_ratio))
 
 
-def _conv(cin: int, cout: int, kernel: int, out_size: int, groups: int = 1) -> tuple[int, int]:
-    params = cout * (cin // groups) * kernel * kernel
-    return params, params * out_size * out_size
+def conv_cost(
+    cin: int, cout: int, kernel: int, out_size: int, groups: int = 1, bias: bool = False
+) -> tuple[int, int]:
+    """``(params, macs)`` of a conv producing ``out_size x out_size``; a following BN adds ``2 * cout`` params."""
+    weights = cout * (cin // groups) * kernel * kernel
+    return weights + (cout if bias else 0), weights * out_size * out_size
 
 
 def block_cost(in_chs: int, spec: BlockSpec, size: int) -> tuple[int, int, int]:
     """``(params, macs, out_size)`` of one timm block reading ``in_chs`` channels at ``size x size``."""
     out = conv_out_size(size, spec.kernel, spec.stride)
     if spec.block_type == "ds":
-        dw_p, dw_m = _conv(in_chs, in_chs, spec.kernel, out, groups=in_chs)
-        pw_p, pw_m = _conv(in_chs, spec.out_chs, 1, out)
+        dw_p, dw_m = conv_cost(in_chs, in_chs, spec.kernel, out, groups=in_chs)
+        pw_p, pw_m = conv_cost(in_chs, spec.out_chs, 1, out)
         return dw_p + pw_p + 2 * in_chs + 2 * spec.out_chs, dw_m + pw_m, out
     mid = mid_channels(in_chs, spec.exp_ratio)
     # the expansion runs at the input resolution; only the depthwise conv carries the stride
-    ex_p, ex_m = _conv(in_chs, mid, 1, size)
-    dw_p, dw_m = _conv(mid, mid, spec.kernel, out, groups=mid)
-    pl_p, pl_m = _conv(mid, spec.out_chs, 1, out)
+    ex_p, ex_m = conv_cost(in_chs, mid, 1, size)
+    dw_p, dw_m = conv_cost(mid, mid, spec.kernel, out, groups=mid)
+    pl_p, pl_m = conv_cost(mid, spec.out_chs, 1, out)
     return ex_p + dw_p + pl_p + 4 * mid + 2 * spec.out_chs, ex_m + dw_m + pl_m, out
 
 
 def plan_cost(plan: NetPlan) -> Cost:
     """Parameters and MACs of ``plan`` for one image, counted analytically (no model is built)."""
     size = conv_out_size(plan.input_size, 3, plan.stem_stride)
-    params, macs = _conv(plan.in_chans, plan.stem_channels, 3, size)
+    params, macs = conv_cost(plan.in_chans, plan.stem_channels, 3, size)
     params += 2 * plan.stem_channels
     chs = plan.stem_channels
     for stage in plan.stages:
@@ -155,7 +158,7 @@ def plan_cost(plan: NetPlan) -> Cost:
             p, m, size = block_cost(chs, spec, size)
             params, macs, chs = params + p, macs + m, spec.out_chs
     if plan.head_channels:
-        p, m = _conv(chs, plan.head_channels, 1, size)
+        p, m = conv_cost(chs, plan.head_channels, 1, size)
         params, macs, chs = params + p + 2 * plan.head_channels, macs + m, plan.head_channels
     params += (chs + 1) * plan.num_classes
     macs += chs * plan.num_classes

@@ -1,0 +1,578 @@
+"""The headline experiment: distillation at real scale on CIFAR-10 (JPEG), all 50,000 training images, 32 px.
+
+Teacher: the IG-KD authors' released CIFAR-10 network (../shared/data/igkd-students, 58.7 M MACs), as it is and
+fine-tuned for a few epochs on the JPEG training split; the one with the better *validation* accuracy teaches.
+Students at equal MACs (no more than the truncated student's 14.9 M, 25.4 % of the teacher's):
+
+- ``truncated``: the paper's way, the teacher without its last modules (``paper-truncated``, removed = 15);
+- ``nas``: the best student TPE finds in an mbv2 space under the same MACs cap, with short training, selected on
+  the validation split only.
+
+Each student is trained with CE alone, KD, KD+AT, KD+IG and KD+IG+AT, ``--seeds`` seeds, equal epochs, through the
+product's own search engine (one study per student and method, the candidate fixed). Reported: test accuracy mean,
+std, 95 % bootstrap CI, Welch's t against CE alone with Holm's correction, params, MACs, latency at batch 1 and 64
+in PyTorch and ONNX Runtime. Selection never touches the test split.
+
+Every stage is resumable: studies live in ``--work`` (outside the repository) and each finished stage is written
+to ``benchmarks/results/distill_cifar10.json`` at once, so a rerun of the same command continues where it stopped.
+
+    python benchmarks/distill_cifar10.py --estimate            # the cost of each stage, measured on this machine
+    nohup python benchmarks/distill_cifar10.py --work /work/runs/distill-cifar10 &
+    python benchmarks/distill_cifar10.py --markdown            # the docs table from the JSON
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tarfile
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import torch
+
+from automl_kd import Search, get_plugin_manager, load_config
+from automl_kd.cache import ArtifactCache, atomic_write
+from automl_kd.compare.stats import bootstrap_ci, holm, welch
+from automl_kd.config import TeacherConfig
+from automl_kd.data import load_data
+from automl_kd.distill.ig.attribution import IGSettings, attribution_maps
+from automl_kd.distill.ig.inference import inference_copy
+from automl_kd.distill.loop import accuracy
+from automl_kd.distill.teacher import get_teacher
+from automl_kd.distill.teacher_info import teacher_info, teacher_normalizer
+from automl_kd.metrics import measure_latency
+from automl_kd.results.leaderboard import trial_state
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+RELEASED = SHARED / "igkd-students" / "CIFAR10_KD_IG_AT_T2.5_alpha0.01_p0.1_gamma0.8_TestAcc92.42.pt"
+RESULT = REPO / "benchmarks" / "results" / "distill_cifar10.json"
+TEACHER_REMOVED = 5  # the released network: paper-truncated with its last 5 modules removed
+STUDENT_REMOVED = 15  # the deepest truncation within a quarter of the teacher's MACs (25.4 %, 16,042 params)
+#: priority order of the grid (the issue's): NAS vs truncated at equal MACs with CE and KD+IG+AT, then the rest
+METHODS = ["ce", "kd+ig+at", "kd", "kd+at", "kd+ig"]
+PRIORITY = {"ce": 0, "kd+ig+at": 0, "kd": 1, "kd+at": 1, "kd+ig": 1}
+#: the mbv2 space of the NAS students: MobileNetV2's stages, a stride-2 second stage instead of the stem, narrower
+#: widths, no head conv; most of its candidates cost 4-23 M MACs at 32 px
+NAS_SPACE = {
+    "name": "mbv2",
+    "options": {
+        "stages": [[16, 1, 1], [24, 2, 2], [32, 2, 3], [64, 2, 3], [96, 1, 2], [160, 2, 2]],
+        "widths": [0.35, 0.5, 0.75, 1.0],
+        "stem_channels": 16,
+        "head_channels": None,
+    },
+}
+#: the recipe every student trains with (fixed in advance; nothing is tuned on the test split)
+RECIPE = {"optimizer": "adamw", "lr": 3e-3, "weight_decay": 5e-4, "schedule": "cosine", "batch_size": 128}
+KD = {"alpha": 0.5, "temperature": 4.0}
+IG = {"p": 0.1, "w": 0.5}
+AT = {"gamma": 0.8}
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def load_result() -> dict[str, Any]:
+    return json.loads(RESULT.read_text()) if RESULT.exists() else {}
+
+
+def save_result(r: dict[str, Any]) -> None:
+    RESULT.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(RESULT, (json.dumps(r, indent=1) + "\n").encode())
+
+
+def unpack(work: Path) -> Path:
+    root = work / "cifar-10-jpeg"
+    if not (root / "test").is_dir():
+        with tarfile.open(SHARED / "cifar-10-jpeg" / "cifar-10-jpeg.tar.gz") as tar:
+            tar.extractall(work, filter="data")
+    return root
+
+
+#: --smoke: a few minutes end to end on small subsets, to check the script (its figures mean nothing)
+SMOKE: dict[str, Any] = {}
+
+
+def data_cfg(root: Path) -> dict[str, Any]:
+    cfg = {"dataset": "imagefolder", "root": str(root), "val_fraction": 0.1, "crop_padding": 4, "flip": True}
+    return {**cfg, **SMOKE.get("data", {})}
+
+
+def teacher_block(finetune_epochs: int) -> dict[str, Any]:
+    block: dict[str, Any] = {
+        "space": "paper-truncated",
+        "params": {"removed": TEACHER_REMOVED},
+        "checkpoint": str(RELEASED),
+        "input": "unit",
+        "outputs": {"mode": "auto", "views": 4},
+    }
+    if finetune_epochs:
+        block["finetune"] = True
+        block["train"] = {
+            "epochs": finetune_epochs,
+            "batch_size": 128,
+            "lr": 3e-4,
+            "optimizer": "adamw",
+            "weight_decay": 5e-4,
+            **SMOKE.get("teacher_train", {}),
+        }
+    return block
+
+
+def portable(cfg: dict[str, Any]) -> dict[str, Any]:
+    """A config as the JSON records it: the temporary data folder and the shared weights named by origin."""
+    out = json.loads(json.dumps(cfg))
+    if "data" in out:
+        out["data"]["root"] = "../shared/data/cifar-10-jpeg/cifar-10-jpeg.tar.gz (extracted)"
+    if "teacher" in out and "checkpoint" in out["teacher"]:
+        out["teacher"]["checkpoint"] = f"../shared/data/igkd-students/{RELEASED.name}"
+    return out
+
+
+# -- stage 1: the teacher -----------------------------------------------------------------------------------------
+def stage_teacher(root: Path, finetune_epochs: int, r: dict[str, Any]) -> dict[str, Any]:
+    """The released network as it is and fine-tuned; the better one on the validation split teaches."""
+    if "teacher" in r and r["teacher"].get("finetune_epochs") == finetune_epochs:
+        return r["teacher"]
+    data = load_data(load_config({"data": data_cfg(root)}).data)
+    cpu = torch.device("cpu")
+    out: dict[str, Any] = {"finetune_epochs": finetune_epochs, "candidates": {}}
+    for label, epochs in (("released", 0), ("fine-tuned", finetune_epochs)):
+        if label == "fine-tuned" and not epochs:
+            continue
+        t0 = time.perf_counter()
+        cfg = TeacherConfig.model_validate(teacher_block(epochs))
+        teacher = get_teacher(cfg, data, cpu, ArtifactCache.default(), get_plugin_manager(), precision="auto")
+        norm = teacher_normalizer(teacher, data)
+        info = teacher_info(teacher)
+        row = {
+            "val_acc": accuracy(teacher, data.val, data, normalize=norm, precision="fp32"),
+            "test_acc": accuracy(teacher, data.test, data, normalize=norm, precision="fp32"),  # report only
+            "source": info.source if info else None,
+            "seconds": round(time.perf_counter() - t0, 1),
+            "config": portable({"teacher": teacher_block(epochs)})["teacher"],
+        }
+        out["candidates"][label] = row
+        log(
+            f"teacher {label}: val {row['val_acc']:.2f} %, test {row['test_acc']:.2f} % ({row['seconds']:.0f} s)"
+        )
+    out["chosen"] = max(out["candidates"], key=lambda k: out["candidates"][k]["val_acc"])
+    out["chosen_finetune_epochs"] = finetune_epochs if out["chosen"] == "fine-tuned" else 0
+    r["teacher"] = out
+    save_result(r)
+    return out
+
+
+# -- stage 2: IG integration steps ----------------------------------------------------------------------------------
+def stage_ig_steps(root: Path, teacher_epochs: int, r: dict[str, Any], n: int = 200) -> dict[str, Any]:
+    n = 8 if SMOKE else n
+    """Completeness error of IG at 8, 16 and 32 Gauss-Legendre steps on ``n`` validation images; the fewest steps
+    whose median relative error is under 15 % are used (the error halves with each doubling here)."""
+    if "ig_steps" in r and r["ig_steps"].get("teacher_finetune_epochs") == teacher_epochs:
+        return r["ig_steps"]
+    data = load_data(load_config({"data": data_cfg(root)}).data)
+    teacher = get_teacher(
+        TeacherConfig.model_validate(teacher_block(teacher_epochs)),
+        data,
+        torch.device("cpu"),
+        ArtifactCache.default(),
+        get_plugin_manager(),
+    )
+    fast = inference_copy(teacher)
+    norm = teacher_normalizer(teacher, data)
+    x01, y = data.val.x[:n].float().div(255), data.val.y[:n]
+    mean = torch.tensor(data.mean)
+    rows = {}
+    for steps in (8, 16, 32):
+        t0 = time.perf_counter()
+        _, err, gap = attribution_maps(fast, x01, y, norm, mean, IGSettings(steps=steps))
+        dt = time.perf_counter() - t0
+        rel = (err / gap.clamp_min(1e-6)).numpy()
+        rows[str(steps)] = {
+            "median_rel_error": float(np.median(rel)),
+            "mean_rel_error": float(rel.mean()),
+            "images_per_s": round(n / dt, 2),
+            "hours_for_train_split": round(len(data.train) / (n / dt) / 3600, 2),
+        }
+        log(
+            f"IG {steps} steps: median relative completeness error {np.median(rel):.4f}, {n / dt:.1f} images/s"
+        )
+    chosen = next((s for s in (8, 16, 32) if rows[str(s)]["median_rel_error"] < 0.15), 32)
+    chosen = SMOKE.get("ig_steps", chosen)
+    out = {"teacher_finetune_epochs": teacher_epochs, "images": n, "steps": rows, "chosen": chosen}
+    r["ig_steps"] = out
+    save_result(r)
+    return out
+
+
+# -- stage 3: the NAS student -------------------------------------------------------------------------------------
+def base_config(root: Path, work: Path, name: str, teacher_epochs: int, epochs: int) -> dict[str, Any]:
+    return {
+        "name": name,
+        "seed": 0,
+        "run_dir": str(work / "studies" / name),
+        "precision": "auto",
+        "data": data_cfg(root),
+        "space": {"name": "paper-truncated", "options": {}},
+        "search": {"n_trials": 1, "proposer": {"name": "random"}},
+        "evaluator": {
+            "name": "train",
+            "options": {**RECIPE, "epochs": epochs, "latency": False, **SMOKE.get("student", {})},
+        },
+        "teacher": teacher_block(teacher_epochs),
+    }
+
+
+def stage_nas(
+    root: Path, work: Path, r: dict[str, Any], trials: int, fraction: float, cap: int
+) -> dict[str, Any]:
+    """TPE in the mbv2 space under the MACs cap, each candidate trained 1 epoch on ``fraction`` of the training
+    split with CE alone; the best by validation accuracy is the NAS student."""
+    raw = base_config(root, work, "nas-search", 0, 1)
+    raw.pop("teacher")
+    raw["space"] = NAS_SPACE
+    raw["search"] = {
+        "n_trials": trials,
+        "proposer": {"name": "optuna", "options": {"sampler": "tpe"}},
+        "constraints": {"macs": [0, cap]},
+    }
+    raw["evaluator"]["options"]["train_fraction"] = fraction
+    t0 = time.perf_counter()
+    study = Search(load_config(raw)).run()
+    done = [t for t in study.get_trials() if trial_state(t) == "complete"]
+    if not done:
+        raise SystemExit("nas: no trial completed; see the study in " + raw["run_dir"])
+    best = max(done, key=lambda t: t.user_attrs["val_acc"])
+    out = {
+        "trials": len(study.get_trials()),
+        "completed": len(done),
+        "train_fraction": fraction,
+        "macs_cap": cap,
+        "best": {"arch": best.params, **{k: best.user_attrs.get(k) for k in ("val_acc", "params", "macs")}},
+        "all": [
+            {"number": t.number, **{k: t.user_attrs.get(k) for k in ("val_acc", "params", "macs")}}
+            for t in done
+        ],
+        "seconds": round(time.perf_counter() - t0, 1),
+        "space": NAS_SPACE,
+    }
+    r["nas"] = out
+    save_result(r)
+    log(
+        f"nas: best of {len(done)} has val {out['best']['val_acc']:.2f} % at {out['best']['macs'] / 1e6:.2f} M MACs"
+    )
+    return out
+
+
+# -- stage 4: the grid --------------------------------------------------------------------------------------------
+def augmenters(method: str, ig_steps: int) -> list[dict[str, Any]]:
+    parts = [] if method == "ce" else method.split("+")
+    out: list[dict[str, Any]] = []
+    if "kd" in parts:
+        out.append({"name": "kd", "options": KD})
+    if "ig" in parts:
+        out.append({"name": "ig-overlay", "options": {**IG, "steps": ig_steps}})
+    if "at" in parts:
+        out.append({"name": "attention", "options": AT})
+    return out
+
+
+def run_cell(
+    root: Path,
+    work: Path,
+    student: str,
+    params: dict[str, Any],
+    method: str,
+    seeds: int,
+    epochs: int,
+    teacher_epochs: int,
+    ig_steps: int,
+) -> list[dict[str, Any]]:
+    """``seeds`` runs of one fixed student with one method, in one resumable study."""
+    name = f"{student}-{method.replace('+', '_')}-e{epochs}"
+    raw = base_config(root, work, name, teacher_epochs, epochs)
+    if student == "nas":
+        raw["space"] = NAS_SPACE
+    raw["augmenters"] = augmenters(method, ig_steps)
+    search = Search(load_config(raw))
+    while True:
+        trials = search.study.get_trials()
+        complete = [t for t in trials if trial_state(t) == "complete"]
+        if len(complete) >= seeds:
+            break
+        search.study.enqueue_trial(params)
+        t0 = time.perf_counter()
+        search.run(n_trials=len([t for t in trials if t.state.is_finished()]) + 1)
+        log(f"  {name}: run {len(complete) + 1}/{seeds} in {time.perf_counter() - t0:.0f} s")
+    keys = ("val_acc", "test_acc", "params", "macs", "seed", "train_seconds", "loss_terms")
+    return [{k: t.user_attrs.get(k) for k in keys} for t in complete[:seeds]]
+
+
+def summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    rng = np.random.default_rng(0)
+    base = np.array([x["test_acc"] for x in runs["ce"]]) if "ce" in runs else None
+    out: dict[str, Any] = {}
+    for method, recs in runs.items():
+        test = np.array([x["test_acc"] for x in recs])
+        lo, hi = bootstrap_ci(test, rng)
+        row: dict[str, Any] = {
+            "n": len(recs),
+            "test_mean": float(test.mean()),
+            "test_std": float(test.std(ddof=1)) if len(test) > 1 else 0.0,
+            "test_ci95": [lo, hi],
+            "val_mean": float(np.mean([x["val_acc"] for x in recs])),
+        }
+        if base is not None and method != "ce":
+            row["welch_vs_ce"] = welch(test, base)
+        out[method] = row
+    tested = [m for m in out if "welch_vs_ce" in out[m] and not np.isnan(out[m]["welch_vs_ce"]["p"])]
+    for m, adj in zip(tested, holm([out[m]["welch_vs_ce"]["p"] for m in tested]), strict=True):
+        out[m]["welch_vs_ce"]["p_holm"] = adj
+    return out
+
+
+# -- stage 5: cost of the students: params, MACs, latency in PyTorch and ONNX Runtime ------------------------------
+def ort_latency(model: torch.nn.Module, shape: tuple[int, int, int], work: Path) -> dict[str, float]:
+    import onnxruntime as ort
+
+    path = work / "latency.onnx"
+    model = model.eval()
+    x = torch.randn(2, *shape)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model,
+            (x,),
+            str(path),
+            dynamo=True,
+            input_names=["image"],
+            dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},),
+            external_data=False,
+            verbose=False,
+        )
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    out = {}
+    for bs in (1, 64):
+        feed = {"image": np.random.default_rng(0).standard_normal((bs, *shape), dtype=np.float32)}
+        for _ in range(3):
+            sess.run(None, feed)
+        times = []
+        start = time.perf_counter()
+        while len(times) < 10 and (len(times) < 3 or time.perf_counter() - start < 5):
+            t0 = time.perf_counter()
+            sess.run(None, feed)
+            times.append((time.perf_counter() - t0) * 1000)
+        out[f"ort_ms_b{bs}"] = round(float(np.median(times)), 4)
+    return out
+
+
+def stage_costs(work: Path, nas_params: dict[str, Any], r: dict[str, Any]) -> dict[str, Any]:
+    pm = get_plugin_manager()
+    shape = (3, 32, 32)
+    host = {"num_classes": 10, "in_chans": 3, "input_size": 32}
+    truncated = pm.spaces.create("paper-truncated", {}, **host)
+    nas = pm.spaces.create("mbv2", NAS_SPACE["options"], **host)
+    models = {
+        "teacher": (truncated, {"removed": TEACHER_REMOVED}),
+        "truncated": (truncated, {"removed": STUDENT_REMOVED}),
+        "nas": (nas, nas_params),
+    }
+    out: dict[str, Any] = {}
+    cpu = torch.device("cpu")
+    for label, (space, params) in models.items():
+        model = space.build(space.validate(params)).eval()
+        with torch.no_grad():
+            row = {
+                **space.cost(params).as_dict(),
+                **measure_latency(model, shape, cpu),
+                **ort_latency(model, shape, work),
+            }
+        out[label] = row
+    curve = {}
+    for k in range(TEACHER_REMOVED, 18):
+        c = truncated.cost({"removed": k})
+        curve[str(k)] = {"params": c.params, "macs": c.macs}
+    out["truncation_curve"] = curve
+    out["threads"] = torch.get_num_threads()
+    r["costs"] = out
+    save_result(r)
+    return out
+
+
+# -- the markdown table --------------------------------------------------------------------------------------------
+def markdown(r: dict[str, Any]) -> str:
+    if not r:
+        return f"no results in {RESULT}"
+    lines = []
+    t = r.get("teacher")
+    if t:
+        cands = "; ".join(
+            f"{k}: val {v['val_acc']:.2f} %, test {v['test_acc']:.2f} %" for k, v in t["candidates"].items()
+        )
+        lines += [
+            f"Teacher (CIFAR-10 (JPEG), fp32 evaluation): {cands}; chosen by validation: **{t['chosen']}**.",
+            "",
+        ]
+    ig = r.get("ig_steps")
+    if ig:
+        cells = ", ".join(
+            f"{s} steps {v['median_rel_error']:.1%} ({v['hours_for_train_split']:.1f} h for the training split)"
+            for s, v in ig["steps"].items()
+        )
+        lines += [
+            f"IG median relative completeness error on {ig['images']} validation images: {cells}; "
+            f"chosen: {ig['chosen']} steps.",
+            "",
+        ]
+    nas = r.get("nas")
+    if nas:
+        b = nas["best"]
+        lines += [
+            f"NAS student: best of {nas['completed']} TPE trials (1 epoch on {nas['train_fraction']:.0%} of the "
+            f"training split, CE alone, MACs <= {nas['macs_cap'] / 1e6:.2f} M): val {b['val_acc']:.2f} %, "
+            f"{b['params']:,} params, {b['macs'] / 1e6:.2f} M MACs.",
+            "",
+        ]
+    grid = r.get("grid", {})
+    if grid:
+        lines += [
+            f"Students ({r.get('epochs')} epochs each, {r.get('seeds')} seeds; test accuracy %: mean ± std "
+            "[95 % bootstrap CI]; Welch's t / p / Holm-adjusted p against CE alone of the same student):",
+            "",
+            "| student | method | runs | test % | t / p / p Holm vs CE |",
+            "|---|---|---|---|---|",
+        ]
+        for student, block in grid.items():
+            for m in METHODS:
+                row = block.get("summary", {}).get(m)
+                if not row:
+                    lines.append(f"| {student} | {m} | 0 | not run yet | — |")
+                    continue
+                lo, hi = row["test_ci95"]
+                w = row.get("welch_vs_ce")
+                p = f"{w['t']:+.2f} / {w['p']:.3f} / {w.get('p_holm', float('nan')):.3f}" if w else "—"
+                lines.append(
+                    f"| {student} | {m} | {row['n']} | {row['test_mean']:.2f} ± {row['test_std']:.2f} "
+                    f"[{lo:.2f}, {hi:.2f}] | {p} |"
+                )
+    costs = r.get("costs")
+    if costs:
+        lines += [
+            "",
+            "| network | params | MACs | PyTorch ms b1 / b64 | ONNX Runtime ms b1 / b64 |",
+            "|---|---|---|---|---|",
+        ]
+        for k in ("teacher", "truncated", "nas"):
+            c = costs[k]
+            lines.append(
+                f"| {k} | {c['params']:,} | {c['macs'] / 1e6:.2f} M "
+                f"| {c['latency_ms_b1']:.2f} / {c['latency_ms_b64']:.1f} "
+                f"| {c['ort_ms_b1']:.2f} / {c['ort_ms_b64']:.1f} |"
+            )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument(
+        "--work",
+        default=str(Path(tempfile.gettempdir()) / "automl-kd-distill-cifar10"),
+        help="studies, unpacked data (outside the repository; keep it to resume)",
+    )
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--epochs", type=int, default=6, help="student epochs, equal for every method")
+    ap.add_argument(
+        "--finetune-epochs", type=int, default=2, help="teacher fine-tuning epochs (0: released only)"
+    )
+    ap.add_argument("--nas-trials", type=int, default=16)
+    ap.add_argument("--nas-fraction", type=float, default=0.2)
+    ap.add_argument("--priority", type=int, default=1, help="0: only NAS vs truncated with CE and KD+IG+AT")
+    ap.add_argument("--stages", default="teacher,ig,nas,costs,grid")
+    ap.add_argument("--markdown", action="store_true")
+    ap.add_argument(
+        "--smoke", action="store_true", help="tiny subsets, results into --work (checks the script)"
+    )
+    args = ap.parse_args()
+    global RESULT
+    if args.smoke:
+        SMOKE.update(
+            data={"train_size": 400, "test_size": 200},
+            ig_steps=2,
+            teacher_train={"max_steps_per_epoch": 3},
+            student={"max_steps_per_epoch": 3},
+        )
+        RESULT = Path(args.work) / "smoke.json"
+    r = load_result()
+    if args.markdown:
+        print(markdown(r))
+        return
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    stages = args.stages.split(",")
+    root = unpack(work)
+    r.update(
+        {
+            "dataset": "CIFAR-10 (JPEG): 45,000 train / 5,000 validation (stratified, from the training set) / "
+            "10,000 test, 32 px",
+            "command": "python benchmarks/distill_cifar10.py " + " ".join(sys.argv[1:]),
+            "machine": f"{platform.machine()} {platform.processor()}".strip(),
+            "torch_threads": torch.get_num_threads(),
+            "recipe": RECIPE,
+            "kd": KD,
+            "ig": IG,
+            "at": AT,
+        }
+    )
+    if r.get("epochs") not in (None, args.epochs) or r.get("seeds") not in (None, args.seeds):
+        raise SystemExit(
+            f"{RESULT} holds {r.get('epochs')} epochs x {r.get('seeds')} seeds; move it away to change"
+        )
+    r["epochs"], r["seeds"] = args.epochs, args.seeds
+    save_result(r)
+    teacher = stage_teacher(root, args.finetune_epochs, r) if "teacher" in stages else r["teacher"]
+    t_epochs = teacher["chosen_finetune_epochs"]
+    ig = stage_ig_steps(root, t_epochs, r) if "ig" in stages else r["ig_steps"]
+    pm = get_plugin_manager()
+    cap = (
+        pm.spaces.create("paper-truncated", {}, num_classes=10, in_chans=3, input_size=32)
+        .cost({"removed": STUDENT_REMOVED})
+        .macs
+    )
+    nas = (
+        (r.get("nas") or stage_nas(root, work, r, args.nas_trials, args.nas_fraction, cap))
+        if "nas" in stages
+        else r["nas"]
+    )
+    if "costs" in stages:
+        stage_costs(work, nas["best"]["arch"], r)
+    if "grid" in stages:
+        students = {"nas": nas["best"]["arch"], "truncated": {"removed": STUDENT_REMOVED}}
+        for level in range(args.priority + 1):
+            for method in [m for m in METHODS if PRIORITY[m] == level]:
+                for student, params in students.items():
+                    t0 = time.perf_counter()
+                    runs = run_cell(
+                        root, work, student, params, method, args.seeds, args.epochs, t_epochs, ig["chosen"]
+                    )
+                    block = r.setdefault("grid", {}).setdefault(student, {"runs": {}})
+                    block["params"] = params
+                    block["runs"][method] = runs
+                    block["summary"] = summarise(block["runs"])
+                    save_result(r)
+                    log(f"{student} {method}: {len(runs)} runs, {time.perf_counter() - t0:.0f} s")
+    print(markdown(r))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Integrated gradients: attribution (``attribution``, ``fused``), the cached maps (``maps``), the gallery."""

@@ -1,0 +1,447 @@
+"""The search engine: a proposer, a space and an evaluator over an Optuna study.
+
+The trial store is Optuna storage (SQLite in the run directory by default; any RDB URL, or a Journal file), so a
+run is resumable by construction: rerunning the same study continues it, and ``n_trials`` is the study's target
+number of finished trials. A process killed mid-trial loses only that trial: the heartbeat marks it failed and
+Optuna's retry callback re-enqueues its parameters once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from automl_kd.config import Config
+from automl_kd.data import DATA_SHAPES
+from automl_kd.errors import (
+    BudgetExhausted,
+    CandidateRejected,
+    ConfigError,
+    InvalidCandidate,
+    ProposerFailed,
+    StorageUnavailable,
+    TrainingDiverged,
+    TrialInterrupted,
+)
+from automl_kd.evaluator import Evaluator, TrialContext
+from automl_kd.manager import PluginManager, get_plugin_manager
+from automl_kd.metrics import resolve_device
+from automl_kd.proposer import ATTR_PROPOSER, Proposer, ProposerSampler
+from automl_kd.space import Candidate, SearchSpace, suggest
+from automl_kd.storage.heartbeat import beating, fail_stale_trials, needs_own_heartbeat
+from automl_kd.storage.outage import is_storage_error
+from automl_kd.storage.studies import open_storage
+
+from .constraints import Constraints
+from .outcome import ATTR_OUTCOME, TrialOutcome, is_claimed, is_finished
+from .pruners import make_pruner
+from .resources import Resources
+from .searched_options import augmenter_distributions, resolve_augmenter_options
+from .trial import TrialSurplus, failure_reason, jsonable, trial_seed
+
+log = logging.getLogger("automl_kd")
+
+MAX_CONSECUTIVE_FAILURES = 5
+
+
+class Search:
+    """A search over one Optuna study.
+
+    Example::
+
+        cfg = load_config("examples/configs/quick.yaml")
+        search = Search(cfg)
+        study = search.run()
+        print(study.best_trial.user_attrs["val_acc"])
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        pm: PluginManager | None = None,
+        storage: str | None = None,
+        study_name: str | None = None,
+        progress: Any = None,
+    ) -> None:
+        self.config = config
+        self.pm = pm or get_plugin_manager()
+        self.run_dir = config.resolved_run_dir
+        self.study_name = study_name or config.name
+        self.storage_url = storage or config.storage.url
+        self.progress = progress
+        self.device = resolve_device(config.device)
+        self.resources = Resources(config, self.device, self.pm, lambda: self.space)
+        self._stop = False
+        self._consecutive_failures = 0
+        self.stop_reason = ""
+        self._proposer_error = ""
+        self._waiting_logged = False
+        self._target: int | None = None
+        self.directions: list[Any] = ["maximize", *["minimize"] * (len(config.search.objectives) - 1)]
+        self.constraints = Constraints.from_config(config.search.constraints)
+
+        self.evaluator: Evaluator = self.pm.evaluators.create(config.evaluator.name, config.evaluator.options)
+        preflight = getattr(self.evaluator, "preflight", None)
+        if callable(
+            preflight
+        ):  # e.g. a table evaluator's file: fail now, in one line, not inside every trial
+            preflight()
+        self.space: SearchSpace = self._make_space()
+        #: searched augmenter options (``{search: [...]}`` or ``{low: .., high: ..}``): ``aug.<name>.<option>``
+        self.aug_distributions = augmenter_distributions(config.augmenters)
+        for ref in config.augmenters:  # validate names and options now, build fresh ones per trial
+            self.pm.augmenters.create(ref.name, resolve_augmenter_options(ref.name, ref.options, {}))
+        if config.augmenters and not getattr(self.evaluator, "trains", False):
+            raise ConfigError(
+                f"augmenters need a training evaluator; {config.evaluator.name!r} does not train"
+            )
+        self.sampler = self._make_sampler()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.storage = open_storage(self.storage_url, self.run_dir, config.storage)
+        self.study = optuna.create_study(
+            study_name=self.study_name,
+            storage=self.storage,
+            sampler=self.sampler,
+            pruner=make_pruner(self.config, self.evaluator.steps),  # Hyperband: over the evaluator's epochs
+            directions=self.directions,
+            load_if_exists=True,
+        )
+        existing = len(self.study.get_trials(deepcopy=False))
+        if existing:
+            # a resumed study: a sampler seeded as in the first run would replay the first run's proposals, so
+            # its seed derives from the study seed and the number of trials already there (still deterministic)
+            self.sampler = self._make_sampler(seed=trial_seed(self.config.seed, existing))
+            self.study.sampler = self.sampler
+        if "config" not in self.study.user_attrs:
+            self.study.set_user_attr("config", config.to_dict())
+            self.study.set_user_attr("objectives", list(config.search.objectives))
+
+    # -- construction ----------------------------------------------------------------------------------------
+    def _make_space(self) -> SearchSpace:
+        ref = self.config.space
+        shape = DATA_SHAPES.get(self.config.data.dataset)
+        if shape is None and getattr(self.evaluator, "trains", False):
+            data = self.resource("data")
+            shape = (data.num_classes, data.in_chans, data.input_size)
+        host = dict(zip(("num_classes", "in_chans", "input_size"), shape, strict=True)) if shape else {}
+        space: SearchSpace = self.pm.spaces.create(ref.name, ref.options, where="space", **host)
+        if getattr(self.evaluator, "trains", False) and not getattr(space, "buildable", True):
+            raise ConfigError(f"space {ref.name!r} cannot build networks; use a table evaluator with it")
+        return space
+
+    def _make_sampler(self, seed: int | None = None) -> optuna.samplers.BaseSampler:
+        seed = self.config.seed if seed is None else seed
+        ref = self.config.search.proposer
+        obj = self.pm.proposers.create(
+            ref.name,
+            ref.options,
+            space=self.space,
+            seed=seed,
+            directions=self.directions,
+            constraints=self.constraints,
+            run_dir=self.run_dir,
+        )
+        if isinstance(obj, Proposer):
+            return ProposerSampler(obj, self.space, seed=seed)
+        if isinstance(obj, optuna.samplers.BaseSampler):
+            return obj
+        raise ConfigError(f"proposer {ref.name!r} returned {type(obj).__name__}, not a sampler or Proposer")
+
+    def resource(self, name: str) -> Any:
+        """Objects shared by every trial of this process, built on first use (see :class:`Resources`)."""
+        return self.resources(name)
+
+    # -- one trial -------------------------------------------------------------------------------------------
+    def _objective(self, trial: optuna.Trial) -> float | list[float]:
+        t0 = time.perf_counter()
+        try:  # Optuna samples lazily: the proposer runs inside the first suggest call
+            params = {name: suggest(trial, name, d) for name, d in self.space.distributions().items()}
+        except BudgetExhausted as exc:
+            trial.set_user_attr(ATTR_OUTCOME, TrialOutcome.BUDGET)
+            trial.set_user_attr("fail_reason", f"proposer budget spent: {exc}")
+            self._stop = True
+            self.stop_reason = f"proposer budget spent: {exc}"
+            raise
+        except Exception as exc:  # the proposer failed (e.g. its endpoint is gone): stop with its reason
+            name = self.config.search.proposer.name
+            why = f"the proposer {name!r} failed at trial {trial.number}: {failure_reason(exc)}"
+            trial.set_user_attr(ATTR_OUTCOME, TrialOutcome.PROPOSER_FAILED)
+            trial.set_user_attr("fail_reason", why)
+            self._proposer_error = why
+            raise
+        # Optuna 5 keeps system attributes (proposer, rationale, retry origin) off the public Trial API
+        system = self.study._storage.get_trial_system_attrs(trial._trial_id)
+        origin = system.get("failed_trial")
+        seed = trial_seed(self.config.seed, int(origin) if origin is not None else trial.number)
+        if self._is_surplus(trial):
+            trial.set_user_attr(ATTR_OUTCOME, TrialOutcome.SURPLUS)
+            raise TrialSurplus(
+                f"the study already has its {self._target} trials (another worker started one first)"
+            )
+        trial.set_user_attr("seed", seed)
+        trial.set_user_attr("proposer", system.get(ATTR_PROPOSER, self.config.search.proposer.name))
+        aug_values = {name: suggest(trial, name, d) for name, d in self.aug_distributions.items()}
+        aug_options = [
+            resolve_augmenter_options(a.name, a.options, aug_values) for a in self.config.augmenters
+        ]
+        trial.set_user_attr(
+            "augmenters",
+            [
+                {"name": a.name, "options": o}
+                for a, o in zip(self.config.augmenters, aug_options, strict=True)
+            ],
+        )
+        if self.progress:
+            self.progress.trial_started(trial.number)
+        try:
+            candidate = self.space.candidate(params, rationale=str(system.get("automl_kd:rationale", "")))
+            cost = self.space.cost(candidate.params)
+            trial.set_user_attr("params", cost.params)
+            trial.set_user_attr("macs", cost.macs)
+            reason = self.constraints.check(cost)
+            if reason:
+                raise CandidateRejected(reason)
+            with self._heartbeat(trial):
+                metrics = self._evaluate(trial, candidate, seed, aug_options)
+        except (CandidateRejected, InvalidCandidate) as exc:
+            trial.set_user_attr(ATTR_OUTCOME, TrialOutcome.REJECTED)
+            trial.set_user_attr("fail_reason", f"rejected: {exc}")
+            raise
+        except optuna.TrialPruned:
+            trial.set_user_attr(ATTR_OUTCOME, TrialOutcome.PRUNED)
+            raise
+        except (TrialInterrupted, KeyboardInterrupt) as exc:
+            # not the candidate's fault: record it as interrupted and queue the same parameters (and seed) again
+            trial.set_user_attr(ATTR_OUTCOME, TrialOutcome.INTERRUPTED)
+            trial.set_user_attr("interrupted_by", str(exc) or "KeyboardInterrupt")
+            self._requeue(trial, {**params, **aug_values}, origin)
+            raise
+        except Exception as exc:
+            trial.set_user_attr(ATTR_OUTCOME, TrialOutcome.FAILED)
+            trial.set_user_attr("fail_reason", failure_reason(exc))
+            raise
+        finally:
+            trial.set_user_attr("wall_clock_s", round(time.perf_counter() - t0, 3))
+        values = [float(metrics["val_acc"])]
+        for obj in self.config.search.objectives[1:]:
+            key = "latency_ms_b1" if obj == "latency" else obj
+            if key not in metrics:
+                trial.set_user_attr(ATTR_OUTCOME, TrialOutcome.FAILED)
+                raise ConfigError(
+                    f"objective {obj!r} needs metric {key!r}, which evaluator "
+                    f"{self.config.evaluator.name!r} does not report"
+                )
+            values.append(float(metrics[key]))
+        trial.set_user_attr(ATTR_OUTCOME, TrialOutcome.COMPLETE)
+        return values[0] if len(values) == 1 else values
+
+    def _evaluate(
+        self,
+        trial: optuna.Trial,
+        candidate: Candidate,
+        seed: int,
+        aug_options: list[dict[str, Any]] | None = None,
+    ) -> dict[str, Any]:
+        def report(step: int, value: float) -> None:
+            if (
+                len(self.directions) == 1
+            ):  # Optuna keeps intermediate values for single-objective studies only
+                trial.report(value, step)
+            if self.progress:
+                self.progress.epoch_done(trial.number, step, value)
+            if len(self.directions) == 1 and trial.should_prune():
+                raise optuna.TrialPruned(f"pruned after epoch {step + 1} at val_acc {value:.2f}")
+
+        refs = self.config.augmenters
+        options = aug_options or [resolve_augmenter_options(r.name, r.options, {}) for r in refs]
+        augmenters = [self.pm.augmenters.create(ref.name, o) for ref, o in zip(refs, options, strict=True)]
+        ctx = TrialContext(
+            number=trial.number,
+            seed=seed,
+            device=self.device,
+            run_dir=self.run_dir,
+            space=self.space,
+            report=report,
+            record=trial.set_user_attr,
+            resource=self.resource,
+            augmenters=augmenters,
+            should_stop=lambda: self._stop,
+        )
+        metrics = self.evaluator.evaluate(candidate, ctx)
+        if self._stop:  # training stopped early on request: these metrics are not the candidate's
+            raise TrialInterrupted("stopped by SIGTERM before the trial finished")
+        if "val_acc" not in metrics or not math.isfinite(float(metrics["val_acc"])):
+            raise TrainingDiverged(f"evaluator {self.config.evaluator.name!r} returned no finite val_acc")
+        ref_params = self.resource("reference_params")
+        if ref_params and metrics.get("params"):
+            metrics["compression_factor"] = round(ref_params / float(metrics["params"]), 4)
+        for key, value in metrics.items():
+            trial.set_user_attr(key, jsonable(value))
+        return metrics
+
+    def _heartbeat(self, trial: optuna.Trial) -> contextlib.AbstractContextManager[None]:
+        """Beat for ``trial`` while it runs: an RDB storage beats in Optuna's own thread, a Journal file needs ours."""
+        if needs_own_heartbeat(self.study._storage):
+            return beating(self.study, trial._trial_id, self.config.storage.heartbeat_interval)
+        return contextlib.nullcontext()
+
+    def _budget_spent(self) -> str | None:
+        """A proposer with a budget says so before a trial is created for it (``budget_exhausted()``)."""
+        proposer = getattr(self.sampler, "proposer", self.sampler)
+        check = getattr(proposer, "budget_exhausted", None)
+        return check() if callable(check) else None
+
+    def _is_surplus(self, trial: optuna.Trial) -> bool:
+        """Two workers may ask for the last trial at once; trial numbers are atomic, so the later one yields."""
+        if self._target is None:
+            return False
+        before = self.study.get_trials(deepcopy=False)[: trial.number]
+        return sum(1 for t in before if is_claimed(t)) >= self._target
+
+    def _requeue(self, trial: optuna.Trial, params: dict[str, Any], origin: Any) -> None:
+        self.study.add_trial(
+            optuna.trial.create_trial(
+                state=TrialState.WAITING,
+                params=params,
+                distributions={**self.space.distributions(), **self.aug_distributions},
+                system_attrs={"failed_trial": int(origin) if origin is not None else trial.number},
+            )
+        )
+
+    def _after_trial(self, study: optuna.Study, frozen: FrozenTrial) -> None:
+        outcome = TrialOutcome.of(frozen)
+        # a failure before any outcome was recorded (the proposer raised) counts as a failure of the search too
+        if outcome == TrialOutcome.FAILED or (
+            frozen.state == TrialState.FAIL and ATTR_OUTCOME not in frozen.user_attrs
+        ):
+            self._consecutive_failures += 1
+        elif outcome != TrialOutcome.REJECTED:
+            self._consecutive_failures = 0
+        if self.progress:
+            self.progress.trial_finished(frozen)
+        if outcome == TrialOutcome.SURPLUS:  # never evaluated: nothing for observers
+            return
+        # observers get the outcome's name; a failure with no recorded outcome keeps Optuna's state name ("fail")
+        state = (
+            str(outcome) if ATTR_OUTCOME in frozen.user_attrs or frozen.state != TrialState.FAIL else "fail"
+        )
+        self.pm.on_trial_end(self.study_name, frozen.number, state, frozen.values, dict(frozen.user_attrs))
+
+    # -- the loop --------------------------------------------------------------------------------------------
+    def finished_count(self) -> int:
+        return sum(1 for t in self.study.get_trials(deepcopy=False) if is_finished(t))
+
+    def stop(self) -> None:
+        """Ask the loop to stop after the running trial (its training stops at the next batch)."""
+        self._stop = True
+
+    def run(
+        self,
+        n_trials: int | None = None,
+        timeout: float | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> optuna.Study:
+        """Run until the study has ``n_trials`` finished trials (default: the config's), or ``timeout`` seconds.
+
+        A trial that fails (training error, infeasible) is recorded with its reason and the search goes on;
+        ``MAX_CONSECUTIVE_FAILURES`` failures in a row stop it with an error. A spent proposer budget stops it
+        cleanly.
+        """
+        target = n_trials or self.config.search.n_trials
+        timeout = timeout if timeout is not None else self.config.search.timeout
+        start = time.monotonic()
+        self._consecutive_failures = 0
+        self.stop_reason = ""
+        if self.progress:
+            self.progress.started(self, target, self.finished_count())
+        outage: float | None = None  # when the storage became unreachable
+        delay = 0.5
+        try:
+            while True:
+                try:
+                    finished = self._step(target, start, timeout, should_stop)
+                    outage, delay = None, 0.5
+                except Exception as exc:
+                    if not is_storage_error(exc):
+                        raise
+                    outage = outage or time.monotonic()
+                    waited = time.monotonic() - outage
+                    if waited >= self.config.storage.retry_timeout:
+                        raise StorageUnavailable(
+                            f"storage {self.storage_url or 'sqlite (run directory)'} unreachable for "
+                            f"{waited:.0f} s: {type(exc).__name__}: {str(exc).splitlines()[0]}"
+                        ) from None
+                    log.warning("storage unreachable (%s); retrying in %.1f s", type(exc).__name__, delay)
+                    time.sleep(delay)
+                    delay = min(delay * 2, 10.0)
+                    continue
+                if finished:
+                    break
+        finally:
+            self.stop_reason = self.stop_reason or "target reached"
+            if self.progress:
+                self.progress.finished(self)
+        return self.study
+
+    def _step(
+        self, target: int, start: float, timeout: float | None, should_stop: Callable[[], bool] | None
+    ) -> bool:
+        """Run one trial; return True when the loop should end (target, stop request, timeout, budget)."""
+        trials = self.study.get_trials(deepcopy=False)
+        if sum(1 for t in trials if is_finished(t)) >= target:
+            return True
+        if self._stop or (should_stop and should_stop()):
+            self.stop_reason = self.stop_reason or "stopped"
+            return True
+        spent = self._budget_spent()
+        if spent:
+            self.stop_reason = f"proposer budget spent: {spent}"
+            log.warning("search stopped: %s", spent)
+            return True
+        if timeout is not None and time.monotonic() - start >= timeout:
+            self.stop_reason = "timeout"
+            return True
+        if needs_own_heartbeat(self.study._storage):
+            fail_stale_trials(self.study, self.config.storage.grace_period)
+        waiting = any(t.state == TrialState.WAITING for t in trials)
+        if not waiting and sum(1 for t in trials if is_claimed(t)) >= target:
+            # the last trials are running in other processes (or in a dead one, which its heartbeat will expose
+            # and queue again): wait for them rather than overshoot the target
+            if not self._waiting_logged:
+                log.info("waiting for the running trials of other workers to finish")
+                self._waiting_logged = True
+            if not needs_own_heartbeat(self.study._storage):
+                optuna.storages.fail_stale_trials(self.study)
+            time.sleep(min(1.0, float(self.config.storage.heartbeat_interval)))
+            return False
+        self._target = target
+        try:
+            self.study.optimize(
+                self._objective,
+                n_trials=1,
+                catch=(Exception,),
+                callbacks=[self._after_trial],
+                gc_after_trial=False,
+            )
+        except BudgetExhausted as exc:
+            self.stop_reason = f"proposer budget spent: {exc}"
+            log.warning("search stopped: %s", exc)
+            return True
+        if self._proposer_error:
+            self.stop_reason = self._proposer_error
+            raise ProposerFailed(f"search stopped: {self._proposer_error}")
+        if self._consecutive_failures >= MAX_CONSECUTIVE_FAILURES:
+            last = self.study.get_trials(deepcopy=False)[-1]
+            reason = last.user_attrs.get("fail_reason") or last.system_attrs.get("fail_reason")
+            raise TrainingDiverged(
+                f"{MAX_CONSECUTIVE_FAILURES} trials failed in a row; the last failed with: {reason}"
+            )
+        return False
