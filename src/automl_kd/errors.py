@@ -68,6 +68,13 @@ class StorageUnavailable(AutomlKdError):
     exit_code = 5
 
 
+class StorageError(AutomlKdError):
+    """The trial store or the run directory is there but cannot be used: a corrupt or read-only database file, a
+    folder that cannot be written. Retrying does not help (unlike :class:`StorageUnavailable`)."""
+
+    exit_code = 6
+
+
 class ProposerFailed(AutomlKdError):
     """The proposer raised instead of proposing (e.g. its LLM endpoint is gone); the search stops with why."""
 

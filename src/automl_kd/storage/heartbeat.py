@@ -1,6 +1,7 @@
-"""Heartbeats for storages that Optuna gives none (the Journal file storage).
+"""Heartbeats for every storage (SQLite, PostgreSQL, MySQL, Journal files).
 
-RDB storages (SQLite, PostgreSQL, MySQL) use Optuna's own heartbeat. For the others, each running trial writes a
+Optuna's own RDB heartbeat thread has no error handling: in a storage outage it died with a traceback. So
+automl-kd beats for every storage itself: each running trial writes a
 timestamp into a system attribute every ``interval`` seconds from a thread; before each new trial a worker fails
 the running trials whose timestamp is older than ``grace`` seconds and queues their parameters once more, exactly
 like Optuna's ``RetryHeartbeatStaleTrialCallback`` does for RDB storages.
@@ -13,18 +14,12 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import optuna
-from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
 log = logging.getLogger("automl_kd")
 ATTR_BEAT = "automl_kd:heartbeat"
-
-
-def needs_own_heartbeat(storage: Any) -> bool:
-    return not isinstance(storage, RDBStorage)
 
 
 @contextlib.contextmanager

@@ -1,31 +1,40 @@
 """Storage URLs and studies: opening Optuna storage from a URL (SQLite by default, PostgreSQL/MySQL, a Journal
-file) and opening an existing study for reading.
+file) and opening an existing study for reading, both under the outage rule (:mod:`.outage`).
 
-RDB storages get heartbeats, so a trial whose process died is marked failed after the grace period and its
-parameters are retried once (Optuna's ``RetryHeartbeatStaleTrialCallback``).
+Every storage gets automl-kd's own heartbeat (:mod:`.heartbeat`), so a trial whose process died is marked failed
+after the grace period and its parameters are retried once.
 """
 
 from __future__ import annotations
 
+import logging
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import optuna
-from optuna.storages import BaseStorage, JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 
-from automl_kd.config import StorageConfig
-from automl_kd.errors import ConfigError
+from automl_kd.config import Config, StorageConfig
+from automl_kd.errors import ConfigError, StorageError
 
-DEFAULT_DB = "study.db"
+from .outage import retrying
+from .urls import DEFAULT_DB, default_url, display_url, rdb_url
 
+__all__ = ["DEFAULT_DB", "default_url", "load_study", "open_storage", "open_study"]
 
-def default_url(run_dir: Path) -> str:
-    return f"sqlite:///{(run_dir / DEFAULT_DB).resolve()}"
+log = logging.getLogger("automl_kd")
 
 
 def open_storage(url: str | None, run_dir: Path, cfg: StorageConfig, *, create: bool = True) -> BaseStorage:
-    """An Optuna storage for ``url`` (None: SQLite in ``run_dir``; ``journal:PATH`` or ``*.log``: a Journal file)."""
+    """An Optuna storage for ``url`` (None: SQLite in ``run_dir``; ``journal:PATH`` or ``*.log``: a Journal file).
+
+    The storage is opened under the outage rule (:func:`retrying`): an unreachable server is retried for
+    ``cfg.retry_timeout`` seconds, then :class:`StorageUnavailable`; a corrupt or read-only database is a
+    :class:`StorageError` at once.
+    """
     if url is None:
         path = run_dir / DEFAULT_DB
         if not create and not path.is_file():
@@ -35,40 +44,91 @@ def open_storage(url: str | None, run_dir: Path, cfg: StorageConfig, *, create: 
         path = Path(url.removeprefix("journal:").removeprefix("//"))
         if not create and not path.is_file():
             raise ConfigError(f"journal file {path} does not exist")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(str(path)))
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return JournalStorage(JournalFileBackend(str(path)))
+        except OSError as exc:
+            raise StorageError(f"journal file {path} cannot be used: {exc.strerror or exc}") from None
     if "://" not in url:
         raise ConfigError(
-            f"storage URL {url!r} is not understood; use sqlite:///path.db, postgresql://..., "
+            f"storage URL {display_url(url)!r} is not understood; use sqlite:///path.db, postgresql://..., "
             "mysql://..., or journal:PATH"
         )
-    try:
+    u = rdb_url(url, create=create)
+    if u.get_backend_name() == "sqlite" and create:
+        folder = Path(u.database or "").expanduser().parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(
+                f"cannot create the folder {folder} of {display_url(url)}: {exc.strerror}"
+            ) from None
+
+    def connect() -> BaseStorage:
         with warnings.catch_warnings():
-            # heartbeats have been "experimental" in Optuna since 2.8; they are what makes resume safe here
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return RDBStorage(
-                url,
-                heartbeat_interval=cfg.heartbeat_interval,
-                grace_period=cfg.grace_period,
-                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
-                engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None,
+                u.render_as_string(hide_password=False),
+                engine_kwargs={"pool_pre_ping": True} if u.get_backend_name() != "sqlite" else None,
             )
-    except optuna.exceptions.StorageInternalError as exc:
-        raise ConfigError(f"cannot open storage {url!r}: {exc}") from None
+
+    try:
+        return retrying(connect, url, cfg.retry_timeout)
     except ImportError as exc:
-        raise ConfigError(f"storage {url!r} needs a database driver: {exc}") from None
+        raise ConfigError(f"storage URL {display_url(url)!r} needs a database driver: {exc}") from None
+
+
+def open_study(
+    storage: BaseStorage,
+    url: str,
+    name: str,
+    directions: list[Any],
+    pruner: optuna.pruners.BasePruner,
+    config: Config,
+    sampler_for: Callable[[int], optuna.samplers.BaseSampler],
+) -> optuna.Study:
+    """Create or load a search's study under the outage rule; ``sampler_for(n)`` gives the sampler of a study
+    that already holds ``n`` trials. A new study keeps its config (workers read it from there)."""
+
+    def attempt() -> optuna.Study:
+        study = optuna.create_study(
+            study_name=name,
+            storage=storage,
+            sampler=sampler_for(0),
+            pruner=pruner,
+            directions=directions,
+            load_if_exists=True,
+        )
+        existing = len(study.get_trials(deepcopy=False))
+        if existing:
+            study.sampler = sampler_for(existing)
+        if "config" not in study.user_attrs:
+            study.set_user_attr("config", config.to_dict())
+            study.set_user_attr("objectives", list(config.search.objectives))
+        return study
+
+    return retrying(attempt, url, config.storage.retry_timeout, log.warning)
 
 
 def load_study(storage: str | None, run_dir: Path, study_name: str | None) -> optuna.Study:
     """Open an existing study for reading (``show``, ``report``); its only study if no name is given."""
-    st = open_storage(storage, run_dir, StorageConfig(), create=False)
-    names = [s.study_name for s in optuna.get_all_study_summaries(st)]
+    cfg = StorageConfig()
+    st = open_storage(storage, run_dir, cfg, create=False)
+    url = storage or default_url(run_dir)
+
+    def names_of() -> list[str]:
+        return [s.study_name for s in optuna.get_all_study_summaries(st)]
+
+    names = retrying(names_of, url, cfg.retry_timeout, log.warning)
     if not names:
-        raise ConfigError(f"no study found in {storage or run_dir}")
+        raise ConfigError(f"no study found in {display_url(storage) if storage else run_dir}")
     if study_name is None:
         if len(names) > 1:
             raise ConfigError(f"several studies in this storage ({', '.join(names)}); pick one with --study")
         study_name = names[0]
     if study_name not in names:
         raise ConfigError(f"study {study_name!r} not found; studies: {', '.join(names)}")
-    return optuna.load_study(study_name=study_name, storage=st)
+    name = study_name
+    return retrying(
+        lambda: optuna.load_study(study_name=name, storage=st), url, cfg.retry_timeout, log.warning
+    )

@@ -19,7 +19,9 @@ import optuna
 from automl_kd.config import Config, StorageConfig, load_config
 from automl_kd.errors import AutomlKdError
 
+from .outage import retrying
 from .studies import open_storage
+from .urls import display_url
 
 log = logging.getLogger("automl_kd")
 
@@ -87,14 +89,19 @@ def run_workers(
 
 def config_of_study(storage: str, study: str) -> Config:
     """The config a study was created with (stored in its user attributes), for a worker joining it."""
-    st = open_storage(storage, Path("."), StorageConfig(), create=False)
+    cfg = StorageConfig()  # the study's own storage settings are in the study: the defaults until it is read
+    st = open_storage(storage, Path("."), cfg, create=False)
+
+    def load() -> dict[str, Any]:
+        return dict(optuna.load_study(study_name=study, storage=st).user_attrs)
+
     try:
-        s = optuna.load_study(study_name=study, storage=st)
+        attrs = retrying(load, storage, cfg.retry_timeout, log.warning)
     except KeyError:
         raise AutomlKdError(
-            f"study {study!r} does not exist in {storage}; create it with `automl-kd run`"
+            f"study {study!r} does not exist in {display_url(storage)}; create it with `automl-kd run`"
         ) from None
-    raw = s.user_attrs.get("config")
+    raw = attrs.get("config")
     if not isinstance(raw, dict):
         raise AutomlKdError(f"study {study!r} has no automl-kd config; was it created by `automl-kd run`?")
     return load_config(raw)
