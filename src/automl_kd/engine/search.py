@@ -1,14 +1,12 @@
 """The search engine: a proposer, a space and an evaluator over an Optuna study.
 
-The trial store is Optuna storage (SQLite in the run directory by default; any RDB URL, or a Journal file), so a
-run is resumable by construction: rerunning the same study continues it, and ``n_trials`` is the study's target
-number of finished trials. A process killed mid-trial loses only that trial: the heartbeat marks it failed and
-Optuna's retry callback re-enqueues its parameters once.
+The trial store is Optuna storage, so a run is resumable by construction: rerunning a study continues it, and
+``n_trials`` is its target number of finished trials. A process killed mid-trial loses only that trial: its
+heartbeat goes silent, and the next worker fails it and queues its parameters once more.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import time
@@ -19,14 +17,15 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from automl_kd.config import Config
-from automl_kd.data import DATA_SHAPES
+from automl_kd.distill.checkpoints import read_state_dict
 from automl_kd.errors import (
     BudgetExhausted,
     CandidateRejected,
     ConfigError,
+    DataError,
     InvalidCandidate,
     ProposerFailed,
-    StorageUnavailable,
+    StorageError,
     TrainingDiverged,
     TrialInterrupted,
 )
@@ -35,14 +34,15 @@ from automl_kd.manager import PluginManager, get_plugin_manager
 from automl_kd.metrics import resolve_device
 from automl_kd.proposer import ATTR_PROPOSER, Proposer, ProposerSampler
 from automl_kd.space import Candidate, SearchSpace, suggest
-from automl_kd.storage.heartbeat import beating, fail_stale_trials, needs_own_heartbeat
-from automl_kd.storage.outage import is_storage_error
-from automl_kd.storage.studies import open_storage
+from automl_kd.storage.heartbeat import beating, fail_stale_trials
+from automl_kd.storage.outage import is_storage_error, retrying, storage_fault
+from automl_kd.storage.studies import default_url, open_storage, open_study
 
 from .constraints import Constraints
 from .outcome import ATTR_OUTCOME, TrialOutcome, is_claimed, is_finished
 from .pruners import make_pruner
 from .resources import Resources
+from .search_space import make_space
 from .searched_options import augmenter_distributions, resolve_augmenter_options
 from .trial import TrialSurplus, failure_reason, jsonable, trial_seed
 
@@ -70,8 +70,10 @@ class Search:
         storage: str | None = None,
         study_name: str | None = None,
         progress: Any = None,
+        check_only: bool = False,
     ) -> None:
         self.config = config
+        self._check_only = check_only  # `automl-kd check`: no storage, no data read, nothing written
         self.pm = pm or get_plugin_manager()
         self.run_dir = config.resolved_run_dir
         self.study_name = study_name or config.name
@@ -83,6 +85,8 @@ class Search:
         self._consecutive_failures = 0
         self.stop_reason = ""
         self._proposer_error = ""
+        self._abort: BaseException | None = None
+        self._stop_request = ""
         self._waiting_logged = False
         self._target: int | None = None
         self.directions: list[Any] = ["maximize", *["minimize"] * (len(config.search.objectives) - 1)]
@@ -94,7 +98,7 @@ class Search:
             preflight
         ):  # e.g. a table evaluator's file: fail now, in one line, not inside every trial
             preflight()
-        self.space: SearchSpace = self._make_space()
+        self.space: SearchSpace = make_space(config, self.pm, self.evaluator, self.resource, self._check_only)
         #: searched augmenter options (``{search: [...]}`` or ``{low: .., high: ..}``): ``aug.<name>.<option>``
         self.aug_distributions = augmenter_distributions(config.augmenters)
         for ref in config.augmenters:  # validate names and options now, build fresh ones per trial
@@ -104,39 +108,35 @@ class Search:
                 f"augmenters need a training evaluator; {config.evaluator.name!r} does not train"
             )
         self.sampler = self._make_sampler()
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if config.teacher is not None and config.teacher.checkpoint is not None:  # now, not in trial 0
+            read_state_dict(config.teacher.checkpoint, "teacher.checkpoint")
+        if self._check_only:
+            return
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot create the run directory {self.run_dir}: {exc.strerror}") from None
         self.storage = open_storage(self.storage_url, self.run_dir, config.storage)
-        self.study = optuna.create_study(
-            study_name=self.study_name,
-            storage=self.storage,
-            sampler=self.sampler,
-            pruner=make_pruner(self.config, self.evaluator.steps),  # Hyperband: over the evaluator's epochs
-            directions=self.directions,
-            load_if_exists=True,
+        self._url = self.storage_url or default_url(self.run_dir)
+        # the start-up is under the outage rule too: a server that goes away now is retried like any other call
+        self.study = open_study(
+            self.storage,
+            self._url,
+            self.study_name,
+            self.directions,
+            make_pruner(config, self.evaluator.steps),  # Hyperband: over the evaluator's epochs
+            config,
+            self._sampler_for,
         )
-        existing = len(self.study.get_trials(deepcopy=False))
+
+    def _sampler_for(self, existing: int) -> optuna.samplers.BaseSampler:
         if existing:
             # a resumed study: a sampler seeded as in the first run would replay the first run's proposals, so
             # its seed derives from the study seed and the number of trials already there (still deterministic)
             self.sampler = self._make_sampler(seed=trial_seed(self.config.seed, existing))
-            self.study.sampler = self.sampler
-        if "config" not in self.study.user_attrs:
-            self.study.set_user_attr("config", config.to_dict())
-            self.study.set_user_attr("objectives", list(config.search.objectives))
+        return self.sampler
 
     # -- construction ----------------------------------------------------------------------------------------
-    def _make_space(self) -> SearchSpace:
-        ref = self.config.space
-        shape = DATA_SHAPES.get(self.config.data.dataset)
-        if shape is None and getattr(self.evaluator, "trains", False):
-            data = self.resource("data")
-            shape = (data.num_classes, data.in_chans, data.input_size)
-        host = dict(zip(("num_classes", "in_chans", "input_size"), shape, strict=True)) if shape else {}
-        space: SearchSpace = self.pm.spaces.create(ref.name, ref.options, where="space", **host)
-        if getattr(self.evaluator, "trains", False) and not getattr(space, "buildable", True):
-            raise ConfigError(f"space {ref.name!r} cannot build networks; use a table evaluator with it")
-        return space
-
     def _make_sampler(self, seed: int | None = None) -> optuna.samplers.BaseSampler:
         seed = self.config.seed if seed is None else seed
         ref = self.config.search.proposer
@@ -161,6 +161,11 @@ class Search:
 
     # -- one trial -------------------------------------------------------------------------------------------
     def _objective(self, trial: optuna.Trial) -> float | list[float]:
+        # the heartbeat covers the whole trial, the proposer's call included (an LLM round can take a while)
+        with beating(self.study, trial._trial_id, self.config.storage.heartbeat_interval):
+            return self._trial(trial)
+
+    def _trial(self, trial: optuna.Trial) -> float | list[float]:
         t0 = time.perf_counter()
         try:  # Optuna samples lazily: the proposer runs inside the first suggest call
             params = {name: suggest(trial, name, d) for name, d in self.space.distributions().items()}
@@ -171,6 +176,8 @@ class Search:
             self.stop_reason = f"proposer budget spent: {exc}"
             raise
         except Exception as exc:  # the proposer failed (e.g. its endpoint is gone): stop with its reason
+            if is_storage_error(exc) or storage_fault(exc):
+                raise  # the storage, not the proposer: the outage rule decides
             name = self.config.search.proposer.name
             why = f"the proposer {name!r} failed at trial {trial.number}: {failure_reason(exc)}"
             trial.set_user_attr(ATTR_OUTCOME, TrialOutcome.PROPOSER_FAILED)
@@ -209,8 +216,7 @@ class Search:
             reason = self.constraints.check(cost)
             if reason:
                 raise CandidateRejected(reason)
-            with self._heartbeat(trial):
-                metrics = self._evaluate(trial, candidate, seed, aug_options)
+            metrics = self._evaluate(trial, candidate, seed, aug_options)
         except (CandidateRejected, InvalidCandidate) as exc:
             trial.set_user_attr(ATTR_OUTCOME, TrialOutcome.REJECTED)
             trial.set_user_attr("fail_reason", f"rejected: {exc}")
@@ -221,10 +227,18 @@ class Search:
         except (TrialInterrupted, KeyboardInterrupt) as exc:
             # not the candidate's fault: record it as interrupted and queue the same parameters (and seed) again
             trial.set_user_attr(ATTR_OUTCOME, TrialOutcome.INTERRUPTED)
-            trial.set_user_attr("interrupted_by", str(exc) or "KeyboardInterrupt")
+            trial.set_user_attr("interrupted_by", str(exc) or "SIGINT (Ctrl-C)")
             self._requeue(trial, {**params, **aug_values}, origin)
             raise
+        except (ConfigError, DataError) as exc:
+            # the config or the data, not the candidate: every trial would fail alike, so the search stops
+            trial.set_user_attr(ATTR_OUTCOME, TrialOutcome.FAILED)
+            trial.set_user_attr("fail_reason", failure_reason(exc))
+            self._abort = exc
+            raise
         except Exception as exc:
+            if is_storage_error(exc) or storage_fault(exc):
+                raise  # the storage, not the candidate: the loop's outage rule decides
             trial.set_user_attr(ATTR_OUTCOME, TrialOutcome.FAILED)
             trial.set_user_attr("fail_reason", failure_reason(exc))
             raise
@@ -277,7 +291,7 @@ class Search:
         )
         metrics = self.evaluator.evaluate(candidate, ctx)
         if self._stop:  # training stopped early on request: these metrics are not the candidate's
-            raise TrialInterrupted("stopped by SIGTERM before the trial finished")
+            raise TrialInterrupted(f"{self._stop_request or 'stopped'} before the trial finished")
         if "val_acc" not in metrics or not math.isfinite(float(metrics["val_acc"])):
             raise TrainingDiverged(f"evaluator {self.config.evaluator.name!r} returned no finite val_acc")
         ref_params = self.resource("reference_params")
@@ -286,12 +300,6 @@ class Search:
         for key, value in metrics.items():
             trial.set_user_attr(key, jsonable(value))
         return metrics
-
-    def _heartbeat(self, trial: optuna.Trial) -> contextlib.AbstractContextManager[None]:
-        """Beat for ``trial`` while it runs: an RDB storage beats in Optuna's own thread, a Journal file needs ours."""
-        if needs_own_heartbeat(self.study._storage):
-            return beating(self.study, trial._trial_id, self.config.storage.heartbeat_interval)
-        return contextlib.nullcontext()
 
     def _budget_spent(self) -> str | None:
         """A proposer with a budget says so before a trial is created for it (``budget_exhausted()``)."""
@@ -339,9 +347,12 @@ class Search:
     def finished_count(self) -> int:
         return sum(1 for t in self.study.get_trials(deepcopy=False) if is_finished(t))
 
-    def stop(self) -> None:
-        """Ask the loop to stop after the running trial (its training stops at the next batch)."""
+    def stop(self, reason: str = "stopped") -> None:
+        """Ask the loop to stop; the running trial's training stops at its next batch and the trial is recorded
+        as interrupted and queued again."""
         self._stop = True
+        self._stop_request = self._stop_request or reason
+        self.stop_reason = self.stop_reason or reason
 
     def run(
         self,
@@ -353,40 +364,29 @@ class Search:
 
         A trial that fails (training error, infeasible) is recorded with its reason and the search goes on;
         ``MAX_CONSECUTIVE_FAILURES`` failures in a row stop it with an error. A spent proposer budget stops it
-        cleanly.
+        cleanly. Each step is under the outage rule; ``stop_reason`` says "target reached" only when it was.
         """
         target = n_trials or self.config.search.n_trials
         timeout = timeout if timeout is not None else self.config.search.timeout
         start = time.monotonic()
         self._consecutive_failures = 0
-        self.stop_reason = ""
-        if self.progress:
-            self.progress.started(self, target, self.finished_count())
-        outage: float | None = None  # when the storage became unreachable
-        delay = 0.5
+        self.stop_reason = self._stop_request if self._stop else ""
+        self._abort = None
+        retry = self.config.storage.retry_timeout
         try:
-            while True:
-                try:
-                    finished = self._step(target, start, timeout, should_stop)
-                    outage, delay = None, 0.5
-                except Exception as exc:
-                    if not is_storage_error(exc):
-                        raise
-                    outage = outage or time.monotonic()
-                    waited = time.monotonic() - outage
-                    if waited >= self.config.storage.retry_timeout:
-                        raise StorageUnavailable(
-                            f"storage {self.storage_url or 'sqlite (run directory)'} unreachable for "
-                            f"{waited:.0f} s: {type(exc).__name__}: {str(exc).splitlines()[0]}"
-                        ) from None
-                    log.warning("storage unreachable (%s); retrying in %.1f s", type(exc).__name__, delay)
-                    time.sleep(delay)
-                    delay = min(delay * 2, 10.0)
-                    continue
-                if finished:
-                    break
+            done = retrying(self.finished_count, self._url, retry, log.warning)
+            if self.progress:
+                self.progress.started(self, target, done)
+            while not retrying(lambda: self._step(target, start, timeout, should_stop), self._url, retry):
+                pass
+        except KeyboardInterrupt:
+            self.stop_reason = "interrupted by SIGINT (Ctrl-C)"
+            raise
+        except Exception as exc:
+            self.stop_reason = self.stop_reason or f"stopped by an error: {failure_reason(exc)}"
+            raise
         finally:
-            self.stop_reason = self.stop_reason or "target reached"
+            self.stop_reason = self.stop_reason or "stopped"
             if self.progress:
                 self.progress.finished(self)
         return self.study
@@ -397,6 +397,7 @@ class Search:
         """Run one trial; return True when the loop should end (target, stop request, timeout, budget)."""
         trials = self.study.get_trials(deepcopy=False)
         if sum(1 for t in trials if is_finished(t)) >= target:
+            self.stop_reason = self.stop_reason or "target reached"
             return True
         if self._stop or (should_stop and should_stop()):
             self.stop_reason = self.stop_reason or "stopped"
@@ -409,8 +410,7 @@ class Search:
         if timeout is not None and time.monotonic() - start >= timeout:
             self.stop_reason = "timeout"
             return True
-        if needs_own_heartbeat(self.study._storage):
-            fail_stale_trials(self.study, self.config.storage.grace_period)
+        fail_stale_trials(self.study, self.config.storage.grace_period)
         waiting = any(t.state == TrialState.WAITING for t in trials)
         if not waiting and sum(1 for t in trials if is_claimed(t)) >= target:
             # the last trials are running in other processes (or in a dead one, which its heartbeat will expose
@@ -418,8 +418,6 @@ class Search:
             if not self._waiting_logged:
                 log.info("waiting for the running trials of other workers to finish")
                 self._waiting_logged = True
-            if not needs_own_heartbeat(self.study._storage):
-                optuna.storages.fail_stale_trials(self.study)
             time.sleep(min(1.0, float(self.config.storage.heartbeat_interval)))
             return False
         self._target = target
@@ -435,6 +433,8 @@ class Search:
             self.stop_reason = f"proposer budget spent: {exc}"
             log.warning("search stopped: %s", exc)
             return True
+        if self._abort is not None:
+            raise self._abort
         if self._proposer_error:
             self.stop_reason = self._proposer_error
             raise ProposerFailed(f"search stopped: {self._proposer_error}")
@@ -442,6 +442,7 @@ class Search:
             last = self.study.get_trials(deepcopy=False)[-1]
             reason = last.user_attrs.get("fail_reason") or last.system_attrs.get("fail_reason")
             raise TrainingDiverged(
-                f"{MAX_CONSECUTIVE_FAILURES} trials failed in a row; the last failed with: {reason}"
+                f"{MAX_CONSECUTIVE_FAILURES} trials failed in a row; the last failed with: "
+                f"{reason or 'no reason recorded'}"
             )
         return False

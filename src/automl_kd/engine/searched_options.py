@@ -20,6 +20,11 @@ def searched_option(value: Any) -> BaseDistribution | None:
         return None
     try:
         if set(value) == {"search"} and isinstance(value["search"], list) and value["search"]:
+            odd = [
+                c for c in value["search"] if c is not None and not isinstance(c, bool | int | float | str)
+            ]
+            if odd:  # Optuna would only warn, and the study could not store the choice
+                raise ValueError(f"choices must be plain values (numbers, strings, booleans), not {odd[0]!r}")
             return CategoricalDistribution(value["search"])
         if {"low", "high"} <= set(value) <= {"low", "high", "log", "step"}:
             return FloatDistribution(
