@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from automl_kd.data import DataSplits, Split, batches, stratified_indices
-from automl_kd.errors import TrainingDiverged
+from automl_kd.errors import TrainingDiverged, TrialInterrupted
 from automl_kd.precision import autocast, autocast_dtype, grad_scaler
 
 from .augmenter import Augmenter, StepBatch
@@ -46,6 +46,12 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
+def stop_now(should_stop: Callable[[], bool] | None) -> None:
+    """Raise :class:`TrialInterrupted` when a stop was asked for (SIGTERM): no pass runs to its end after it."""
+    if should_stop is not None and should_stop():
+        raise TrialInterrupted("stopped on request before the trial finished")
+
+
 @torch.no_grad()
 def accuracy(
     model: nn.Module,
@@ -55,6 +61,7 @@ def accuracy(
     *,
     normalize: Normalizer | None = None,
     precision: str = "auto",
+    should_stop: Callable[[], bool] | None = None,
 ) -> float:
     """Top-1 accuracy in percent on a split, eval mode, in ``precision`` (:mod:`automl_kd.precision`).
 
@@ -67,6 +74,7 @@ def accuracy(
     dtype = autocast_dtype(precision, device)
     correct = 0
     for x, y, _ in batches(split, batch_size, shuffle=False):
+        stop_now(should_stop)  # a stop request ends the pass at the next batch (TrialInterrupted)
         xin = normalize(x.float().div_(255))
         if device.type == "cpu":
             xin = xin.contiguous(memory_format=torch.channels_last)
@@ -180,7 +188,8 @@ def train_student(
         sums = {}
         n_batches = 0
         for i, (xb, yb, ib) in enumerate(batches(train, settings.batch_size, shuffle=True, generator=gen)):
-            if i >= steps_per_epoch or (should_stop and should_stop()):
+            stop_now(should_stop)  # SIGTERM: no further batch, and no validation pass of a cut-short epoch
+            if i >= steps_per_epoch:
                 break
             x = xb.float().div_(255)
             if provider is not None:  # one of the image's stored views: the one its cached outputs belong to
@@ -238,7 +247,13 @@ def train_student(
 
         means = {k: v / max(1, n_batches) for k, v in sums.items()}
         val = accuracy(
-            model, data.val, data, settings.eval_batch_size, normalize=normalize, precision=settings.precision
+            model,
+            data.val,
+            data,
+            settings.eval_batch_size,
+            normalize=normalize,
+            precision=settings.precision,
+            should_stop=should_stop,
         )
         curve.append(val)
         history.append({"epoch": epoch, "val_acc": val, **means})
@@ -247,8 +262,7 @@ def train_student(
             log(f"epoch {epoch + 1}/{settings.epochs} val_acc={val:.2f}% {terms_text}")
         if report:
             report(epoch, val)
-        if should_stop and should_stop():
-            break
+        stop_now(should_stop)
     return TrainResult(
         curve[-1] if curve else 0.0,
         curve,

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from automl_kd.distill.fit import fit
-from automl_kd.distill.loop import accuracy
+from automl_kd.distill.loop import accuracy, stop_now
 from automl_kd.distill.settings import TrainSettings, check_train_fraction
 from automl_kd.evaluator import Evaluator, TrialContext
 from automl_kd.hookspecs import hookimpl
@@ -37,8 +37,13 @@ class TrainEvaluator(Evaluator):
         latency: bool = True,
         latency_batch_sizes: list[int] | None = None,
     ) -> None:
-        if epochs < 1 or batch_size < 1 or lr <= 0:
-            raise ValueError("epochs and batch_size must be >= 1 and lr > 0")
+        for key, value, ok, rule in (
+            ("epochs", epochs, epochs >= 1, ">= 1"),
+            ("batch_size", batch_size, batch_size >= 1, ">= 1"),
+            ("lr", lr, lr > 0, "> 0"),
+        ):
+            if not ok:
+                raise ValueError(f"{key} must be {rule} (got {value!r})")
         self.settings = TrainSettings(
             epochs=epochs,
             batch_size=batch_size,
@@ -85,7 +90,12 @@ class TrainEvaluator(Evaluator):
             "val_acc": result.val_acc,
             # report only
             "test_acc": accuracy(
-                model, data.test, data, settings.eval_batch_size, precision=settings.precision
+                model,
+                data.test,
+                data,
+                settings.eval_batch_size,
+                precision=settings.precision,
+                should_stop=context.should_stop,
             ),
             "val_acc_curve": [round(v, 4) for v in result.val_curve],
             "loss_terms": {k: round(v, 6) for k, v in result.loss_terms.items()},
@@ -95,6 +105,7 @@ class TrainEvaluator(Evaluator):
             "params": count_params(model),
             "macs": count_macs(model, shape),
         }
+        stop_now(context.should_stop)
         if self.latency:
             metrics.update(measure_latency(model, shape, context.device, self.latency_batch_sizes))
         return metrics
