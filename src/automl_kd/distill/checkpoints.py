@@ -23,6 +23,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -38,6 +39,34 @@ LAYOUTS: dict[str, re.Pattern[str]] = {
 NESTED_KEYS = ("state_dict", "model_state_dict", "model", "net", "student")
 
 
+class UnsafeFile(Exception):
+    """A file holds Python objects beyond tensors and plain containers, or is not a torch file; not loaded."""
+
+
+def refusal(exc: BaseException) -> str:
+    """One line for a failed weights-only load (torch's own spans several and suggests ``weights_only=False``,
+    which would run whatever the pickle asks for): which object it refused, or the read error's first line."""
+    text = str(exc)
+    found = re.search(r"[Uu]nsupported global:? (?:GLOBAL )?([\w.]+)", text)
+    if found:
+        return f"refused: it holds the Python object {found.group(1)}, and loading it would run code"
+    if "weights_only" in text or "Weights only load failed" in text:
+        return "refused: it holds Python objects, not only tensors (loading it would run code)"
+    first = " ".join((text.strip().splitlines() or [type(exc).__name__])[0].split())
+    return f"unreadable: {first[:200]}"
+
+
+def load_tensors(path: str | Path) -> Any:
+    """``torch.load(path, weights_only=True)`` onto the CPU (no code runs); :class:`UnsafeFile`, one line, when
+    refused or unreadable."""
+    try:
+        return torch.load(Path(path), map_location="cpu", weights_only=True)
+    except OSError:
+        raise
+    except Exception as exc:
+        raise UnsafeFile(refusal(exc)) from None
+
+
 def read_state_dict(path: str | Path, what: str = "checkpoint") -> dict[str, torch.Tensor]:
     """The tensors of a checkpoint file, safely: a state dict, or one nested under a usual key."""
     p = Path(path).expanduser()
@@ -46,12 +75,9 @@ def read_state_dict(path: str | Path, what: str = "checkpoint") -> dict[str, tor
             f"{what} {str(p)!r} does not exist" + (" (it is a directory)" if p.is_dir() else "")
         )
     try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle refusals, truncated zips, foreign formats
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
-            first = "it holds Python objects, not only tensors (refused: loading it would run code)"
-        raise ConfigError(f"{what} {str(p)!r} cannot be read safely: {first}") from None
+        obj = load_tensors(p)
+    except (UnsafeFile, OSError) as exc:  # pickle refusals, truncated zips, foreign formats
+        raise ConfigError(f"{what} {str(p)!r} cannot be read safely: {exc}") from None
     for k in NESTED_KEYS:
         if isinstance(obj, Mapping) and isinstance(obj.get(k), Mapping):
             obj = obj[k]

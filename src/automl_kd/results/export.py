@@ -32,9 +32,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from automl_kd.distill.checkpoints import UnsafeFile, load_tensors
 from automl_kd.errors import AutomlKdError, ConfigError
 from automl_kd.manager import PluginManager
-from automl_kd.results.finalize import CHECK_IMAGES, load_finalized
+from automl_kd.results.finalize import CHECK_IMAGES, CheckpointError, load_finalized
 
 FORMATS = ("onnx", "pt2", "torchscript", "safetensors")
 DEFAULT_FORMATS = ("onnx", "pt2", "safetensors")
@@ -205,8 +206,12 @@ def export_student(
     wrapped = Deployable(model, record["data"]["mean"], record["data"]["std"]).eval()
     sample_path = folder / CHECK_IMAGES
     if sample_path.is_file():
-        sample = torch.load(sample_path, map_location="cpu", weights_only=True)
-        x = sample["x"].float().div(255)
+        try:
+            sample = load_tensors(sample_path)
+            x = sample["x"].float().div(255)
+        except (UnsafeFile, OSError, KeyError, TypeError, AttributeError) as exc:
+            what = exc if isinstance(exc, UnsafeFile) else f"no uint8 tensor 'x' ({type(exc).__name__})"
+            raise CheckpointError(f"check images {sample_path}: {what}") from None
         source = f"{len(x)} real test images saved by finalize"
     else:  # a checkpoint finalized elsewhere: still compare, on reproducible noise images
         sp = record["space"]

@@ -37,6 +37,7 @@ from automl_kd._version import __version__
 from automl_kd.cache import ArtifactCache, atomic_save
 from automl_kd.config import Config, load_config
 from automl_kd.data import load_data
+from automl_kd.distill.checkpoints import UnsafeFile, load_tensors
 from automl_kd.distill.fit import fit
 from automl_kd.distill.loop import accuracy
 from automl_kd.distill.settings import TrainSettings
@@ -158,8 +159,8 @@ def load_finalized(
     except (OSError, ValueError, KeyError) as exc:
         raise CheckpointError(f"{rec_path} is unreadable or incomplete: {exc}") from None
     try:
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a truncated or foreign file: pickle, zip and torch errors all land here
+        state = load_tensors(ckpt)
+    except (UnsafeFile, OSError) as exc:  # a truncated, foreign or unsafe file
         raise CheckpointError(f"cannot read checkpoint {ckpt}: {exc}") from None
     try:
         model.load_state_dict(state)
