@@ -8,6 +8,7 @@ names the dotted key and what is allowed; the CLI turns it into exit code 2.
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -17,6 +18,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .errors import ConfigError
+
+log = logging.getLogger("automl_kd")
 
 
 class _Model(BaseModel):
@@ -192,6 +195,7 @@ class TeacherConfig(_Model):
 class Config(_Model):
     """A whole run: data, space, search, evaluator, teacher, augmenters, storage."""
 
+    #: names the study and the default run directory ``runs/<name>``: a plain file name
     name: str = Field("automl-kd", pattern=r"^[A-Za-z0-9_.-]+$")
     seed: int = 0
     device: str = "auto"
@@ -205,6 +209,13 @@ class Config(_Model):
     teacher: TeacherConfig | None = None
     augmenters: list[PluginRef] = Field(default_factory=list)
     storage: StorageConfig = StorageConfig()
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if v in (".", ".."):
+            raise ValueError("must be a plain file name: letters, digits, '_', '.', '-', and not '.' or '..'")
+        return v
 
     @field_validator("device")
     @classmethod
@@ -244,18 +255,24 @@ def _format_error(exc: pydantic.ValidationError) -> str:
                 None,
             )
         allowed = ", ".join(parent.model_fields) if parent else "?"
-        return f"config key {loc!r} is unknown; allowed here: {allowed}"
-    msg = err["msg"]
+        return f"config key {_short(loc, 120)} is unknown; allowed here: {allowed}"
+    msg = " ".join(str(err["msg"]).split())
     if "input" in err and err["type"] not in ("missing",):
-        msg += f" (got {err['input']!r})"
+        msg += f" (got {_short(err['input'])})"
     more = f" (and {len(exc.errors()) - 1} more error(s))" if len(exc.errors()) > 1 else ""
-    return f"config key {loc!r}: {msg}{more}"
+    return f"config key {_short(loc, 120)}: {msg}{more}"
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` on one line, cut to ``limit`` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 5] + " ...'"
 
 
 def _yaml_problem(exc: yaml.YAMLError) -> str:
     """One line: what is wrong and where (PyYAML's own message spans several lines)."""
     mark = getattr(exc, "problem_mark", None)
-    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    problem = " ".join(str(getattr(exc, "problem", None) or (str(exc).splitlines() or ["?"])[0]).split())
     where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
     return f"{problem}{where}"
 
@@ -284,23 +301,72 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
     return out
 
 
+class _DuplicateKey(Exception):
+    def __init__(self, key: Any, first: int, second: int) -> None:
+        super().__init__(key)
+        self.key, self.first, self.second = key, first, second
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                hash(key)
+            except TypeError:  # an unhashable key: PyYAML's own error says so
+                break
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise _DuplicateKey(key, seen[key], line)
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml_mapping(
     source: str | Path | Mapping[str, Any] | None, what: str, not_a_mapping: str
 ) -> dict[str, Any]:
     """The mapping in a YAML file (or ``source`` itself when it is a mapping; ``{}`` for None), or a
     :class:`ConfigError` that says what is wrong and where. ``what`` names the file in messages; ``not_a_mapping``
-    is the message for a file that holds something else (``{path!r}`` is filled in)."""
+    is the message for a file that holds something else (``{path!r}`` is filled in).
+
+    A directory, a file that is not UTF-8, invalid YAML and a key given twice in one mapping (plain YAML keeps
+    the last silently) are errors; an empty file is ``{}``, and said so."""
     if source is None:
         return {}
     if isinstance(source, Mapping):
         return dict(source)
     path = Path(source)
+    shown = repr(str(path))
+    if path.is_dir():
+        raise ConfigError(f"{what.removesuffix(' file')} {shown} is a directory, not a YAML file")
     if not path.is_file():
-        raise ConfigError(f"{what} {str(path)!r} does not exist")
+        raise ConfigError(f"{what} {shown} does not exist")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{what} {shown} is not UTF-8 text (byte {exc.start} is {exc.object[exc.start]:#04x})"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"{what} {shown} cannot be read: {exc.strerror or exc}") from None
+    try:
+        raw = yaml.load(text, Loader=_StrictLoader)
+    except _DuplicateKey as exc:
+        raise ConfigError(
+            f"{what} {shown}: key {exc.key!r} is given twice (lines {exc.first} and {exc.second})"
+        ) from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{what} {str(path)!r} is not valid YAML: {_yaml_problem(exc)}") from None
+        raise ConfigError(f"{what} {shown} is not valid YAML: {_yaml_problem(exc)}") from None
+    except (ValueError, TypeError, RecursionError) as exc:  # values PyYAML cannot build (e.g. a huge date)
+        raise ConfigError(f"{what} {shown} is not valid YAML: {_short(str(exc), 200)}") from None
+    if raw is None:
+        log.warning("%s %s is empty: every value is a default", what, shown)
+        return {}
     if not isinstance(raw, dict):
         raise ConfigError(not_a_mapping.format(path=str(path)))
     return raw

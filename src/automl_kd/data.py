@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import logging
 import pickle
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ from PIL import Image
 
 from .config import DataConfig
 from .errors import DataError
+
+log = logging.getLogger("automl_kd")
 
 FASHION_MNIST_CLASSES = [
     "T-shirt/top",
@@ -300,6 +303,20 @@ def load_data(cfg: DataConfig) -> DataSplits:
     yte = yte.astype(np.int64)
     rng = np.random.default_rng(cfg.split_seed)
     pool = np.arange(len(ytr))
+    for key, size, have, part in (
+        ("train_size", cfg.train_size, len(ytr), "training"),
+        ("test_size", cfg.test_size, len(yte), "test"),
+    ):
+        if size is not None and size > have:
+            log.warning(
+                "data.%s %d is more than the %d %s images of %s: using all %d",
+                key,
+                size,
+                have,
+                part,
+                cfg.dataset,
+                have,
+            )
     if cfg.train_size is not None and cfg.train_size < len(ytr):
         pool, _ = stratified_indices(ytr, cfg.train_size / len(ytr), rng)
     val_rel, train_rel = stratified_indices(ytr[pool], cfg.val_fraction, rng)
