@@ -9,15 +9,18 @@ code (2 for configs); never a traceback. The commands live in :mod:`.search`, :m
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
+import traceback
 from collections.abc import Sequence
 
 import optuna
 
 from automl_kd.compare.cli import add_compare_arguments, compare_main
 from automl_kd.errors import AutomlKdError
+from automl_kd.storage.outage import is_storage_error, storage_fault
 
 from . import distill, results, search
 from .common import plugin_manager
@@ -78,10 +81,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except AutomlKdError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _error(str(exc))
         return exc.exit_code
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print("interrupted (SIGINT); a running trial was recorded and queued to run again", file=sys.stderr)
         return 130
     except BrokenPipeError:
         os._exit(0)
+    except Exception as exc:  # never a traceback: the fault in one line (-v adds the traceback)
+        if args.verbose:
+            traceback.print_exc()
+        message, code = _unexpected(exc)
+        _error(message)
+        return code
+
+
+def _error(message: str) -> None:
+    """``error: ...`` on one line, whatever the message holds."""
+    print("error: " + " ".join(message.split()), file=sys.stderr, flush=True)
+
+
+def _unexpected(exc: BaseException) -> tuple[str, int]:
+    """The one-line message and exit code of an exception that no command turned into an AutomlKdError."""
+    fault = storage_fault(exc)
+    if fault is not None:
+        return str(fault), fault.exit_code
+    first = (str(exc).strip().splitlines() or [""])[0]
+    if is_storage_error(exc):
+        return f"storage unreachable: {type(exc).__name__}: {first}", 5
+    if isinstance(exc, OSError):
+        where, reason = exc.filename or "", exc.strerror or first
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT):
+            return f"cannot write {where}: {reason}", 6
+        return (f"{where}: {reason}" if where else reason), 6
+    return (
+        f"internal error: {type(exc).__name__}: {first} (a bug in automl-kd or a plugin; run with -v for "
+        "the traceback)",
+        1,
+    )

@@ -30,6 +30,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_finalize(args: argparse.Namespace) -> int:
     run_dir = run_dir_of(args)
+    if run_dir.is_dir():  # an unwritable run directory fails now, not after the training
+        (run_dir / "final").mkdir(exist_ok=True)
     rec = finalize(
         run_dir,
         trial=args.trial,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import signal
 import sys
@@ -14,12 +15,13 @@ from rich.console import Console
 from rich.table import Table
 
 from automl_kd.config import load_config
+from automl_kd.engine.check import check_config
 from automl_kd.engine.progress import make_progress
 from automl_kd.engine.search import Search
 from automl_kd.errors import AutomlKdError
 from automl_kd.llm.parser import parse_answer_file
 from automl_kd.results.leaderboard import leaderboard, summary
-from automl_kd.storage.studies import load_study
+from automl_kd.storage.studies import default_url, load_study
 from automl_kd.storage.workers import config_of_study, default_parallel_storage, run_workers
 
 from .common import emit_json, plugin_manager, print_leaderboard, run_dir_of, study_options
@@ -38,25 +40,34 @@ def _run_search(args: argparse.Namespace, cfg: Any) -> int:
     search = Search(
         cfg, pm=plugin_manager(args), storage=storage_url, study_name=args.study, progress=progress
     )
-    storage = storage_url or f"sqlite:///{(search.run_dir / 'study.db').resolve()}"
-    if workers > 1:
-        devices = args.devices.split(",") if args.devices else None
-        run_workers(cfg, storage, search.study_name, workers, devices, args.disable_plugin)
-        search.stop_reason = "workers finished"
-        study = search.study
-    else:
+    storage = storage_url or default_url(search.run_dir)
+    code = 0
+    try:
+        if workers > 1:
+            devices = args.devices.split(",") if args.devices else None
+            code = run_workers(cfg, storage, search.study_name, workers, devices, args.disable_plugin)
+            search.stop_reason = "workers finished" if code == 0 else f"a worker exited with code {code}"
+            study = search.study
+        else:
 
-        def on_term(signum: int, frame: Any) -> None:
-            log.warning("SIGTERM: stopping the running trial at its next batch; it is queued to run again")
-            search.stop()
+            def on_term(signum: int, frame: Any) -> None:
+                log.warning(
+                    "SIGTERM: stopping the running trial at its next batch; it is queued to run again"
+                )
+                search.stop("stopped by SIGTERM")
 
-        signal.signal(signal.SIGTERM, on_term)
-        study = search.run(n_trials=getattr(args, "n_trials", None))
+            signal.signal(signal.SIGTERM, on_term)
+            study = search.run(n_trials=getattr(args, "n_trials", None))
+    except BaseException:
+        if args.json:  # the summary still ends stdout, with the reason the search stopped
+            with contextlib.suppress(Exception):
+                emit_json(summary(search.study, storage, {"stop_reason": search.stop_reason}))
+        raise
     if args.json:
         emit_json(summary(study, storage, {"stop_reason": search.stop_reason}))
     else:
         print_leaderboard(leaderboard(study, top=10), study.study_name)
-    return 0
+    return code
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -65,6 +76,18 @@ def cmd_run(args: argparse.Namespace) -> int:
         overrides.append(f"run_dir={args.run_dir}")
     cfg = load_config(args.config, overrides)
     return _run_search(args, cfg)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Validate a config as ``run`` would (every key, every plugin and its options, the teacher checkpoint)
+    without reading data, opening a storage or writing anything."""
+    cfg = load_config(args.config, list(args.set or []))
+    described = check_config(cfg, plugin_manager(args))
+    if args.json:
+        emit_json({"config": str(args.config), "ok": True, **described})
+    else:
+        print(f"{args.config}: ok (" + ", ".join(f"{k} {v}" for k, v in described.items()) + ")")
+    return 0
 
 
 def demo_config_path() -> Path:
@@ -186,6 +209,16 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "--devices", help="comma-separated devices, assigned to workers round-robin (cuda:0,cuda:1)"
     )
     sp.set_defaults(func=cmd_run)
+
+    sp = sub.add_parser(
+        "check", help="validate a config (keys, plugins and their options, teacher checkpoint); runs nothing"
+    )
+    sp.add_argument("config")
+    sp.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="override a config value (repeatable)"
+    )
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_check)
 
     sp = sub.add_parser("demo", help="run the embedded demo (Fashion-MNIST, CPU, a few minutes)")
     run_opts(sp)
