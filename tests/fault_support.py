@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +61,33 @@ def cli(*args: str, cwd: Path, timeout: float = 180, env: dict[str, str] | None 
         errors="replace",
     )
     return Result(p.returncode, p.stdout, p.stderr, time.monotonic() - t0)
+
+
+def cli_in_process(*args: str, cwd: Path, capfd: pytest.CaptureFixture[str]) -> Result:
+    """The same command through the console script's own entry point, ``automl_kd.cli:main``, in this process
+    (a few hundred milliseconds instead of seconds of interpreter start-up). An exception escaping ``main`` is
+    what a user would see as a traceback: it is returned in stderr as one, so the checks catch it."""
+    from automl_kd.cli import main
+
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    old = os.getcwd()
+    capfd.readouterr()
+    t0 = time.monotonic()
+    trace = ""
+    try:
+        os.chdir(cwd)
+        rc = main(list(args))
+    except SystemExit as exc:  # argparse
+        rc = exc.code if isinstance(exc.code, int) else 1
+    except BaseException:
+        rc = -1
+        trace = "Traceback (escaped from main):\n" + traceback.format_exc()
+    finally:
+        os.chdir(old)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    out, err = capfd.readouterr()
+    return Result(rc, out, err + trace, time.monotonic() - t0)
 
 
 def spawn(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:

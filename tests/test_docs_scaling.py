@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from pgserver import PostgresServer
 
 DOC = REPO / "docs" / "scaling.md"
 DOC_URL = "postgresql://user:pass@db-host/automl"
+N_TRIALS = 6
 
 
 def doc_commands() -> list[str]:
@@ -70,23 +72,41 @@ def test_the_scaling_page_runs_as_written(tmp_path: Path, postgres: PostgresServ
     assert any(c.startswith("automl-kd worker") for c in commands), commands
     # the URL as the page writes it: postgresql:// (SQLAlchemy's default driver is not what is installed)
     url = postgres.url.replace("postgresql+psycopg2://", "postgresql://")
-    config = write_yaml(tmp_path / "config.yaml", synthetic_config("scale", 4, sleep=0.1))
+    config = write_yaml(tmp_path / "config.yaml", synthetic_config("scale", N_TRIALS, sleep=0.5))
     env = cli_env(AUTOML_KD_DB=url)
-    ran = []
-    for line in commands:
-        cmd = as_written(line, url, config)
-        if cmd is None:
-            continue
-        p = subprocess.run(
-            ["bash", "-c", cmd], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240
-        )
-        res = Result(p.returncode, p.stdout, p.stderr, 0.0)
+    lines = [(line, as_written(line, url, config)) for line in commands]
+    runnable = [(line, cmd) for line, cmd in lines if cmd is not None]
+    assert len(runnable) >= 4, lines
+    # the first machine's commands start at once; "every other machine" joins once the study exists
+    first = [(line, cmd) for line, cmd in runnable if not line.startswith("automl-kd worker")]
+    others = [(line, cmd) for line, cmd in runnable if line.startswith("automl-kd worker")]
+    procs = [(line, start(cmd, tmp_path, env)) for line, cmd in first]
+    deadline = time.monotonic() + 120
+    while "nas-1" not in study_names(postgres.url):
+        assert time.monotonic() < deadline, "the study was never created"
+        assert all(p.poll() in (None, 0) for _, p in procs), [p.communicate() for _, p in procs]
+        time.sleep(0.2)
+    procs += [(line, start(cmd, tmp_path, env)) for line, cmd in others]
+    for line, p in procs:
+        out, err = p.communicate(timeout=240)
+        res = Result(p.returncode, out, err, 0.0)
         assert_no_traceback(res)
         assert res.rc == 0, f"{line}\n{res}"
-        ran.append(line)
-    assert len(ran) >= 4, ran
     study = optuna.load_study(study_name="nas-1", storage=postgres.url)
     states = [t.state for t in study.get_trials()]
-    assert states.count(optuna.trial.TrialState.COMPLETE) == 4, states
+    assert states.count(optuna.trial.TrialState.COMPLETE) == N_TRIALS, states
     journal = tmp_path / "runs" / "scale" / "journal.log"
     assert journal.is_file() and os.path.getsize(journal) > 0
+
+
+def start(cmd: str, cwd: Path, env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        ["bash", "-c", cmd], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def study_names(url: str) -> list[str]:
+    try:
+        return [s.study_name for s in optuna.get_all_study_summaries(url)]
+    except Exception:  # the tables do not exist yet
+        return []

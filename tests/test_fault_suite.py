@@ -28,6 +28,7 @@ from fault_support import (
     assert_one_error,
     base_config,
     cli,
+    cli_in_process,
     closed_port,
     read_only,
     write_unsafe_pickle,
@@ -128,6 +129,8 @@ class Fault:
     absent: tuple[str, ...] = ()
     after: Callable[[Ctx], None] | None = None
     timeout: float = 120
+    #: run as its own process (the console script); other rows go through the same entry point in-process
+    subprocess: bool = False
 
 
 RUN = ("run", "{base}", "--run-dir", "{w}/r")
@@ -141,6 +144,7 @@ FAULTS = [
         5,
         r"^error: storage postgresql://u:\*\*\*@127\.0\.0\.1:\d+/x unreachable for \d+ s",
         absent=("sekret", "driver"),
+        subprocess=True,
     ),
     Fault(
         "psycopg2-unreachable",
@@ -175,6 +179,7 @@ FAULTS = [
         r"^error: .*study\.db.* (is read-only|cannot be written)",
         setup=Ctx.copy_run,
         read_only=("{run}", "{run}/study.db"),
+        subprocess=True,
     ),
     Fault(
         "read-only-report",
@@ -222,6 +227,7 @@ FAULTS = [
         2,
         r"^error: config file '.*b\.yaml' (is not UTF-8 text|is not valid YAML)",
         setup=Ctx.random_bytes,
+        subprocess=True,
     ),
     Fault(
         "unsafe-check-images",
@@ -259,9 +265,12 @@ FAULTS = [
         r"^error: teacher\.checkpoint '.*teacher\.pt' .*refused",
         setup=Ctx.teacher_unsafe,
         absent=("trial 0", "target reached", "weights_only=False"),
+        subprocess=True,
     ),
     # 8: in-memory SQLite keeps nothing
-    Fault("sqlite-in-memory", 8, (*RUN, "--storage", "sqlite://"), 2, r"^error: .*in-memory"),
+    Fault(
+        "sqlite-in-memory", 8, (*RUN, "--storage", "sqlite://"), 2, r"^error: .*in-memory", subprocess=True
+    ),
     Fault("sqlite-memory-path", 8, (*RUN, "--storage", "sqlite:///:memory:"), 2, r"^error: .*in-memory"),
     # 10: silent or misleading
     Fault(
@@ -271,6 +280,7 @@ FAULTS = [
         2,
         r"^error: config key 'name': .*plain",
         after=Ctx.no_study_db_here,
+        subprocess=True,
     ),
     Fault("name-dot", 10, ("run", "{base}", "--set", "name=."), 2, r"^error: config key 'name': .*plain"),
     Fault(
@@ -308,14 +318,18 @@ FAULTS = [
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real run of base.yaml (one trial) and its finalized trial 0."""
+    """A real run of base.yaml (one trial) and its finalized trial 0, through the CLI's entry point."""
+    from automl_kd.cli import main
+
     w = tmp_path_factory.mktemp("finished")
     base = write_yaml(w / "base.yaml", base_config())
     run = w / "run"
-    res = cli("run", str(base), "--run-dir", str(run), cwd=w)
-    assert res.rc == 0, res
-    res = cli("finalize", "--run-dir", str(run), "--trial", "0", "--epochs", "1", cwd=w)
-    assert res.rc == 0, res
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        assert main(["run", str(base), "--run-dir", str(run)]) == 0
+        assert main(["finalize", "--run-dir", str(run), "--trial", "0", "--epochs", "1"]) == 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     assert (run / "final" / "trial-0" / "check_images.pt").is_file()
     return run
 
@@ -335,12 +349,15 @@ def ctx(tmp_path: Path, request: pytest.FixtureRequest) -> Ctx:
 
 
 @pytest.mark.parametrize("fault", FAULTS, ids=[f.id for f in FAULTS])
-def test_fault(fault: Fault, ctx: Ctx) -> None:
+def test_fault(fault: Fault, ctx: Ctx, capfd: pytest.CaptureFixture[str]) -> None:
     if fault.setup:
         fault.setup(ctx)
     args = [ctx.fmt(a) for a in fault.args]
     with read_only(*(Path(ctx.fmt(p)) for p in fault.read_only)):
-        res = cli(*args, cwd=ctx.w, timeout=fault.timeout)
+        if fault.subprocess:
+            res = cli(*args, cwd=ctx.w, timeout=fault.timeout)
+        else:
+            res = cli_in_process(*args, cwd=ctx.w, capfd=capfd)
     assert_one_error(res, fault.code, fault.error)
     for text in fault.absent:
         assert text not in res.out + res.err, f"{text!r} printed:\n{res}"
@@ -354,7 +371,9 @@ def last_json(res: Result) -> Any:
     return json.loads(res.out.strip().splitlines()[-1])
 
 
-def test_a_run_dir_named_with_url_characters_keeps_its_database(tmp_path: Path) -> None:
+def test_a_run_dir_named_with_url_characters_keeps_its_database(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
     """3: ``#``, ``?`` and ``%`` in a path are escaped into the SQLite URL, so run and show use one file."""
     base = write_yaml(tmp_path / "base.yaml", base_config())
     odd = tmp_path / "odd#dir?x=1%41"
@@ -363,7 +382,7 @@ def test_a_run_dir_named_with_url_characters_keeps_its_database(tmp_path: Path) 
     assert res.rc == 0, res
     assert (odd / "study.db").is_file() and not (tmp_path / "odd").exists(), sorted(tmp_path.iterdir())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["base.yaml", odd.name]
-    shown = cli("show", "--run-dir", str(odd), "--json", cwd=tmp_path)
+    shown = cli_in_process("show", "--run-dir", str(odd), "--json", cwd=tmp_path, capfd=capfd)
     assert_no_traceback(shown)
     assert shown.rc == 0, shown
     assert last_json(shown)["counts"] == {"complete": 1}
@@ -488,10 +507,12 @@ def test_a_train_size_beyond_the_dataset_is_said_once(tmp_path: Path) -> None:
     assert len(said) == 1 and "60000" in said[0], res
 
 
-def test_an_empty_config_says_it_means_all_defaults(tmp_path: Path) -> None:
+def test_an_empty_config_says_it_means_all_defaults(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
     """10: an empty file is every default; the check says so instead of starting a default search silently."""
     (tmp_path / "empty.yaml").write_text("# nothing yet\n")
-    res = cli("check", str(tmp_path / "empty.yaml"), cwd=tmp_path)
+    res = cli_in_process("check", str(tmp_path / "empty.yaml"), cwd=tmp_path, capfd=capfd)
     assert_no_traceback(res)
     assert res.rc == 0, res
     assert any("empty" in line and "default" in line for line in res.err.splitlines()), res
