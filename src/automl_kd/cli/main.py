@@ -85,6 +85,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted (SIGINT); a running trial was recorded and queued to run again", file=sys.stderr)
+        if getattr(args, "command", None) in ("run", "demo", "worker"):  # as after SIGTERM: no slow teardown
+            sys.stdout.flush()
+            sys.stderr.flush()
+            logging.shutdown()
+            os._exit(130)
         return 130
     except BrokenPipeError:
         os._exit(0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import signal
 import sys
 from importlib import resources
@@ -67,6 +68,13 @@ def _run_search(args: argparse.Namespace, cfg: Any) -> int:
         emit_json(summary(study, storage, {"stop_reason": search.stop_reason}))
     else:
         print_leaderboard(leaderboard(study, top=10), study.study_name)
+    if search.stop_reason == "stopped by SIGTERM":
+        # everything is recorded; the interpreter's own teardown (torch's thread pools) can take seconds more on
+        # a busy machine, and Kubernetes or SLURM send SIGKILL after a few: leave now
+        sys.stdout.flush()
+        sys.stderr.flush()
+        logging.shutdown()
+        os._exit(code)
     return code
 
 
