@@ -171,6 +171,8 @@ class Search:
             self.stop_reason = f"proposer budget spent: {exc}"
             raise
         except Exception as exc:  # the proposer failed (e.g. its endpoint is gone): stop with its reason
+            if is_storage_error(exc):
+                raise  # the storage, not the proposer (it reads the history): run() rides out the outage
             name = self.config.search.proposer.name
             why = f"the proposer {name!r} failed at trial {trial.number}: {failure_reason(exc)}"
             trial.set_user_attr(ATTR_OUTCOME, TrialOutcome.PROPOSER_FAILED)
