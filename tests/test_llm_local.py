@@ -3,8 +3,8 @@
 A handful of calls, in bounded time (about a minute on one thread): a 5-trial NAS-Bench-Macro search with its
 transcripts and the server's token counts; the structured-output form negotiated with the real server (it
 answers HTTP 500 to ``json_schema``); a re-ask after a real answer that breaks a constraint; and the server
-stopped mid-search, which ends the search with the real reason in one line. The server is started once for
-the module on a free loopback port (``llama_server``) and stopped by its PID.
+stopped mid-search, which ends the search with the real reason in one line. The server is started once per
+session on a free loopback port (``llama_server``) and stopped by its PID.
 
 Without the ``llm-local`` extra and the model (``make llm-local``) these tests are skipped, unless
 ``AUTOML_KD_REQUIRE_LLM_LOCAL=1`` (set by ``make test``), which makes a missing server a failure.
@@ -45,7 +45,7 @@ MACRO = Path(
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServer]:
     reason = missing()
     if reason:

@@ -177,7 +177,7 @@ class Search:
             raise
         except Exception as exc:  # the proposer failed (e.g. its endpoint is gone): stop with its reason
             if is_storage_error(exc) or storage_fault(exc):
-                raise  # the storage, not the proposer: the outage rule decides
+                raise  # the storage, not the proposer (it reads the history): the outage rule decides
             name = self.config.search.proposer.name
             why = f"the proposer {name!r} failed at trial {trial.number}: {failure_reason(exc)}"
             trial.set_user_attr(ATTR_OUTCOME, TrialOutcome.PROPOSER_FAILED)

@@ -7,14 +7,11 @@ from typing import Any
 import optuna
 from optuna.distributions import (
     BaseDistribution,
-    CategoricalDistribution,
-    FloatDistribution,
-    IntDistribution,
 )
 from optuna.trial import FrozenTrial
 
 from automl_kd.proposer import ProposerSampler
-from automl_kd.space import SearchSpace
+from automl_kd.space import SearchSpace, suggest
 
 from .proposer import LLMProposer
 
@@ -51,17 +48,7 @@ class LLMSampler(ProposerSampler):
 
     def suggest(self, trial: optuna.Trial) -> dict[str, Any]:
         """Suggest every parameter of the space on ``trial``: the LLM's candidate, as a parameter mapping."""
-        out: dict[str, Any] = {}
-        for name, dist in self.space.distributions().items():
-            if isinstance(dist, CategoricalDistribution):
-                out[name] = trial.suggest_categorical(name, dist.choices)
-            elif isinstance(dist, IntDistribution):
-                out[name] = trial.suggest_int(name, dist.low, dist.high, step=dist.step, log=dist.log)
-            elif isinstance(dist, FloatDistribution):
-                out[name] = trial.suggest_float(name, dist.low, dist.high, step=dist.step, log=dist.log)
-            else:
-                raise TypeError(f"unsupported distribution for {name}: {dist!r}")
-        return out
+        return {name: suggest(trial, name, dist) for name, dist in self.space.distributions().items()}
 
     def sample_relative(
         self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
