@@ -6,6 +6,7 @@ import argparse
 import logging
 import signal
 import sys
+import time
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -16,9 +17,13 @@ from rich.table import Table
 from automl_kd.config import load_config
 from automl_kd.engine.progress import make_progress
 from automl_kd.engine.search import Search
-from automl_kd.errors import AutomlKdError
+from automl_kd.errors import AutomlKdError, ConfigError
 from automl_kd.llm.parser import parse_answer_file
-from automl_kd.results.leaderboard import leaderboard, summary
+from automl_kd.results.baseline import run_ce_baseline
+from automl_kd.results.export import export_student
+from automl_kd.results.finalize import final_dir, finalize
+from automl_kd.results.html import write_report
+from automl_kd.results.leaderboard import ATTR_TEACHER, leaderboard, summary
 from automl_kd.storage.studies import load_study
 from automl_kd.storage.workers import config_of_study, default_parallel_storage, run_workers
 
@@ -28,6 +33,23 @@ log = logging.getLogger("automl_kd")
 
 
 def _run_search(args: argparse.Namespace, cfg: Any) -> int:
+    search, study, storage = _search(args, cfg)
+    _ce_baseline(args, cfg, search, study)
+    if args.json:
+        emit_json(summary(study, storage, {"stop_reason": search.stop_reason}))
+    else:
+        print_leaderboard(leaderboard(study, top=10), study.study_name)
+    return 0
+
+
+def _ce_baseline(args: argparse.Namespace, cfg: Any, search: Search, study: Any) -> None:
+    """``search.ce_baseline``: retrain the chosen trials with cross-entropy alone (not after a stopped search)."""
+    if cfg.search.ce_baseline == "none" or search.stop_reason == "stopped":
+        return
+    run_ce_baseline(study, cfg.search.ce_baseline, config=cfg, pm=plugin_manager(args))
+
+
+def _search(args: argparse.Namespace, cfg: Any) -> tuple[Search, Any, str]:
     workers = getattr(args, "workers", 1) or 1
     storage_url = args.storage or cfg.storage.url
     if workers > 1 and storage_url is None:
@@ -52,11 +74,7 @@ def _run_search(args: argparse.Namespace, cfg: Any) -> int:
 
         signal.signal(signal.SIGTERM, on_term)
         study = search.run(n_trials=getattr(args, "n_trials", None))
-    if args.json:
-        emit_json(summary(study, storage, {"stop_reason": search.stop_reason}))
-    else:
-        print_leaderboard(leaderboard(study, top=10), study.study_name)
-    return 0
+    return search, study, storage
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -72,11 +90,17 @@ def demo_config_path() -> Path:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    """Join an existing study from any machine; its config comes from the study itself."""
+    """Join an existing study from any machine; its config comes from the study itself (no CE baseline: that is
+    the job of the process that started the search)."""
 
     cfg = config_of_study(args.storage, args.study)
     args.workers = 1
-    return _run_search(args, cfg)
+    search, study, storage = _search(args, cfg)
+    if args.json:
+        emit_json(summary(study, storage, {"stop_reason": search.stop_reason}))
+    else:
+        print_leaderboard(leaderboard(study, top=10), study.study_name)
+    return 0
 
 
 def cmd_llm_parse(args: argparse.Namespace) -> int:
@@ -100,11 +124,93 @@ def cmd_llm_parse(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    """The embedded demo end to end: teacher -> KD search -> CE-alone baseline -> finalize + ONNX -> report."""
     overrides = list(args.set or [])
     if args.run_dir:
         overrides.append(f"run_dir={args.run_dir}")
+    if args.final_epochs < 1:
+        raise ConfigError(f"--final-epochs must be at least 1, got {args.final_epochs}")
     cfg = load_config(demo_config_path(), overrides)
-    return _run_search(args, cfg)
+    t0 = time.perf_counter()
+    search, study, storage = _search(args, cfg)
+    if search.stop_reason == "stopped":
+        log.warning("demo stopped during the search; rerun `automl-kd demo` to continue")
+        return 0
+    pm = plugin_manager(args)
+    _ce_baseline(args, cfg, search, study)
+    rows = leaderboard(study, top=10)
+    if not args.json:
+        print_leaderboard(rows, study.study_name)
+    if not rows:
+        raise AutomlKdError(
+            f"the demo search completed no trial; see `automl-kd show --run-dir {search.run_dir}`"
+        )
+    run_dir = search.run_dir
+    rec = finalize(
+        run_dir,
+        trial="best",
+        epochs=args.final_epochs,
+        storage=args.storage,
+        study_name=study.study_name,
+        pm=pm,
+    )
+    folder = final_dir(run_dir, rec["trial"])
+    card = export_student(folder, formats=["onnx"], pm=pm)
+    onnx_path = folder / "export" / card["checks"]["onnx"]["file"]
+    page = write_report(study, run_dir, source=storage)
+    facts = _demo_facts(study, rows[0], rec, page, onnx_path, time.perf_counter() - t0)
+    if args.json:
+        emit_json(summary(study, storage, {"stop_reason": search.stop_reason, "demo": facts}))
+    else:
+        for line in _demo_lines(facts):
+            print(line)
+    return 0
+
+
+def _demo_facts(
+    study: Any, best: dict[str, Any], rec: dict[str, Any], page: Path, onnx_path: Path, seconds: float
+) -> dict[str, Any]:
+    teacher = study.user_attrs.get(ATTR_TEACHER) or {}
+    return {
+        "teacher_val_acc": teacher.get("val_acc"),
+        "teacher_params": teacher.get("params"),
+        "best_trial": best["trial"],
+        "best_val_acc": best.get("val_acc"),
+        "best_params": best.get("params"),
+        "ce_val_acc": best.get("ce_val_acc"),
+        "kd_gain": best.get("kd_gain"),
+        "final_epochs": rec["train"]["epochs"],
+        "final_val_acc": rec["metrics"]["val_acc"],
+        "final_test_acc": rec["metrics"]["test_acc"],
+        "report": str(page),
+        "onnx": str(onnx_path),
+        "seconds": round(seconds, 1),
+    }
+
+
+def _demo_lines(f: dict[str, Any]) -> list[str]:
+    lines = []
+    if f["teacher_val_acc"] is not None:
+        lines.append(f"teacher: val {f['teacher_val_acc']:.2f} %, {f['teacher_params']:,} params")
+    best = f"best student: trial {f['best_trial']}, val {f['best_val_acc']:.2f} % distilled"
+    if f["ce_val_acc"] is not None:
+        gain = f["kd_gain"]
+        verdict = (
+            "KD helped"
+            if gain > 1.0
+            else "KD hurt"
+            if gain < -1.0
+            else "no difference beyond one seed's noise"
+        )
+        best += f", {f['ce_val_acc']:.2f} % with cross-entropy alone: KD gain {gain:+.2f} points ({verdict})"
+    lines.append(best)
+    lines.append(
+        f"finalized ({f['final_epochs']} epochs): val {f['final_val_acc']:.2f} %, test {f['final_test_acc']:.2f} %"
+    )
+    lines.append(f"report: {f['report']}")
+    lines.append(f"onnx: {f['onnx']}")
+    lines.append(f"demo took {f['seconds']:.0f} s")
+    return lines
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
@@ -187,8 +293,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     sp.set_defaults(func=cmd_run)
 
-    sp = sub.add_parser("demo", help="run the embedded demo (Fashion-MNIST, CPU, a few minutes)")
+    sp = sub.add_parser(
+        "demo",
+        help="the embedded demo: teacher, KD search, CE-alone baseline, report, ONNX (Fashion-MNIST, CPU, minutes)",
+    )
     run_opts(sp)
+    sp.add_argument(
+        "--final-epochs", type=int, default=2, help="epochs of the best student's final training (default 2)"
+    )
     sp.set_defaults(func=cmd_demo)
 
     sp = sub.add_parser("worker", help="join a study as one more worker (any machine, same storage)")
