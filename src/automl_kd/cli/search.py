@@ -23,7 +23,7 @@ from automl_kd.results.baseline import run_ce_baseline
 from automl_kd.results.export import export_student
 from automl_kd.results.finalize import final_dir, finalize
 from automl_kd.results.html import write_report
-from automl_kd.results.leaderboard import ATTR_TEACHER, leaderboard, summary
+from automl_kd.results.leaderboard import ATTR_TEACHER, ce_baselines, leaderboard, summary
 from automl_kd.storage.studies import load_study
 from automl_kd.storage.workers import config_of_study, default_parallel_storage, run_workers
 
@@ -171,6 +171,7 @@ def _demo_facts(
     study: Any, best: dict[str, Any], rec: dict[str, Any], page: Path, onnx_path: Path, seconds: float
 ) -> dict[str, Any]:
     teacher = study.user_attrs.get(ATTR_TEACHER) or {}
+    base = ce_baselines(study).get(best["trial"]) or {}
     return {
         "teacher_val_acc": teacher.get("val_acc"),
         "teacher_params": teacher.get("params"),
@@ -179,6 +180,8 @@ def _demo_facts(
         "best_params": best.get("params"),
         "ce_val_acc": best.get("ce_val_acc"),
         "kd_gain": best.get("kd_gain"),
+        "noise_band": base.get("noise_band"),
+        "n_val": base.get("n_val"),
         "final_epochs": rec["train"]["epochs"],
         "final_val_acc": rec["metrics"]["val_acc"],
         "final_test_acc": rec["metrics"]["test_acc"],
@@ -194,14 +197,14 @@ def _demo_lines(f: dict[str, Any]) -> list[str]:
         lines.append(f"teacher: val {f['teacher_val_acc']:.2f} %, {f['teacher_params']:,} params")
     best = f"best student: trial {f['best_trial']}, val {f['best_val_acc']:.2f} % distilled"
     if f["ce_val_acc"] is not None:
-        gain = f["kd_gain"]
-        verdict = (
-            "KD helped"
-            if gain > 1.0
-            else "KD hurt"
-            if gain < -1.0
-            else "no difference beyond one seed's noise"
-        )
+        gain, band = f["kd_gain"], f["noise_band"] or 0.0
+        noise = f"the +/-{band:.2f}-point noise band of {f['n_val']} validation images"
+        if gain > band:
+            verdict = f"beyond {noise}: KD helped"
+        elif gain < -band:
+            verdict = f"beyond {noise}: KD hurt"
+        else:
+            verdict = f"within {noise}: no difference shown"
         best += f", {f['ce_val_acc']:.2f} % with cross-entropy alone: KD gain {gain:+.2f} points ({verdict})"
     lines.append(best)
     lines.append(

@@ -17,7 +17,9 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import logging
+import math
 import time
 from typing import Any
 
@@ -42,6 +44,13 @@ from .finalize import build_space
 from .leaderboard import ATTR_CE_BASELINE, ATTR_TEACHER, ce_baselines
 
 log = logging.getLogger("automl_kd")
+
+
+def noise_band(acc_a: float, acc_b: float, n: int) -> float:
+    """Two standard errors (points) of the difference of two accuracies (percent) on ``n`` images: a KD gain
+    inside it is not evidence of anything (one seed each; seed-to-seed spread comes on top)."""
+    p = min(max((acc_a + acc_b) / 200, 1e-3), 1 - 1e-3)
+    return 200 * math.sqrt(2 * p * (1 - p) / max(n, 1))
 
 
 def _chosen(study: optuna.Study, which: str) -> list[FrozenTrial]:
@@ -113,7 +122,7 @@ def run_ce_baseline(
         params = space.validate(t.params)
         log.info("CE-alone baseline of trial %d: %d epochs, seed %d", t.number, settings.epochs, seed)
         t0 = time.perf_counter()
-        fitted = fit(lambda p=params: space.build(p), data, settings, seed=seed, device=device)
+        fitted = fit(functools.partial(space.build, params), data, settings, seed=seed, device=device)
         model = fitted.model
         test = accuracy(model, data.test, data, settings.eval_batch_size, precision=settings.precision)
         distilled = t.user_attrs.get("val_acc")
@@ -125,8 +134,10 @@ def run_ce_baseline(
             "train_seconds": round(fitted.seconds, 3),
             "wall_clock_s": round(time.perf_counter() - t0, 3),
         }
+        rec["n_val"] = len(data.val)
         if isinstance(distilled, int | float):
             rec["kd_gain"] = round(float(distilled) - rec["val_acc"], 4)
+            rec["noise_band"] = round(noise_band(float(distilled), rec["val_acc"], len(data.val)), 4)
         stored[t.number] = rec
         del model
         if device.type == "cuda":

@@ -219,13 +219,18 @@ def _baseline_note(baselines: dict[int, dict[str, Any]], teacher: Any) -> str:
     else:
         taught = ""
     gains = [float(b["kd_gain"]) for b in baselines.values() if isinstance(b.get("kd_gain"), int | float)]
+    bands = [
+        float(b["noise_band"]) for b in baselines.values() if isinstance(b.get("noise_band"), int | float)
+    ]
+    band = f" Noise band: +/-{max(bands):.2f} points." if bands else ""
     mean = (
         f" Mean KD gain over {len(gains)} trial(s): {sum(gains) / len(gains):+.2f} points." if gains else ""
     )
     return (
         "<p><b>CE alone</b>: the same architecture, seed and training settings retrained with cross-entropy only "
         "(no teacher, no augmenter; <code>search.ce_baseline</code>); <b>KD gain</b> = distilled minus CE alone "
-        f"validation accuracy, in points (one seed each: a difference within about a point is noise).{mean}"
+        "validation accuracy, in points (one seed each: a gain inside two standard errors of the difference on "
+        f"the validation split, the noise band, shows nothing).{mean}{band}"
         f"{esc(taught)}</p>"
     )
 
