@@ -109,26 +109,13 @@ def test_demo_runs_end_to_end_and_prints_the_report_and_onnx_paths(tmp_path: Pat
         "teacher.train.epochs=1",
         "teacher.train.max_steps_per_epoch=3",
     ]
+    args = [*DEMO, "--run-dir", str(tmp_path / "demo"), "--final-epochs", "1"]
+    args += [a for s in tiny for a in ("--set", s)]
     t0 = time.perf_counter()
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "automl_kd.cli",
-            "demo",
-            "--run-dir",
-            str(tmp_path / "demo"),
-            "--final-epochs",
-            "1",
-        ]
-        + [a for s in tiny for a in ("--set", s)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    out = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300)
     seconds = time.perf_counter() - t0
     assert out.returncode == 0, out.stderr[-3000:]
+    assert "CE-alone baseline of trial" in out.stderr
     lines = out.stdout.splitlines()
     report = next(line.removeprefix("report: ") for line in lines if line.startswith("report: "))
     onnx = next(line.removeprefix("onnx: ") for line in lines if line.startswith("onnx: "))
@@ -143,3 +130,10 @@ def test_demo_runs_end_to_end_and_prints_the_report_and_onnx_paths(tmp_path: Pat
     assert card["checks"]["onnx"]["max_abs_diff"] <= 1e-4
     # about a minute on an idle 2-core machine; the subprocess timeout bounds it on a loaded one
     print(f"the tiny demo took {seconds:.0f} s")
+
+    # a rerun finds the study complete and reuses the baseline, the finalized student and its ONNX file
+    onnx_mtime = Path(onnx).stat().st_mtime
+    again = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"onnx: {onnx}" in again.stdout.splitlines() and Path(onnx).stat().st_mtime == onnx_mtime
+    assert "CE-alone baseline of trial" not in again.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import signal
 import sys
@@ -21,7 +22,7 @@ from automl_kd.errors import AutomlKdError, ConfigError
 from automl_kd.llm.parser import parse_answer_file
 from automl_kd.results.baseline import run_ce_baseline
 from automl_kd.results.export import export_student
-from automl_kd.results.finalize import final_dir, finalize
+from automl_kd.results.finalize import CHECKPOINT, FINAL_RECORD, final_dir, finalize
 from automl_kd.results.html import write_report
 from automl_kd.results.leaderboard import ATTR_TEACHER, ce_baselines, leaderboard, summary
 from automl_kd.storage.studies import load_study
@@ -146,16 +147,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
             f"the demo search completed no trial; see `automl-kd show --run-dir {search.run_dir}`"
         )
     run_dir = search.run_dir
-    rec = finalize(
-        run_dir,
-        trial="best",
-        epochs=args.final_epochs,
-        storage=args.storage,
-        study_name=study.study_name,
-        pm=pm,
-    )
-    folder = final_dir(run_dir, rec["trial"])
-    card = export_student(folder, formats=["onnx"], pm=pm)
+    folder = final_dir(run_dir, rows[0]["trial"])
+    rec = _reusable_final(folder, args.final_epochs)
+    card_path = folder / "export" / "model_card.json"
+    card: dict[str, Any] | None = None
+    if rec is None:  # a rerun of a finished demo reuses the finalized student (and its ONNX file)
+        rec = finalize(
+            run_dir,
+            trial=rows[0]["trial"],
+            epochs=args.final_epochs,
+            storage=args.storage,
+            study_name=study.study_name,
+            pm=pm,
+        )
+    elif card_path.is_file():
+        card = json.loads(card_path.read_text())
+        if not (folder / "export" / str(card.get("checks", {}).get("onnx", {}).get("file"))).is_file():
+            card = None
+    if card is None:
+        card = export_student(folder, formats=["onnx"], pm=pm)
     onnx_path = folder / "export" / card["checks"]["onnx"]["file"]
     page = write_report(study, run_dir, source=storage)
     facts = _demo_facts(study, rows[0], rec, page, onnx_path, time.perf_counter() - t0)
@@ -165,6 +175,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
         for line in _demo_lines(facts):
             print(line)
     return 0
+
+
+def _reusable_final(folder: Path, epochs: int) -> dict[str, Any] | None:
+    try:
+        rec = json.loads((folder / FINAL_RECORD).read_text())
+    except (OSError, ValueError):
+        return None
+    ok = (
+        isinstance(rec, dict)
+        and rec.get("train", {}).get("epochs") == epochs
+        and (folder / CHECKPOINT).is_file()
+    )
+    return rec if ok else None
 
 
 def _demo_facts(
