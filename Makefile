@@ -1,5 +1,5 @@
 # The README's two commands. Each does all of its own set-up on a fresh machine:
-#   make demo   venv + install + Fashion-MNIST, then the embedded demo search (CPU, a few minutes)
+#   make demo   venv + install + Fashion-MNIST, then the demo: teacher, KD search, CE baseline, report, ONNX (CPU)
 #   make test   the same set-up, then lint, type check and the test suite (with a local LLM: make llm-local)
 SHELL := /bin/bash
 VENV ?= .venv

@@ -77,6 +77,9 @@ class SearchConfig(_Model):
     objectives: list[Objective] = Field(default_factory=lambda: list[Objective](["val_acc"]), min_length=1)
     constraints: ConstraintsConfig = ConstraintsConfig()
     pruner: Literal["none", "median", "hyperband"] = "none"
+    #: after the search, retrain these trials' architectures with cross-entropy alone (same seed and settings, no
+    #: augmenters) so the leaderboard shows what distillation gave: the best trial, every completed one, or none
+    ce_baseline: Literal["none", "best", "all"] = "none"
 
     @field_validator("objectives")
     @classmethod

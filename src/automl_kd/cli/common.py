@@ -75,13 +75,18 @@ def print_leaderboard(rows: list[dict[str, Any]], title: str) -> None:
         ("latency_ms_b1", "ms@1"),
         ("latency_ms_b64", "ms@64"),
     ]
+    if any("ce_val_acc" in r for r in rows):
+        # search.ce_baseline: the same architecture trained with cross-entropy alone, and what distillation gave
+        cols[4:4] = [("ce_val_acc", "CE alone val %"), ("kd_gain", "KD gain")]
     for _, head in cols:
         table.add_column(head, justify="right")
     for r in rows:
         cells = []
         for key, _ in cols:
             v = r.get(key)
-            if isinstance(v, float):
+            if key == "kd_gain" and isinstance(v, int | float):
+                cells.append(f"{v:+.2f}")
+            elif isinstance(v, float):
                 cells.append(f"{v:.2f}")
             elif isinstance(v, int) and key in ("params", "macs"):
                 cells.append(f"{v:,}")

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import os
 import signal
 import sys
+import time
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -19,9 +21,13 @@ from automl_kd.config import load_config
 from automl_kd.engine.check import check_config
 from automl_kd.engine.progress import make_progress
 from automl_kd.engine.search import Search
-from automl_kd.errors import AutomlKdError
+from automl_kd.errors import AutomlKdError, ConfigError
 from automl_kd.llm.parser import parse_answer_file
-from automl_kd.results.leaderboard import leaderboard, summary
+from automl_kd.results.baseline import run_ce_baseline
+from automl_kd.results.export import export_student
+from automl_kd.results.finalize import CHECKPOINT, FINAL_RECORD, final_dir, finalize
+from automl_kd.results.html import write_report
+from automl_kd.results.leaderboard import ATTR_TEACHER, ce_baselines, leaderboard, summary
 from automl_kd.storage.studies import default_url, load_study
 from automl_kd.storage.workers import config_of_study, default_parallel_storage, run_workers
 
@@ -31,6 +37,26 @@ log = logging.getLogger("automl_kd")
 
 
 def _run_search(args: argparse.Namespace, cfg: Any) -> int:
+    search, study, storage, code = _search(args, cfg)
+    if code == 0:
+        _ce_baseline(args, cfg, search, study)
+    return _finish(args, search, study, storage, code)
+
+
+def _ce_baseline(args: argparse.Namespace, cfg: Any, search: Search, study: Any) -> None:
+    """``search.ce_baseline``: retrain the chosen trials with cross-entropy alone (not after a stopped search)."""
+    if cfg.search.ce_baseline == "none" or _stopped(search):
+        return
+    run_ce_baseline(study, cfg.search.ce_baseline, config=cfg, pm=plugin_manager(args))
+
+
+def _stopped(search: Search) -> bool:
+    """The search was stopped (a signal, a stop request), not finished."""
+    return bool(search.stop_reason) and str(search.stop_reason).startswith("stopped")
+
+
+def _search(args: argparse.Namespace, cfg: Any) -> tuple[Search, Any, str, int]:
+    """Run the search of ``cfg`` (or its workers); on an error the ``--json`` summary still ends stdout."""
     workers = getattr(args, "workers", 1) or 1
     storage_url = args.storage or cfg.storage.url
     if workers > 1 and storage_url is None:
@@ -64,8 +90,20 @@ def _run_search(args: argparse.Namespace, cfg: Any) -> int:
             with contextlib.suppress(Exception):
                 emit_json(summary(search.study, storage, {"stop_reason": search.stop_reason}))
         raise
+    return search, study, storage, code
+
+
+def _finish(
+    args: argparse.Namespace,
+    search: Search,
+    study: Any,
+    storage: str,
+    code: int,
+    extra: dict[str, Any] | None = None,
+) -> int:
+    """The summary (``--json``) or the leaderboard; after SIGTERM, leave at once."""
     if args.json:
-        emit_json(summary(study, storage, {"stop_reason": search.stop_reason}))
+        emit_json(summary(study, storage, {"stop_reason": search.stop_reason, **(extra or {})}))
     else:
         print_leaderboard(leaderboard(study, top=10), study.study_name)
     if search.stop_reason == "stopped by SIGTERM":
@@ -103,11 +141,13 @@ def demo_config_path() -> Path:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    """Join an existing study from any machine; its config comes from the study itself."""
+    """Join an existing study from any machine; its config comes from the study itself (no CE baseline: that is
+    the job of the process that started the search)."""
 
     cfg = config_of_study(args.storage, args.study)
     args.workers = 1
-    return _run_search(args, cfg)
+    search, study, storage, code = _search(args, cfg)
+    return _finish(args, search, study, storage, code)
 
 
 def cmd_llm_parse(args: argparse.Namespace) -> int:
@@ -131,11 +171,118 @@ def cmd_llm_parse(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    """The embedded demo end to end: teacher -> KD search -> CE-alone baseline -> finalize + ONNX -> report."""
     overrides = list(args.set or [])
     if args.run_dir:
         overrides.append(f"run_dir={args.run_dir}")
+    if args.final_epochs < 1:
+        raise ConfigError(f"--final-epochs must be at least 1, got {args.final_epochs}")
     cfg = load_config(demo_config_path(), overrides)
-    return _run_search(args, cfg)
+    t0 = time.perf_counter()
+    search, study, storage, code = _search(args, cfg)
+    if _stopped(search) or code:
+        log.warning("demo stopped during the search; rerun `automl-kd demo` to continue")
+        return _finish(args, search, study, storage, code)
+    pm = plugin_manager(args)
+    _ce_baseline(args, cfg, search, study)
+    rows = leaderboard(study, top=10)
+    if not args.json:
+        print_leaderboard(rows, study.study_name)
+    if not rows:
+        raise AutomlKdError(
+            f"the demo search completed no trial; see `automl-kd show --run-dir {search.run_dir}`"
+        )
+    run_dir = search.run_dir
+    folder = final_dir(run_dir, rows[0]["trial"])
+    rec = _reusable_final(folder, args.final_epochs)
+    card_path = folder / "export" / "model_card.json"
+    card: dict[str, Any] | None = None
+    if rec is None:  # a rerun of a finished demo reuses the finalized student (and its ONNX file)
+        rec = finalize(
+            run_dir,
+            trial=rows[0]["trial"],
+            epochs=args.final_epochs,
+            storage=args.storage,
+            study_name=study.study_name,
+            pm=pm,
+        )
+    elif card_path.is_file():
+        card = json.loads(card_path.read_text())
+        if not (folder / "export" / str(card.get("checks", {}).get("onnx", {}).get("file"))).is_file():
+            card = None
+    if card is None:
+        card = export_student(folder, formats=["onnx"], pm=pm)
+    onnx_path = folder / "export" / card["checks"]["onnx"]["file"]
+    page = write_report(study, run_dir, source=storage)
+    facts = _demo_facts(study, rows[0], rec, page, onnx_path, time.perf_counter() - t0)
+    if args.json:
+        emit_json(summary(study, storage, {"stop_reason": search.stop_reason, "demo": facts}))
+    else:
+        for line in _demo_lines(facts):
+            print(line)
+    return 0
+
+
+def _reusable_final(folder: Path, epochs: int) -> dict[str, Any] | None:
+    try:
+        rec = json.loads((folder / FINAL_RECORD).read_text())
+    except (OSError, ValueError):
+        return None
+    ok = (
+        isinstance(rec, dict)
+        and rec.get("train", {}).get("epochs") == epochs
+        and (folder / CHECKPOINT).is_file()
+    )
+    return rec if ok else None
+
+
+def _demo_facts(
+    study: Any, best: dict[str, Any], rec: dict[str, Any], page: Path, onnx_path: Path, seconds: float
+) -> dict[str, Any]:
+    teacher = study.user_attrs.get(ATTR_TEACHER) or {}
+    base = ce_baselines(study).get(best["trial"]) or {}
+    return {
+        "teacher_val_acc": teacher.get("val_acc"),
+        "teacher_params": teacher.get("params"),
+        "best_trial": best["trial"],
+        "best_val_acc": best.get("val_acc"),
+        "best_params": best.get("params"),
+        "ce_val_acc": best.get("ce_val_acc"),
+        "kd_gain": best.get("kd_gain"),
+        "noise_band": base.get("noise_band"),
+        "n_val": base.get("n_val"),
+        "final_epochs": rec["train"]["epochs"],
+        "final_val_acc": rec["metrics"]["val_acc"],
+        "final_test_acc": rec["metrics"]["test_acc"],
+        "report": str(page),
+        "onnx": str(onnx_path),
+        "seconds": round(seconds, 1),
+    }
+
+
+def _demo_lines(f: dict[str, Any]) -> list[str]:
+    lines = []
+    if f["teacher_val_acc"] is not None:
+        lines.append(f"teacher: val {f['teacher_val_acc']:.2f} %, {f['teacher_params']:,} params")
+    best = f"best student: trial {f['best_trial']}, val {f['best_val_acc']:.2f} % distilled"
+    if f["ce_val_acc"] is not None:
+        gain, band = f["kd_gain"], f["noise_band"] or 0.0
+        noise = f"the +/-{band:.2f}-point noise band of {f['n_val']} validation images"
+        if gain > band:
+            verdict = f"beyond {noise}: KD helped"
+        elif gain < -band:
+            verdict = f"beyond {noise}: KD hurt"
+        else:
+            verdict = f"within {noise}: no difference shown"
+        best += f", {f['ce_val_acc']:.2f} % with cross-entropy alone: KD gain {gain:+.2f} points ({verdict})"
+    lines.append(best)
+    lines.append(
+        f"finalized ({f['final_epochs']} epochs): val {f['final_val_acc']:.2f} %, test {f['final_test_acc']:.2f} %"
+    )
+    lines.append(f"report: {f['report']}")
+    lines.append(f"onnx: {f['onnx']}")
+    lines.append(f"demo took {f['seconds']:.0f} s")
+    return lines
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
@@ -228,8 +375,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_check)
 
-    sp = sub.add_parser("demo", help="run the embedded demo (Fashion-MNIST, CPU, a few minutes)")
+    sp = sub.add_parser(
+        "demo",
+        help="the embedded demo: teacher, KD search, CE-alone baseline, report, ONNX (Fashion-MNIST, CPU, minutes)",
+    )
     run_opts(sp)
+    sp.add_argument(
+        "--final-epochs", type=int, default=2, help="epochs of the best student's final training (default 2)"
+    )
     sp.set_defaults(func=cmd_demo)
 
     sp = sub.add_parser("worker", help="join a study as one more worker (any machine, same storage)")

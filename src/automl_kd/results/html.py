@@ -150,12 +150,14 @@ def _leaderboard_section(study: optuna.Study) -> str:
     rows = leaderboard.leaderboard(study)
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     front = set(leaderboard.pareto_numbers(study))
+    baselines = leaderboard.ce_baselines(study)
     # latency columns for whichever batch sizes the evaluator measured (1 and 64 by default)
     batch_sizes = sorted(
         {int(k[len("latency_ms_b") :]) for t in trials.values() for k in t.user_attrs if _latency_key(k)}
     )
     cols = [
         ("val_acc", "val %"),
+        *([("ce_val_acc", "CE alone val %"), ("kd_gain", "KD gain")] if baselines else []),
         ("test_acc", "test %"),
         ("params", "params"),
         ("macs", "MACs"),
@@ -174,7 +176,7 @@ def _leaderboard_section(study: optuna.Study) -> str:
         mark = " *" if r["trial"] in front else ""
         body.append(
             [str(r["rank"]), f"{r['trial']}{mark}", esc(r["proposer"])]
-            + [esc(fmt(r.get(k), k)) for k, _ in cols]
+            + [esc(_signed(r.get(k)) if k == "kd_gain" else fmt(r.get(k), k)) for k, _ in cols]
             + [esc(augs or "none"), f"<details><summary>params</summary><code>{esc(arch)}</code></details>"]
         )
     heads = ["#", "trial", "proposer", *[h for _, h in cols], "augmenters", "architecture"]
@@ -182,6 +184,7 @@ def _leaderboard_section(study: optuna.Study) -> str:
     out = [
         "<p>Completed trials ranked by validation accuracy; test accuracy is shown for the report only and was "
         "never used to choose. " + ("* = on the study's Pareto front." if front else "") + "</p>",
+        _baseline_note(baselines, study.user_attrs.get(leaderboard.ATTR_TEACHER)),
         _table(heads, body, left=left) if body else '<p class="muted">no completed trials</p>',
     ]
     others = [t for t in trials.values() if trial_state(t) != "complete"]
@@ -199,6 +202,37 @@ def _leaderboard_section(study: optuna.Study) -> str:
             "<h3>Other trials</h3>" + _table(["trial", "state", "proposer", "reason"], rows_o, (1, 2, 3))
         )
     return "".join(out)
+
+
+def _signed(v: Any) -> str:
+    return f"{v:+.2f}" if isinstance(v, int | float) and not isinstance(v, bool) else ""
+
+
+def _baseline_note(baselines: dict[int, dict[str, Any]], teacher: Any) -> str:
+    """What the CE-alone column means, the mean KD gain over the trials that have one, and the teacher's score."""
+    if not baselines:
+        return ""
+    if isinstance(teacher, dict) and isinstance(teacher.get("val_acc"), int | float):
+        n = teacher.get("params")
+        size = f", {n:,} parameters" if isinstance(n, int) else ""
+        taught = f" The teacher scores {teacher['val_acc']:.2f} % on the validation split{size}."
+    else:
+        taught = ""
+    gains = [float(b["kd_gain"]) for b in baselines.values() if isinstance(b.get("kd_gain"), int | float)]
+    bands = [
+        float(b["noise_band"]) for b in baselines.values() if isinstance(b.get("noise_band"), int | float)
+    ]
+    band = f" Noise band: +/-{max(bands):.2f} points." if bands else ""
+    mean = (
+        f" Mean KD gain over {len(gains)} trial(s): {sum(gains) / len(gains):+.2f} points." if gains else ""
+    )
+    return (
+        "<p><b>CE alone</b>: the same architecture, seed and training settings retrained with cross-entropy only "
+        "(no teacher, no augmenter; <code>search.ce_baseline</code>); <b>KD gain</b> = distilled minus CE alone "
+        "validation accuracy, in points (one seed each: a gain inside two standard errors of the difference on "
+        f"the validation split, the noise band, shows nothing).{mean}{band}"
+        f"{esc(taught)}</p>"
+    )
 
 
 def _latency_key(key: str) -> bool:

@@ -28,6 +28,20 @@ METRIC_KEYS = (
 )
 
 
+#: the study user attribute holding ``{trial number: CE-alone result}`` (:mod:`automl_kd.results.baseline`)
+ATTR_CE_BASELINE = "ce_baseline"
+#: the study user attribute holding the teacher's params and validation/test accuracy (written with the baselines)
+ATTR_TEACHER = "teacher"
+
+
+def ce_baselines(study: optuna.Study) -> dict[int, dict[str, Any]]:
+    """The stored CE-alone results of ``study``, by trial number (empty when none was run)."""
+    raw = study.user_attrs.get(ATTR_CE_BASELINE)
+    if not isinstance(raw, dict):
+        return {}
+    return {int(k): v for k, v in raw.items() if isinstance(v, dict) and str(k).isdigit()}
+
+
 def trial_state(t: FrozenTrial) -> str:
     """complete, pruned, failed, rejected, running, waiting, or interrupted (see :class:`TrialOutcome`)."""
     return str(TrialOutcome.of(t))
@@ -51,13 +65,22 @@ def trial_record(t: FrozenTrial) -> dict[str, Any]:
 
 
 def leaderboard(study: optuna.Study, top: int | None = None) -> list[dict[str, Any]]:
-    """Completed trials, best validation accuracy first (test accuracy is shown, never used to rank)."""
+    """Completed trials, best validation accuracy first (test accuracy is shown, never used to rank).
+
+    When the study holds CE-alone baselines, each row also has ``ce_val_acc`` and ``kd_gain`` (None for a trial
+    without one)."""
     done = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
     done.sort(key=lambda t: -float(t.user_attrs.get("val_acc", t.values[0] if t.values else 0.0)))
     rows = []
+    baselines = ce_baselines(study)
     for rank, t in enumerate(done[:top] if top else done, start=1):
         row = {"rank": rank, "trial": t.number, "proposer": t.user_attrs.get("proposer", "")}
         row.update({k: t.user_attrs.get(k) for k in METRIC_KEYS})
+        if baselines:
+            # the same architecture, seed and settings trained with cross-entropy alone (search.ce_baseline)
+            base = baselines.get(t.number) or {}
+            row["ce_val_acc"] = base.get("val_acc")
+            row["kd_gain"] = base.get("kd_gain")
         rows.append(row)
     return rows
 
