@@ -466,7 +466,9 @@ def llm_merge(args: argparse.Namespace) -> int:
         seeds = {k: len(v["seeds"]) for k, v in rows.items()}
         entry["proposers"]["llm"] = {
             "status": "not run",
-            "reason": f"see the LLM rows section (local SmolLM2-135M, {seeds} seeds x {budget} evaluations)",
+            "reason": "see the LLM rows section (local SmolLM2-135M; "
+            + ", ".join(f"{k}: {v} seeds" for k, v in seeds.items())
+            + f" x {budget} evaluations)",
         }
     section["permuted_control"] = permuted_control(section["benchmarks"])
     results["llm_rows"] = section
