@@ -103,7 +103,10 @@ def detect_layout(keys: list[str], own: set[str]) -> str:
 
 
 def map_state_dict(
-    model: nn.Module, tensors: Mapping[str, torch.Tensor], source: str = "checkpoint"
+    model: nn.Module,
+    tensors: Mapping[str, torch.Tensor],
+    source: str = "checkpoint",
+    target: str = "the network",
 ) -> tuple[dict[str, torch.Tensor], str]:
     """``tensors`` renamed onto ``model``'s own keys, and the layout that was recognised."""
     own = model.state_dict()
@@ -112,34 +115,37 @@ def map_state_dict(
         for k, v in tensors.items():
             if v.shape != own[k].shape:
                 raise ConfigError(
-                    f"{source}: tensor {k!r} has shape {list(v.shape)}, the network needs {list(own[k].shape)}"
+                    f"{source} does not fit {target}: tensor {k!r} has shape {list(v.shape)}, "
+                    f"{target} needs {list(own[k].shape)}"
                 )
         return dict(tensors), layout
     theirs = list(tensors.items())
     ours = list(own.items())
-    for i, (name, target) in enumerate(ours):
+    for i, (name, want) in enumerate(ours):
         if i >= len(theirs):
             raise ConfigError(
-                f"{source} ({layout} layout) has {len(theirs)} tensors, the network needs {len(ours)}: "
-                f"nothing for {name!r} {list(target.shape)}"
+                f"{source} ({layout} layout) has {len(theirs)} tensors, {target} needs {len(ours)}: "
+                f"nothing for {name!r} {list(want.shape)}"
             )
         key, value = theirs[i]
-        if value.shape != target.shape:
+        if value.shape != want.shape:
             raise ConfigError(
                 f"{source} ({layout} layout): tensor {i} {key!r} {list(value.shape)} does not fit "
-                f"{name!r} {list(target.shape)}"
+                f"{name!r} {list(want.shape)}"
             )
     if len(theirs) > len(ours):
         raise ConfigError(
-            f"{source} ({layout} layout) has {len(theirs)} tensors, the network needs {len(ours)}: "
+            f"{source} ({layout} layout) has {len(theirs)} tensors, {target} needs {len(ours)}: "
             f"{theirs[len(ours)][0]!r} and later are left over"
         )
     return {name: value for (name, _), (_, value) in zip(ours, theirs, strict=True)}, layout
 
 
-def load_weights(model: nn.Module, path: str | Path, what: str = "checkpoint") -> str:
-    """Load a checkpoint in any supported layout into ``model``; return the layout's name."""
+def load_weights(
+    model: nn.Module, path: str | Path, what: str = "checkpoint", target: str = "the network"
+) -> str:
+    """Load a checkpoint in any supported layout into ``model`` (named ``target`` in errors); return the layout."""
     tensors = read_state_dict(path, what)
-    mapped, layout = map_state_dict(model, tensors, f"{what} {str(path)!r}")
+    mapped, layout = map_state_dict(model, tensors, f"{what} {str(path)!r}", target)
     model.load_state_dict(mapped, strict=True)
     return layout

@@ -60,7 +60,7 @@ def accuracy(
     batch_size: int = 512,
     *,
     normalize: Normalizer | None = None,
-    precision: str = "auto",
+    precision: str = "fp32",
     should_stop: Callable[[], bool] | None = None,
 ) -> float:
     """Top-1 accuracy in percent on a split, eval mode, in ``precision`` (:mod:`automl_kd.precision`).

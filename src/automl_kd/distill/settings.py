@@ -47,8 +47,9 @@ class TrainSettings(BaseModel):
     eval_batch_size: int = Field(512, ge=1)
     crop_padding: int = Field(4, ge=0)
     flip: bool = True
-    #: autocast precision (:mod:`automl_kd.precision`); the host sets it from the config's ``precision``
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    #: autocast precision (:mod:`automl_kd.precision`); the host sets it from the config's ``precision`` (whose
+    #: default is ``auto``); code that builds settings itself gets plain fp32 unless it asks
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "fp32"
 
     @field_validator("train_fraction")
     @classmethod

@@ -93,7 +93,7 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> str:
     """Load ``teacher.checkpoint`` into ``model`` (``weights_only=True``, no code runs): our own state dicts and
     the reference layouts of :mod:`automl_kd.distill.checkpoints`; return the layout. A missing, unsafe or
     mismatched file raises :class:`ConfigError` in one line."""
-    return load_weights(model, path, what="teacher.checkpoint")
+    return load_weights(model, path, what="teacher.checkpoint", target="the teacher")
 
 
 def freeze(model: nn.Module) -> nn.Module:
@@ -137,7 +137,7 @@ def train_teacher(
     data: DataSplits,
     device: torch.device,
     pm: PluginManager | None = None,
-    precision: str = "auto",
+    precision: str = "fp32",
     start: nn.Module | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Build and train the teacher on ``data.train`` with ``cfg.train`` (through :func:`automl_kd.distill.fit.fit`),
@@ -178,7 +178,7 @@ def get_teacher(
     pm: PluginManager | None = None,
     *,
     retrain: bool = False,
-    precision: str = "auto",
+    precision: str = "fp32",
 ) -> nn.Module:
     """The frozen teacher on ``device``: from the checkpoint, from the cache, or trained now and cached (a
     checkpoint with ``finetune: true`` is trained further and cached under its weights' fingerprint).

@@ -67,7 +67,7 @@ class TrainEvaluator(Evaluator):
             update={
                 "crop_padding": data_cfg.crop_padding,
                 "flip": data_cfg.flip,
-                "precision": context.resource("precision") or "auto",
+                "precision": context.resource("precision") or "fp32",
             }
         )
         fitted = fit(
