@@ -10,6 +10,7 @@ LLM endpoint, odd run directory names) follow the table as their own tests. A la
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 import signal
@@ -457,6 +458,38 @@ def test_sigterm_stops_within_seconds_records_and_requeues(interrupted_trial: An
     assert "target reached" not in res.err, res
     assert "stopped by SIGTERM" in last_json(res)["stop_reason"]
     assert_interrupted_and_queued(run)
+
+
+@pytest.mark.slow
+def test_sigterm_during_the_teachers_training_stops_within_seconds_and_caches_nothing(tmp_path: Path) -> None:
+    """4: the teacher trains inside the first trial (a shared resource); a stop request ends its training too, and
+    a teacher cut short is never cached."""
+    cfg = slow_trial_config("slow")
+    cfg["teacher"] = {
+        "space": "mbv2",
+        "space_options": cfg["space"]["options"],
+        "params": None,
+        "train": {"epochs": 50, "batch_size": 16},
+    }
+    cfg["augmenters"] = [{"name": "kd"}]
+    base = write_yaml(tmp_path / "teacher.yaml", cfg)
+    w = Watched("run", str(base), "--run-dir", str(tmp_path / "run"), "--json", cwd=tmp_path)
+    try:
+        w.wait_for(r"teacher: no cached weights", timeout=120)
+        time.sleep(3)  # the teacher is training
+        assert w.signal(signal.SIGTERM)
+        res = w.finish(timeout=240)
+    finally:
+        if w.proc.poll() is None:
+            w.proc.kill()
+            w.proc.wait()
+    assert_no_traceback(res)
+    assert res.rc == 0, res
+    assert res.seconds < STOP_WITHIN, f"the process took {res.seconds:.1f} s to stop after SIGTERM\n{res}"
+    assert "stopped by SIGTERM" in last_json(res)["stop_reason"]
+    cache = Path(os.environ["AUTOML_KD_CACHE"])
+    stored = [p for p in (cache / "teacher").rglob("*") if p.is_file() and p.suffix != ".lock"]
+    assert not stored, (stored, res)  # only the training lock is left, no weights
 
 
 @pytest.mark.slow

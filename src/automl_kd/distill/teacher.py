@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import types
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +140,7 @@ def train_teacher(
     pm: PluginManager | None = None,
     precision: str = "fp32",
     start: nn.Module | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Build and train the teacher on ``data.train`` with ``cfg.train`` (through :func:`automl_kd.distill.fit.fit`),
     from ``start``'s weights when fine-tuning a checkpoint; return it and its metrics (validation accuracy, and test
@@ -159,6 +161,7 @@ def train_teacher(
         device=device,
         normalize=normalize,
         log=lambda m: log.info("teacher: %s", m),
+        should_stop=should_stop,  # a stop request (SIGTERM) ends it at the next batch: nothing is cached
     )
     model = fitted.model.eval()
     return model, {
@@ -179,6 +182,7 @@ def get_teacher(
     *,
     retrain: bool = False,
     precision: str = "fp32",
+    should_stop: Callable[[], bool] | None = None,
 ) -> nn.Module:
     """The frozen teacher on ``device``: from the checkpoint, from the cache, or trained now and cached (a
     checkpoint with ``finetune: true`` is trained further and cached under its weights' fingerprint).
@@ -212,7 +216,7 @@ def get_teacher(
             if art is None:
                 what = "fine-tuning the checkpoint" if start is not None else "training it"
                 log.info("teacher: no cached weights (key %s); %s now", key[:12], what)
-                model, metrics = train_teacher(teacher_cfg, data, device, pm, precision, start)
+                model, metrics = train_teacher(teacher_cfg, data, device, pm, precision, start, should_stop)
                 meta = {"metrics": metrics, "config": teacher_cfg.model_dump(mode="json")}
                 cache.save(CACHE_KIND, key, model.state_dict(), meta)
                 info = TeacherInfo("trained", model_fingerprint(model), teacher_cfg, cache, key, metrics)

@@ -30,8 +30,11 @@ class Resources:
         device: torch.device,
         pm: PluginManager,
         space: Callable[[], SearchSpace],
+        should_stop: Callable[[], bool] | None = None,
     ) -> None:
         self.config, self.device, self.pm = config, device, pm
+        # a stop request (SIGTERM) also ends a teacher's training, which runs inside the first trial
+        self._should_stop = should_stop
         self._space = space  # the space is built after the data shape is known, so it is fetched late
         self._built: dict[str, Any] = {}
         self._builders: dict[str, Callable[[], Any]] = {
@@ -60,6 +63,7 @@ class Resources:
             self("cache"),
             pm=self.pm,
             precision=self.config.precision,
+            should_stop=self._should_stop,
         )
 
     def _reference_params(self) -> int | None:

@@ -80,7 +80,7 @@ class Search:
         self.storage_url = storage or config.storage.url
         self.progress = progress
         self.device = resolve_device(config.device)
-        self.resources = Resources(config, self.device, self.pm, lambda: self.space)
+        self.resources = Resources(config, self.device, self.pm, lambda: self.space, lambda: self._stop)
         self._stop = False
         self._consecutive_failures = 0
         self.stop_reason = ""
