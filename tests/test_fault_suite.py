@@ -461,9 +461,12 @@ def test_sigterm_stops_within_seconds_records_and_requeues(interrupted_trial: An
 
 
 @pytest.mark.slow
-def test_sigterm_during_the_teachers_training_stops_within_seconds_and_caches_nothing(tmp_path: Path) -> None:
+def test_sigterm_during_the_teachers_training_stops_within_seconds_and_caches_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """4: the teacher trains inside the first trial (a shared resource); a stop request ends its training too, and
     a teacher cut short is never cached."""
+    monkeypatch.setenv("AUTOML_KD_CACHE", str(tmp_path / "own-cache"))  # this test's cache alone
     cfg = slow_trial_config("slow")
     cfg["teacher"] = {
         "space": "mbv2",
