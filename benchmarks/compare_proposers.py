@@ -376,41 +376,12 @@ def _llm_row(
 def llm_tests(rows: dict[str, Any], marks: list[str]) -> list[dict[str, Any]]:
     """Mann-Whitney U of each LLM row against random and TPE (and the LLM rows against each other) at each
     mark, Holm-adjusted over the pairs at that mark."""
-    import numpy as np
+    from automl_kd.compare.stats import pair_tests
 
-    from automl_kd.compare.stats import holm, mann_whitney_u
-
-    tests: list[dict[str, Any]] = []
     llms = [k for k in rows if k.startswith("llm") and rows[k].get("status") == "ok"]
-    for m in marks:
-        pairs = [(a, b) for a in llms for b in ("random", "tpe") if rows.get(b, {}).get("status") == "ok"]
-        pairs += [(a, b) for i, a in enumerate(llms) for b in llms[i + 1 :]]
-        block = []
-        for a, b in pairs:
-            if m not in rows[a]["per_seed_best"] or m not in rows[b]["per_seed_best"]:
-                continue
-            x, y = np.asarray(rows[a]["per_seed_best"][m]), np.asarray(rows[b]["per_seed_best"][m])
-            u, p, a12 = mann_whitney_u(x, y)
-            block.append(
-                {
-                    "at": int(m),
-                    "a": a,
-                    "b": b,
-                    "U": u,
-                    "p": p,
-                    "a12": a12,
-                    "n_a": len(x),
-                    "n_b": len(y),
-                    "median_a": float(np.median(x)),
-                    "median_b": float(np.median(y)),
-                }
-            )
-        for t, adj in zip(block, holm([float(t["p"]) for t in block]), strict=True):
-            t["p_holm"] = adj
-            winner = t["a"] if t["a12"] > 0.5 else t["b"]
-            t["verdict"] = f"{winner} better" if adj < 0.05 else "no significant difference"
-        tests += block
-    return tests
+    pairs = [(a, b) for a in llms for b in ("random", "tpe") if rows.get(b, {}).get("status") == "ok"]
+    pairs += [(a, b) for i, a in enumerate(llms) for b in llms[i + 1 :]]
+    return pair_tests(rows, marks, pairs)
 
 
 def llm_merge(args: argparse.Namespace) -> int:

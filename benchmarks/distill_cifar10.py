@@ -27,7 +27,6 @@ import argparse
 import json
 import platform
 import sys
-import tarfile
 import tempfile
 import time
 import warnings
@@ -42,7 +41,7 @@ from automl_kd import Search, get_plugin_manager, load_config
 from automl_kd.cache import ArtifactCache, atomic_write
 from automl_kd.compare.stats import bootstrap_ci, holm, welch
 from automl_kd.config import TeacherConfig
-from automl_kd.data import load_data
+from automl_kd.data import load_data, unpack_imagefolder
 from automl_kd.distill.ig.attribution import IGSettings, attribution_maps
 from automl_kd.distill.ig.inference import inference_copy
 from automl_kd.distill.loop import accuracy
@@ -94,8 +93,7 @@ def save_result(r: dict[str, Any]) -> None:
 def unpack(work: Path) -> Path:
     root = work / "cifar-10-jpeg"
     if not (root / "test").is_dir():
-        with tarfile.open(SHARED / "cifar-10-jpeg" / "cifar-10-jpeg.tar.gz") as tar:
-            tar.extractall(work, filter="data")
+        root = unpack_imagefolder(SHARED / "cifar-10-jpeg" / "cifar-10-jpeg.tar.gz", work)
     return root
 
 

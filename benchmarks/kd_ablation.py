@@ -33,7 +33,6 @@ import itertools
 import json
 import platform
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -45,6 +44,7 @@ import torch
 
 from automl_kd import Search, load_config
 from automl_kd.compare.stats import bootstrap_ci, holm, welch
+from automl_kd.data import unpack_imagefolder
 from automl_kd.metrics import measure_latency, resolve_device
 from automl_kd.results.leaderboard import trial_state
 
@@ -275,9 +275,8 @@ def main() -> None:
             data["train_size"] = args.train_size
             data["test_size"] = min(data.get("test_size") or args.train_size, args.train_size)
         if args.scale == "cifar10-jpeg":
-            with tarfile.open(SHARED / "cifar-10-jpeg" / "cifar-10-jpeg.tar.gz") as tar:
-                tar.extractall(tmp / "cifar", filter="data")
-            data["root"] = str(next(p.parent for p in (tmp / "cifar").rglob("train")))
+            archive = SHARED / "cifar-10-jpeg" / "cifar-10-jpeg.tar.gz"
+            data["root"] = str(unpack_imagefolder(archive, tmp / "cifar"))
         space_opts = {"stem_stride": scale["stem_stride"]}
         base = {
             "seed": 0,

@@ -22,7 +22,6 @@ import copy
 import json
 import platform
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -33,7 +32,7 @@ import torch
 
 from automl_kd import get_plugin_manager, load_config
 from automl_kd.cache import atomic_write
-from automl_kd.data import load_data
+from automl_kd.data import load_data, unpack_imagefolder
 from automl_kd.distill.checkpoints import load_weights
 from automl_kd.distill.fit import fit
 from automl_kd.distill.ig.attribution import IGSettings, attribution_maps, quadrature
@@ -58,16 +57,8 @@ NAS_OPTIONS = {
 
 def cifar_subset(tmp: Path, per_class: int) -> Path:
     """The first ``per_class`` training and test images of each class of the CIFAR-10 (JPEG) copy."""
-    seen: dict[str, int] = {}
-    with tarfile.open(SHARED / "cifar-10-jpeg" / "cifar-10-jpeg.tar.gz") as tar:
-        for m in tar:
-            if not m.isfile() or not m.name.endswith(".jpg"):
-                continue
-            folder = str(Path(m.name).parent)
-            if seen.get(folder, 0) < per_class:
-                seen[folder] = seen.get(folder, 0) + 1
-                tar.extract(m, tmp, filter="data")
-    return next(p.parent for p in tmp.rglob("train"))
+    archive = SHARED / "cifar-10-jpeg" / "cifar-10-jpeg.tar.gz"
+    return unpack_imagefolder(archive, tmp, {"train": per_class, "test": per_class})
 
 
 def networks(cifar_root: Path, train_size: int) -> dict[str, dict[str, Any]]:

@@ -13,7 +13,7 @@ import torch
 from conftest import SHARED_DATA
 
 from automl_kd.config import DataConfig
-from automl_kd.data import DEBIAN_FASHION_MNIST, batches, load_data
+from automl_kd.data import DEBIAN_FASHION_MNIST, batches, load_data, unpack_imagefolder
 from automl_kd.distill.views import random_crop_flip
 from automl_kd.errors import DataError
 
@@ -104,18 +104,28 @@ def test_cifar_errors_are_clear(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def cifar_jpeg_subset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Unpack the first 30 images per class and split of ../shared/data/cifar-10-jpeg (the real JPEG files)."""
-    root = tmp_path_factory.mktemp("cifar-jpeg")
-    per_folder: dict[str, int] = {}
-    with tarfile.open(SHARED_DATA / "cifar-10-jpeg" / "cifar-10-jpeg.tar.gz") as tar:
-        for m in tar:
-            if not m.isfile() or not m.name.endswith(".jpg"):
-                continue
-            folder = str(Path(m.name).parent)
-            if per_folder.get(folder, 0) >= 30:
-                continue
-            per_folder[folder] = per_folder.get(folder, 0) + 1
-            tar.extract(m, root, filter="data")
-    return next(p.parent for p in root.rglob("train"))
+    archive = SHARED_DATA / "cifar-10-jpeg" / "cifar-10-jpeg.tar.gz"
+    return unpack_imagefolder(archive, tmp_path_factory.mktemp("cifar-jpeg"), {"train": 30, "test": 30})
+
+
+def test_unpack_imagefolder_keeps_the_first_images_of_each_class_and_reports_a_bad_archive(
+    tmp_path: Path,
+) -> None:
+    archive = SHARED_DATA / "cifar-10-jpeg" / "cifar-10-jpeg.tar.gz"
+    root = unpack_imagefolder(archive, tmp_path / "a", {"train": 3})
+    assert sorted(p.name for p in root.iterdir()) == ["train"]  # the test split was not named: skipped
+    counts = [len(list(c.iterdir())) for c in (root / "train").iterdir()]
+    assert len(counts) == 10 and set(counts) == {3}
+    broken = tmp_path / "broken.tar.gz"
+    with archive.open("rb") as f:
+        broken.write_bytes(f.read(4096))
+    with pytest.raises(DataError, match=r"^cannot unpack .*broken\.tar\.gz"):
+        unpack_imagefolder(broken, tmp_path / "b")
+    flat = tmp_path / "flat.tar"
+    with tarfile.open(flat, "w") as tar:
+        tar.add(root / "train" / "cat", arcname="cat")
+    with pytest.raises(DataError, match=r"has no train/ folder"):
+        unpack_imagefolder(flat, tmp_path / "c")
 
 
 def test_imagefolder_on_cifar10_jpeg(cifar_jpeg_subset: Path) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,7 @@ import torch
 from automl_kd import get_plugin_manager
 from automl_kd.cache import ArtifactCache
 from automl_kd.config import DataConfig, TeacherConfig
-from automl_kd.data import load_data
+from automl_kd.data import load_data, unpack_imagefolder
 from automl_kd.distill.loop import accuracy
 from automl_kd.distill.taps import model_fingerprint
 from automl_kd.distill.teacher import get_teacher
@@ -30,20 +29,8 @@ pytestmark = pytest.mark.skipif(not RELEASED.is_file(), reason=f"{RELEASED} is n
 @pytest.fixture(scope="module")
 def cifar(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The first 40 training and 60 test images of each class of ../shared/data/cifar-10-jpeg, unpacked."""
-    root = tmp_path_factory.mktemp("cifar-jpeg")
-    quota = {"train": 40, "test": 60}
-    seen: dict[str, int] = {}
-    with tarfile.open(SHARED / "cifar-10-jpeg" / "cifar-10-jpeg.tar.gz") as tar:
-        for m in tar:
-            if not m.isfile() or not m.name.endswith(".jpg"):
-                continue
-            folder = str(Path(m.name).parent)
-            split = Path(m.name).parent.parent.name
-            if seen.get(folder, 0) >= quota.get(split, 0):
-                continue
-            seen[folder] = seen.get(folder, 0) + 1
-            tar.extract(m, root, filter="data")
-    return next(p.parent for p in root.rglob("train"))
+    archive = SHARED / "cifar-10-jpeg" / "cifar-10-jpeg.tar.gz"
+    return unpack_imagefolder(archive, tmp_path_factory.mktemp("cifar-jpeg"), {"train": 40, "test": 60})
 
 
 def teacher_cfg(**kw: object) -> TeacherConfig:

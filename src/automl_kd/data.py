@@ -13,6 +13,7 @@ import gzip
 import hashlib
 import logging
 import pickle
+import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -255,6 +256,33 @@ def read_class_folders(
     if not xs:
         raise DataError(f"{where}no images in {folder}")
     return np.stack(xs).transpose(0, 3, 1, 2).copy(), np.asarray(ys, dtype=np.int64)
+
+
+def unpack_imagefolder(archive: Path, dest: Path, per_class: dict[str, int] | None = None) -> Path:
+    """Unpack an image-folder archive (``.../train/<class>/*``, ``.../test/<class>/*``; any tar compression) into
+    ``dest`` and return the folder that holds ``train/``, usable as ``data.root``. ``per_class`` keeps only the
+    first N images of each class folder of a split (``{"train": 40, "test": 60}``); splits it does not name are
+    skipped. Member paths are filtered (no absolute paths, no links out of ``dest``)."""
+    seen: dict[str, int] = {}
+    try:
+        with tarfile.open(archive) as tar:
+            if per_class is None:
+                tar.extractall(dest, filter="data")
+            else:
+                for m in tar:
+                    parent = Path(m.name).parent
+                    if not m.isfile() or Path(m.name).suffix.lower() not in IMAGE_EXTS:
+                        continue
+                    if seen.get(str(parent), 0) >= per_class.get(parent.parent.name, 0):
+                        continue
+                    seen[str(parent)] = seen.get(str(parent), 0) + 1
+                    tar.extract(m, dest, filter="data")
+    except (OSError, EOFError, tarfile.TarError) as exc:
+        raise DataError(f"cannot unpack {archive}: {exc}") from None
+    found = sorted(p.parent for p in dest.rglob("train") if p.is_dir())
+    if not found:
+        raise DataError(f"{archive} has no train/ folder")
+    return found[0]
 
 
 def load_imagefolder(cfg: DataConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str]]:

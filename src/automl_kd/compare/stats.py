@@ -216,29 +216,39 @@ def _llm_totals(runs: list[dict[str, Any]]) -> dict[str, float] | None:
     }
 
 
-def pair_tests(rows: dict[str, Any], checkpoints: Sequence[str]) -> list[dict[str, Any]]:
-    ok = [label for label, row in rows.items() if row["status"] == "ok"]
+def pair_tests(
+    rows: dict[str, Any],
+    checkpoints: Sequence[str],
+    pairs: Sequence[tuple[str, str]] | None = None,
+) -> list[dict[str, Any]]:
+    """Mann-Whitney U of the per-seed best values of each pair of rows at each checkpoint, Holm-adjusted over
+    the pairs at that checkpoint. ``pairs`` defaults to every pair of rows with status "ok"; a pair that lacks a
+    checkpoint is left out of that checkpoint's family."""
+    if pairs is None:
+        ok = [label for label, row in rows.items() if row["status"] == "ok"]
+        pairs = [(a, b) for i, a in enumerate(ok) for b in ok[i + 1 :]]
     tests: list[dict[str, Any]] = []
     for c in checkpoints:
         block: list[dict[str, Any]] = []
-        for i, a in enumerate(ok):
-            for b in ok[i + 1 :]:
-                x, y = np.asarray(rows[a]["per_seed_best"][c]), np.asarray(rows[b]["per_seed_best"][c])
-                u, p, a12 = mann_whitney_u(x, y)
-                block.append(
-                    {
-                        "at": int(c),
-                        "a": a,
-                        "b": b,
-                        "U": u,
-                        "p": p,
-                        "a12": a12,
-                        "n_a": len(x),
-                        "n_b": len(y),
-                        "median_a": float(np.median(x)),
-                        "median_b": float(np.median(y)),
-                    }
-                )
+        for a, b in pairs:
+            if c not in rows[a]["per_seed_best"] or c not in rows[b]["per_seed_best"]:
+                continue
+            x, y = np.asarray(rows[a]["per_seed_best"][c]), np.asarray(rows[b]["per_seed_best"][c])
+            u, p, a12 = mann_whitney_u(x, y)
+            block.append(
+                {
+                    "at": int(c),
+                    "a": a,
+                    "b": b,
+                    "U": u,
+                    "p": p,
+                    "a12": a12,
+                    "n_a": len(x),
+                    "n_b": len(y),
+                    "median_a": float(np.median(x)),
+                    "median_b": float(np.median(y)),
+                }
+            )
         for t, p_adj in zip(block, holm([float(t["p"]) for t in block]), strict=True):
             t["p_holm"] = p_adj
             winner = t["a"] if t["a12"] > 0.5 else t["b"]
