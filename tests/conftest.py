@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,11 @@ from automl_kd.space import Candidate
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 SHARED_DATA = SHARED / "data"
+#: the NAS-Bench-Macro table (``AUTOML_KD_NASBENCH_MACRO`` points elsewhere)
+MACRO_JSON = Path(
+    os.environ.get("AUTOML_KD_NASBENCH_MACRO")
+    or SHARED_DATA / "nas-bench-macro" / "nas-bench-macro_cifar10.json"
+)
 
 
 class FormulaEvaluator(Evaluator):
@@ -95,3 +101,14 @@ def small_mbv2_options() -> dict[str, Any]:
         "ops": ["ir_k3_e1", "ir_k3_e3", "ir_k5_e3"],
         "head_channels": 32,
     }
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[Any]:
+    """A real PostgreSQL server (tests/pgserver.py) for the module's tests, removed afterwards."""
+    from pgserver import PostgresServer
+
+    server = PostgresServer()
+    server.start()
+    yield server
+    server.cleanup()

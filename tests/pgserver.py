@@ -64,11 +64,16 @@ class PostgresServer:
         self._run(["pg_ctl", "-D", str(self.data), "-o", opts, "-l", str(self.root / "log"), "-w", "start"])
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
+            if self.running:
+                return
             time.sleep(0.1)
         raise RuntimeError("PostgreSQL did not start")
+
+    @property
+    def running(self) -> bool:
+        """Whether the server accepts connections now."""
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", self.port)) == 0
 
     def stop(self) -> None:
         self._run(["pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop"])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 import scipy.stats
+from conftest import MACRO_JSON
 from optuna.distributions import BaseDistribution, CategoricalDistribution
 
 from automl_kd import compare as cmp
@@ -38,10 +38,7 @@ except ImportError:  # tests/ is a package
     from tests.llm_server import ChatServer, Reply
 
 ROOT = Path(__file__).resolve().parent.parent
-MACRO = str(
-    os.environ.get("AUTOML_KD_NASBENCH_MACRO")
-    or ROOT.parent / "shared/data/nas-bench-macro/nas-bench-macro_cifar10.json"
-)
+MACRO = str(MACRO_JSON)
 MACRO_BENCH = BenchmarkSpec("nasbench-macro", "nasbench-macro", "nasbench-macro", {}, {"path": MACRO})
 
 

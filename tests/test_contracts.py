@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import SHARED_DATA
+from conftest import MACRO_JSON
 
 from automl_kd import get_plugin_manager
 from automl_kd.config import DataConfig
@@ -20,7 +20,7 @@ from automl_kd.space import SearchSpace
 from automl_kd.testing import AugmenterContract, EvaluatorContract, ProposerContract, SearchSpaceContract
 
 PM = get_plugin_manager()
-MACRO = str(SHARED_DATA / "nas-bench-macro" / "nas-bench-macro_cifar10.json")
+MACRO = str(MACRO_JSON)
 
 #: options for plugins that cannot be built from defaults alone (or whose defaults are too big for a unit test)
 OPTIONS: dict[tuple[str, str], dict[str, Any]] = {

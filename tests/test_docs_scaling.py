@@ -11,7 +11,6 @@ import os
 import re
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
@@ -42,14 +41,6 @@ def cuda_devices() -> int:
     import torch
 
     return torch.cuda.device_count()
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[PostgresServer]:
-    server = PostgresServer()
-    server.start()
-    yield server
-    server.cleanup()
 
 
 def as_written(line: str, url: str, config: Path) -> str | None:

@@ -20,6 +20,8 @@ from typing import Any
 
 import optuna
 import pytest
+from conftest import MACRO_JSON
+from llm_local import MODEL_ALIAS, REQUIRE_ENV, LlamaServer, missing
 
 from automl_kd.config import load_config
 from automl_kd.engine.search import Search
@@ -31,16 +33,8 @@ from automl_kd.manager import get_plugin_manager
 from automl_kd.proposer import ATTR_META
 from automl_kd.space import Candidate
 
-try:
-    from llm_local import MODEL_ALIAS, REQUIRE_ENV, LlamaServer, missing
-except ImportError:  # tests/ is a package
-    from tests.llm_local import MODEL_ALIAS, REQUIRE_ENV, LlamaServer, missing
-
 ROOT = Path(__file__).resolve().parents[1]
-MACRO = Path(
-    os.environ.get("AUTOML_KD_NASBENCH_MACRO")
-    or ROOT.parent / "shared/data/nas-bench-macro/nas-bench-macro_cifar10.json"
-)
+MACRO = MACRO_JSON
 
 pytestmark = pytest.mark.slow
 

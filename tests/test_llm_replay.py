@@ -5,34 +5,20 @@ back with ``cache: replay`` against an endpoint that does not exist, so no HTTP 
 from __future__ import annotations
 
 import json
-import os
 import socket
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import MACRO_JSON
+from llm_local import REPLAY_DIR, REPLAY_RUNS, REPLAY_TRIALS, free_port, replay_config
 
 from automl_kd.config import load_config
 from automl_kd.engine.search import Search
 from automl_kd.proposer import ATTR_META
 
-try:
-    from llm_local import REPLAY_DIR, REPLAY_RUNS, REPLAY_TRIALS, replay_config
-except ImportError:  # tests/ is a package
-    from tests.llm_local import REPLAY_DIR, REPLAY_RUNS, REPLAY_TRIALS, replay_config
-
 ROOT = Path(__file__).resolve().parents[1]
-MACRO = Path(
-    os.environ.get("AUTOML_KD_NASBENCH_MACRO")
-    or ROOT.parent / "shared/data/nas-bench-macro/nas-bench-macro_cifar10.json"
-)
-
-
-def closed_port() -> int:
-    """A loopback port nothing listens on (bound, then released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+MACRO = MACRO_JSON
 
 
 @pytest.fixture(autouse=True)
@@ -48,7 +34,7 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize("name", list(REPLAY_RUNS))
 def test_replay_of_real_answers_needs_no_http(name: str, tmp_path: Path) -> None:
     expected = json.loads((REPLAY_DIR / name / "expected.json").read_text())
-    url = f"http://127.0.0.1:{closed_port()}/v1"
+    url = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens on that port
     search = Search(load_config(replay_config(name, tmp_path, MACRO, "replay", url)))
     study = search.run()
     trials = study.get_trials(deepcopy=False)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from automl_kd_nasbench import (
 )
 from automl_kd_nasbench.macro import LAYERS
 from automl_kd_nasbench.nb201 import EDGE_NAMES
+from conftest import MACRO_JSON
 from torch.utils.flop_counter import FlopCounterMode
 
 from automl_kd.errors import ConfigError, InvalidCandidate
@@ -31,10 +31,7 @@ from automl_kd.manager import get_plugin_manager
 from automl_kd.space import SearchSpace
 
 ROOT = Path(__file__).resolve().parent.parent
-MACRO = Path(
-    os.environ.get("AUTOML_KD_NASBENCH_MACRO")
-    or ROOT.parent / "shared/data/nas-bench-macro/nas-bench-macro_cifar10.json"
-)
+MACRO = MACRO_JSON
 ALL_MACRO_KEYS = ["".join(p) for p in itertools.product("012", repeat=8)]
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -18,14 +17,12 @@ from automl_kd_nasbench.tables import (
     nb201_dataset,
     resolve_macro_path,
 )
+from conftest import MACRO_JSON
 
 from automl_kd.errors import DataError
 
 ROOT = Path(__file__).resolve().parent.parent
-MACRO = Path(
-    os.environ.get(tables.MACRO_ENV)
-    or ROOT.parent / "shared/data/nas-bench-macro/nas-bench-macro_cifar10.json"
-)
+MACRO = MACRO_JSON
 
 
 @pytest.fixture(scope="module")

@@ -20,27 +20,12 @@ ERROR = r"^error: storage postgresql\+psycopg2://postgres@127\.0\.0\.1:\d+/postg
 RETRY = 3
 
 
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[PostgresServer]:
-    server = PostgresServer()
-    server.start()
-    yield server
-    server.cleanup()
-
-
 @pytest.fixture
 def up(postgres: PostgresServer) -> Iterator[PostgresServer]:
     """The server, running at the start of the test (a test leaves it stopped)."""
-    if not _running(postgres):
+    if not postgres.running:
         postgres.start()
     yield postgres
-
-
-def _running(server: PostgresServer) -> bool:
-    import socket
-
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", server.port)) == 0
 
 
 @pytest.mark.slow

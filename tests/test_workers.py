@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +18,6 @@ from pgserver import PostgresServer
 
 from automl_kd import Search, load_config
 from automl_kd.results.leaderboard import trial_state
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[PostgresServer]:
-    server = PostgresServer()
-    server.start()
-    yield server
-    server.cleanup()
 
 
 def config(tmp_path: Path, name: str, n: int, sleep: float, **storage: Any) -> Any:
