@@ -87,6 +87,11 @@ class DataSplits:
     def input_size(self) -> int:
         return int(self.train.x.shape[-1])
 
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one image."""
+        return (self.in_chans, self.input_size, self.input_size)
+
     def to(self, device: torch.device) -> DataSplits:
         return DataSplits(
             self.name,

@@ -1,13 +1,17 @@
 """Numeric precision: which autocast dtype a device gets for ``precision: auto | fp32 | bf16 | fp16``.
 
-``auto`` is bf16 autocast on CPUs whose oneDNN has fast bf16 kernels (AMX or AVX-512 BF16: about 1.5x the
-fp32 training step of the IG-KD teacher on a 2-core Xeon, see docs/benchmarks.md), mixed precision on CUDA (bf16
-where the GPU supports it, else fp16 with a gradient scaler), and fp32 everywhere else. Weights, optimiser state
+``auto`` is mixed precision on CUDA (bf16 where the GPU supports it, else fp16 with a gradient scaler); on CPUs
+whose oneDNN has fast bf16 kernels (AMX or AVX-512 BF16) it is bf16 autocast for networks with at least
+:data:`BF16_MIN_DENSE_MACS` multiply-adds per image in dense layers (convolutions that are not grouped, and linear
+layers), and fp32 for smaller ones; fp32 everywhere else. The threshold is measured (benchmarks/train_throughput.py,
+docs/benchmarks.md): on a 2-core AMX Xeon, bf16 trains the IG-KD teacher (53 M dense MACs) 2.1x and its truncated
+student (12 M) 2.1x as fast as fp32, but small mbv2 students (7 M and 1.8 M) only 0.8x and 0.6x as fast, because
+their depthwise convolutions and casts cost more than the matrix units save. Weights, optimiser state
 and losses stay fp32; only the matmuls and convolutions inside :func:`autocast` run in the lower precision.
 
 Example::
 
-    dtype = autocast_dtype("auto", torch.device("cpu"))     # torch.bfloat16 on an AMX Xeon, else None
+    dtype = autocast_dtype("auto", torch.device("cpu"), model, (3, 32, 32))  # bf16 for a big network on AMX
     with autocast(torch.device("cpu"), dtype):
         loss = F.cross_entropy(model(x), y)
 """
@@ -21,11 +25,14 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+from torch import nn
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
 #: CPU flags (as /proc/cpuinfo spells them) that give oneDNN native bf16 kernels
 BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+#: ``auto`` on such a CPU: bf16 from this many dense multiply-adds per image (see the module docstring)
+BF16_MIN_DENSE_MACS = 10_000_000
 
 
 @functools.cache
@@ -46,8 +53,43 @@ def cpu_has_fast_bf16() -> bool:
     return torch.backends.mkldnn.is_available() and any(f in cpu_flags() for f in BF16_CPU_FLAGS)
 
 
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``precision`` on ``device``; None means plain fp32."""
+def dense_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """Multiply-adds of one image in the convolutions that are not grouped and in the linear layers: the work
+    the matrix units (AMX, tensor cores) take; depthwise convolutions and element-wise layers are left out."""
+    total = 0
+
+    def count(module: nn.Module, _inp: object, out: torch.Tensor) -> None:
+        nonlocal total
+        if isinstance(module, nn.Conv2d) and module.groups == 1:
+            total += out.numel() * module.in_channels * module.kernel_size[0] * module.kernel_size[1]
+        elif isinstance(module, nn.Linear):
+            total += out.numel() * module.in_features
+
+    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    was_training = model.training
+    try:
+        param = next(model.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, *input_shape, device=device))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    return total
+
+
+def autocast_dtype(
+    precision: str,
+    device: torch.device,
+    model: nn.Module | None = None,
+    input_shape: tuple[int, ...] | None = None,
+) -> torch.dtype | None:
+    """The autocast dtype for ``precision`` on ``device``; None means plain fp32.
+
+    ``model`` and its ``input_shape`` (C, H, W) let ``auto`` on a CPU keep a small network in fp32 (see the module
+    docstring); without them ``auto`` means bf16 on a CPU with fast bf16 kernels."""
     if precision == "fp32":
         return None
     if precision == "bf16":
@@ -59,6 +101,8 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if device.type == "cpu" and cpu_has_fast_bf16():
+        if model is not None and input_shape is not None:
+            return torch.bfloat16 if dense_macs(model, input_shape) >= BF16_MIN_DENSE_MACS else None
         return torch.bfloat16
     return None
 

@@ -25,7 +25,7 @@ from torch import nn
 
 from automl_kd.data import DataSplits, Split, batches, stratified_indices
 from automl_kd.errors import TrainingDiverged, TrialInterrupted
-from automl_kd.precision import autocast, autocast_dtype, grad_scaler
+from automl_kd.precision import autocast, autocast_dtype, dtype_name, grad_scaler
 
 from .augmenter import Augmenter, StepBatch
 from .settings import TrainSettings, check_train_fraction
@@ -44,6 +44,8 @@ class TrainResult:
     epochs_run: int
     steps: int
     history: list[dict[str, float]] = field(default_factory=list)
+    #: what the forward passes ran in: "fp32", "bf16" or "fp16" (``precision: auto`` resolved)
+    precision: str = "fp32"
 
 
 def stop_now(should_stop: Callable[[], bool] | None) -> None:
@@ -71,7 +73,7 @@ def accuracy(
     model.eval()
     normalize = normalize or data.normalize
     device = split.x.device
-    dtype = autocast_dtype(precision, device)
+    dtype = autocast_dtype(precision, device, model, tuple(split.x.shape[1:]))
     correct = 0
     for x, y, _ in batches(split, batch_size, shuffle=False):
         stop_now(should_stop)  # a stop request ends the pass at the next batch (TrialInterrupted)
@@ -137,7 +139,7 @@ def train_student(
     torch.manual_seed(seed)  # dropout and other module-level randomness
     gen = torch.Generator().manual_seed(seed)
     model.to(device).train()
-    dtype = autocast_dtype(settings.precision, device)
+    dtype = autocast_dtype(settings.precision, device, model, data.input_shape)
     scaler = grad_scaler(device, dtype)
     normalize = normalize or data.normalize
     t_normalize = teacher_normalizer(teacher, data) if teacher is not None else normalize
@@ -270,4 +272,5 @@ def train_student(
         len(curve),
         step,
         history,
+        dtype_name(dtype),
     )

@@ -205,7 +205,7 @@ def get_teacher(
             return _ready(model, info, device)
         start, start_fp = model, fingerprint
         model = build_teacher_model(teacher_cfg, data, pm)
-    dtype = autocast_dtype(precision, device)
+    dtype = autocast_dtype(precision, device, model, data.input_shape)
     key = teacher_cache_key(teacher_cfg, data, start_fp, dtype_name(dtype))
     art = None if retrain else _load_cached(model, cache, key)
     if art is None:

@@ -201,7 +201,7 @@ def build_teacher_outputs(
     convention (``teacher.input``); both are part of the key when they are not the defaults."""
     part = data.train
     device = part.x.device
-    run_dtype = autocast_dtype(precision, device)
+    run_dtype = autocast_dtype(precision, device, teacher, tuple(part.x.shape[1:]))
     reducers = teacher_reducers(augmenters)
     moving = [a for a in augmenters if _transforms(a)]
     base = {

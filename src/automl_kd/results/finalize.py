@@ -276,7 +276,7 @@ def finalize(
         raise ConfigError(f"finalize trial {chosen.number}: {exc}") from exc
     model, result = fitted.model, fitted.result
     model.eval().to(memory_format=torch.contiguous_format)  # training used channels_last; save plain tensors
-    shape = (data.in_chans, data.input_size, data.input_size)
+    shape = data.input_shape
     metrics: dict[str, Any] = {
         "val_acc": round(result.val_acc, 4),
         # report only, never used to choose

@@ -225,7 +225,7 @@ def evaluate_student(
     x_src, y_src = x_all[keep], y_all[keep]
     target = torch.tensor([mapping[int(v)] for v in y_src.tolist()], dtype=torch.long)
 
-    dtype = autocast_dtype(cfg.precision, torch.device("cpu"))
+    dtype = autocast_dtype(cfg.precision, torch.device("cpu"), model, tuple(x_src.shape[1:]))
     mean = torch.tensor(data_rec["mean"]).view(1, -1, 1, 1)
     std = torch.tensor(data_rec["std"]).view(1, -1, 1, 1)
     allowed = torch.tensor(sorted(set(mapping.values())))

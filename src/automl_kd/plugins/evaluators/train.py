@@ -85,7 +85,7 @@ class TrainEvaluator(Evaluator):
             should_stop=context.should_stop,
         )
         model, result = fitted.model, fitted.result
-        shape = (data.in_chans, data.input_size, data.input_size)
+        shape = data.input_shape
         metrics: dict[str, Any] = {
             "val_acc": result.val_acc,
             # report only
@@ -101,6 +101,7 @@ class TrainEvaluator(Evaluator):
             "loss_terms": {k: round(v, 6) for k, v in result.loss_terms.items()},
             "epochs": result.epochs_run,
             "train_steps": result.steps,
+            "precision": result.precision,
             "train_seconds": round(fitted.seconds, 3),
             "params": count_params(model),
             "macs": count_macs(model, shape),
