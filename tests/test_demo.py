@@ -109,7 +109,7 @@ def test_demo_runs_end_to_end_and_prints_the_report_and_onnx_paths(tmp_path: Pat
         "teacher.train.epochs=1",
         "teacher.train.max_steps_per_epoch=3",
     ]
-    args = [*DEMO, "--run-dir", str(tmp_path / "demo"), "--final-epochs", "1"]
+    args = [*DEMO, "--run-dir", str(tmp_path / "demo")]  # the final training: twice the search's 1 epoch
     args += [a for s in tiny for a in ("--set", s)]
     t0 = time.perf_counter()
     out = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=900)
@@ -121,6 +121,7 @@ def test_demo_runs_end_to_end_and_prints_the_report_and_onnx_paths(tmp_path: Pat
     onnx = next(line.removeprefix("onnx: ") for line in lines if line.startswith("onnx: "))
     assert Path(report).is_file() and Path(onnx).is_file() and onnx.endswith(".onnx")
     assert any(line.startswith("teacher: val ") for line in lines)
+    assert any(line.startswith("finalized (2 epochs): val ") for line in lines), out.stdout
     assert any("with cross-entropy alone: KD gain" in line and "noise band" in line for line in lines), (
         out.stdout
     )

@@ -170,14 +170,20 @@ def cmd_llm_parse(args: argparse.Namespace) -> int:
     return 0 if candidates else 1
 
 
+#: ``automl-kd demo`` finalizes its best student for this many times the search's epochs
+DEMO_FINAL_FACTOR = 2
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """The embedded demo end to end: teacher -> KD search -> CE-alone baseline -> finalize + ONNX -> report."""
     overrides = list(args.set or [])
     if args.run_dir:
         overrides.append(f"run_dir={args.run_dir}")
-    if args.final_epochs < 1:
+    if args.final_epochs is not None and args.final_epochs < 1:
         raise ConfigError(f"--final-epochs must be at least 1, got {args.final_epochs}")
     cfg = load_config(demo_config_path(), overrides)
+    # the finalized student trains longer than a searched one, never shorter
+    final_epochs = args.final_epochs or DEMO_FINAL_FACTOR * int(cfg.evaluator.options.get("epochs", 1))
     t0 = time.perf_counter()
     search, study, storage, code = _search(args, cfg)
     if _stopped(search) or code:
@@ -194,14 +200,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
         )
     run_dir = search.run_dir
     folder = final_dir(run_dir, rows[0]["trial"])
-    rec = _reusable_final(folder, args.final_epochs)
+    rec = _reusable_final(folder, final_epochs)
     card_path = folder / "export" / "model_card.json"
     card: dict[str, Any] | None = None
     if rec is None:  # a rerun of a finished demo reuses the finalized student (and its ONNX file)
         rec = finalize(
             run_dir,
             trial=rows[0]["trial"],
-            epochs=args.final_epochs,
+            epochs=final_epochs,
             storage=args.storage,
             study_name=study.study_name,
             pm=pm,
@@ -381,7 +387,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     run_opts(sp)
     sp.add_argument(
-        "--final-epochs", type=int, default=2, help="epochs of the best student's final training (default 2)"
+        "--final-epochs",
+        type=int,
+        default=None,
+        help=f"epochs of the best student's final training (default: {DEMO_FINAL_FACTOR}x the search's epochs)",
     )
     sp.set_defaults(func=cmd_demo)
 
