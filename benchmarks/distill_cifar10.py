@@ -484,6 +484,26 @@ def markdown(r: dict[str, Any]) -> str:
                 f"| {c['latency_ms_b1']:.2f} / {c['latency_ms_b64']:.1f} "
                 f"| {c['ort_ms_b1']:.2f} / {c['ort_ms_b64']:.1f} |"
             )
+        curve = costs.get("truncation_curve", {})
+        if curve:
+            lines += [
+                "",
+                "Truncation cuts parameters much faster than MACs (the paper's way), against the NAS student at the "
+                "same MACs cap:",
+                "",
+                "| student | params | MACs | MACs / teacher |",
+                "|---|---|---|---|",
+            ]
+            t_macs = costs["teacher"]["macs"]
+            for k, c in curve.items():
+                lines.append(
+                    f"| paper-truncated, removed = {k} | {c['params']:,} | {c['macs'] / 1e6:.2f} M "
+                    f"| {c['macs'] / t_macs:.1%} |"
+                )
+            n = costs["nas"]
+            lines.append(
+                f"| NAS (mbv2) | {n['params']:,} | {n['macs'] / 1e6:.2f} M | {n['macs'] / t_macs:.1%} |"
+            )
     return "\n".join(lines)
 
 
