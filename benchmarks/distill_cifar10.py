@@ -192,6 +192,7 @@ def stage_ig_steps(root: Path, teacher_epochs: int, r: dict[str, Any], n: int = 
         torch.device("cpu"),
         ArtifactCache.default(),
         get_plugin_manager(),
+        precision="auto",  # as the teacher stage and every cell: the same cached teacher, not an fp32 retraining
     )
     fast = inference_copy(teacher)
     norm = teacher_normalizer(teacher, data)
