@@ -14,6 +14,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -205,3 +209,34 @@ def test_server_stopped_mid_search_ends_it_with_the_reason(tmp_path: Path) -> No
     trials = search.study.get_trials(deepcopy=False)
     assert [t.state for t in trials[:2]] == [optuna.trial.TrialState.COMPLETE] * 2
     assert trials[2].user_attrs["fail_reason"] in message
+
+
+def test_the_server_dies_with_the_process_that_started_it(tmp_path: Path) -> None:
+    """A process that leaves by ``os._exit`` (as a search does after SIGTERM) runs no ``finally``: the server
+    must not outlive it."""
+    reason = missing()
+    if reason:
+        if os.environ.get(REQUIRE_ENV) == "1":
+            pytest.fail(f"{REQUIRE_ENV}=1 but the local LLM server cannot run: {reason}")
+        pytest.skip(reason)
+    script = (
+        "import os, sys; sys.path.insert(0, sys.argv[1]); from llm_local import LlamaServer; "
+        "s = LlamaServer(n_ctx=512, n_threads=1).start(); print(s.pid, flush=True); os._exit(0)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(Path(__file__).parent)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    pid = int(out.stdout.split()[0])
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+        if Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z":  # exited, not yet reaped
+            break
+        time.sleep(0.2)
+    alive = Path(f"/proc/{pid}").exists() and Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    if alive:
+        os.kill(pid, signal.SIGKILL)
+    assert not alive, "the llama.cpp server outlived the process that started it"
