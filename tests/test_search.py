@@ -82,6 +82,26 @@ def test_constraints_reject_before_training(tmp_path: Path, pm: Any, formula_plu
     )  # the evaluator never saw the rejected
 
 
+def test_optuna_logs_our_errors_in_one_line_and_keeps_the_traceback_of_others(
+    tmp_path: Path, pm: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    optuna.logging.enable_propagation()  # Optuna's records reach caplog only when propagated
+    try:
+        cfg = make_config(tmp_path, proposer={"name": "random"}, n_trials=8, constraints={"max_params": 4_500})
+        cfg.evaluator.options["fail_on"] = "ir_k5_e3"
+        with caplog.at_level("WARNING", logger="optuna"):
+            study = Search(cfg, pm=pm).run()
+    finally:
+        optuna.logging.disable_propagation()
+    failed = [r for r in caplog.records if r.name.startswith("optuna") and "failed with parameters" in r.message]
+    states = {trial_state(t) for t in study.get_trials()}
+    assert {"rejected", "failed"} <= states, states
+    rejected = [r for r in failed if "CandidateRejected" in r.message]
+    others = [r for r in failed if "RuntimeError" in r.message]
+    assert rejected and all(r.exc_info is None for r in rejected)  # our error: one line
+    assert others and all(r.exc_info is not None for r in others)  # anything else: Optuna's traceback stays
+
+
 def test_constraint_messages_give_the_margin() -> None:
     c = Constraints(macs=(270e6, 330e6))
     assert c.check(Cost(1, 347_000_000)) == "MACs 347.0M exceed the upper bound 330.0M by 17.0M"
