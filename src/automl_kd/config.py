@@ -202,7 +202,8 @@ class Config(_Model):
     name: str = Field("automl-kd", pattern=r"^[A-Za-z0-9_.-]+$")
     seed: int = 0
     device: str = "auto"
-    #: numeric precision of training, teacher outputs, evaluation and the IG precompute (automl_kd.precision)
+    #: numeric precision of training, teacher outputs and evaluation (automl_kd.precision; the IG precompute
+    #: stays fp32: bf16 loses its completeness); auto picks per network
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     run_dir: str | None = None
     data: DataConfig = DataConfig()
