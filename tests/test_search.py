@@ -87,13 +87,17 @@ def test_optuna_logs_our_errors_in_one_line_and_keeps_the_traceback_of_others(
 ) -> None:
     optuna.logging.enable_propagation()  # Optuna's records reach caplog only when propagated
     try:
-        cfg = make_config(tmp_path, proposer={"name": "random"}, n_trials=8, constraints={"max_params": 4_500})
+        cfg = make_config(
+            tmp_path, proposer={"name": "random"}, n_trials=8, constraints={"max_params": 4_500}
+        )
         cfg.evaluator.options["fail_on"] = "ir_k5_e3"
         with caplog.at_level("WARNING", logger="optuna"):
             study = Search(cfg, pm=pm).run()
     finally:
         optuna.logging.disable_propagation()
-    failed = [r for r in caplog.records if r.name.startswith("optuna") and "failed with parameters" in r.message]
+    failed = [
+        r for r in caplog.records if r.name.startswith("optuna") and "failed with parameters" in r.message
+    ]
     states = {trial_state(t) for t in study.get_trials()}
     assert {"rejected", "failed"} <= states, states
     rejected = [r for r in failed if "CandidateRejected" in r.message]
