@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 import yaml
+from conftest import small_mbv2_options
 
 #: the console script of the environment running the tests (``python -m automl_kd.cli`` where there is none)
 _SCRIPT = Path(sys.executable).with_name("automl-kd")
@@ -124,17 +125,7 @@ def assert_one_error(res: Result, code: int, pattern: str) -> str:
 
 
 def small_space() -> dict[str, Any]:
-    return {
-        "name": "mbv2",
-        "options": {
-            "stem_stride": 2,
-            "stem_channels": 8,
-            "stages": [[8, 1, 1], [16, 2, 2], [24, 2, 1]],
-            "widths": [0.5, 1.0],
-            "ops": ["ir_k3_e1", "ir_k3_e3", "ir_k5_e3"],
-            "head_channels": 32,
-        },
-    }
+    return {"name": "mbv2", "options": small_mbv2_options()}
 
 
 def base_config(name: str = "base", **top: Any) -> dict[str, Any]:
