@@ -303,25 +303,77 @@ def run_cell(
     epochs: int,
     teacher_epochs: int,
     ig_steps: int,
+    recorded: list[dict[str, Any]],
+    save: Any,
 ) -> list[dict[str, Any]]:
-    """``seeds`` runs of one fixed student with one method, in one resumable study."""
+    """``seeds`` runs of one fixed student with one method, in one resumable study.
+
+    ``recorded`` holds the runs the JSON already has; ``save(runs)`` is called after every run, so a stop loses at
+    most the run in progress. A study lost with its machine (``--work`` gone) is started again with one placeholder
+    per recorded run, so trial numbers, and with them the seeds, continue where the JSON stopped.
+    """
     name = f"{student}-{method.replace('+', '_')}-e{epochs}"
+    if len(recorded) >= seeds:
+        return recorded[:seeds]
     raw = base_config(root, work, name, teacher_epochs, epochs)
     if student == "nas":
         raw["space"] = NAS_SPACE
     raw["augmenters"] = augmenters(method, ig_steps)
     search = Search(load_config(raw))
+    keys = ("val_acc", "test_acc", "params", "macs", "seed", "train_seconds", "loss_terms")
+    missing = len(recorded) - len(search.study.get_trials())
+    for _ in range(max(0, missing)):
+        search.study.add_trial(
+            optuna.trial.create_trial(
+                state=optuna.trial.TrialState.FAIL,
+                user_attrs={"fail_reason": "placeholder: this run is in distill_cifar10.json (study lost)"},
+            )
+        )
     while True:
         trials = search.study.get_trials()
         complete = [t for t in trials if trial_state(t) == "complete"]
-        if len(complete) >= seeds:
-            break
+        seen = {x["seed"] for x in recorded}  # a run of a surviving study may be in the JSON already
+        runs = recorded + [
+            {k: t.user_attrs.get(k) for k in keys} for t in complete if t.user_attrs.get("seed") not in seen
+        ]
+        if runs:
+            save(runs[:seeds])
+        if len(runs) >= seeds:
+            return runs[:seeds]
         search.study.enqueue_trial(params)
         t0 = time.perf_counter()
         search.run(n_trials=len([t for t in trials if t.state.is_finished()]) + 1)
-        log(f"  {name}: run {len(complete) + 1}/{seeds} in {time.perf_counter() - t0:.0f} s")
-    keys = ("val_acc", "test_acc", "params", "macs", "seed", "train_seconds", "loss_terms")
-    return [{k: t.user_attrs.get(k) for k in keys} for t in complete[:seeds]]
+        log(f"  {name}: run {len(runs) + 1}/{seeds} in {time.perf_counter() - t0:.0f} s")
+
+
+def grid_teacher(root: Path, teacher_epochs: int, r: dict[str, Any]) -> None:
+    """The teacher the KD cells use, trained again when the cache is gone (a new machine): its fingerprint and
+    accuracy go into the JSON beside the teacher stage's, so a reproduced teacher can be told from the first."""
+    data = load_data(load_config({"data": data_cfg(root)}).data)
+    teacher = get_teacher(
+        TeacherConfig.model_validate(teacher_block(teacher_epochs)),
+        data,
+        torch.device("cpu"),
+        ArtifactCache.default(),
+        get_plugin_manager(),
+        precision="auto",
+    )
+    info = teacher_info(teacher)
+    fp = info.fingerprint if info else None
+    used = r.setdefault("grid_teachers", [])
+    if any(u["fingerprint"] == fp for u in used):
+        return
+    norm = teacher_normalizer(teacher, data)
+    row = {
+        "fingerprint": fp,
+        "source": info.source if info else None,
+        "val_acc": accuracy(teacher, data.val, data, normalize=norm, precision="fp32"),
+        "test_acc": accuracy(teacher, data.test, data, normalize=norm, precision="fp32"),  # report only
+        "at": time.strftime("%Y-%m-%d %H:%M"),
+    }
+    used.append(row)
+    save_result(r)
+    log(f"grid teacher {str(fp)[:12]}: val {row['val_acc']:.2f} %, test {row['test_acc']:.2f} %")
 
 
 def summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
@@ -524,6 +576,11 @@ def main() -> None:
     ap.add_argument("--nas-fraction", type=float, default=0.2)
     ap.add_argument("--priority", type=int, default=1, help="0: only NAS vs truncated with CE and KD+IG+AT")
     ap.add_argument("--stages", default="teacher,ig,nas,costs,grid")
+    ap.add_argument(
+        "--cells",
+        default="",
+        help="grid cells in this order, e.g. nas:kd+ig+at,truncated:ce (default: the priority order)",
+    )
     ap.add_argument("--markdown", action="store_true")
     ap.add_argument(
         "--smoke", action="store_true", help="tiny subsets, results into --work (checks the script)"
@@ -584,19 +641,49 @@ def main() -> None:
         stage_costs(work, nas["best"]["arch"], r)
     if "grid" in stages:
         students = {"nas": nas["best"]["arch"], "truncated": {"removed": STUDENT_REMOVED}}
-        for level in range(args.priority + 1):
-            for method in [m for m in METHODS if PRIORITY[m] == level]:
-                for student, params in students.items():
-                    t0 = time.perf_counter()
-                    runs = run_cell(
-                        root, work, student, params, method, args.seeds, args.epochs, t_epochs, ig["chosen"]
-                    )
-                    block = r.setdefault("grid", {}).setdefault(student, {"runs": {}})
-                    block["params"] = params
-                    block["runs"][method] = runs
-                    block["summary"] = summarise(block["runs"])
-                    save_result(r)
-                    log(f"{student} {method}: {len(runs)} runs, {time.perf_counter() - t0:.0f} s")
+        cells = (
+            [tuple(c.split(":")) for c in args.cells.split(",")]
+            if args.cells
+            else [
+                (student, method)
+                for level in range(args.priority + 1)
+                for method in METHODS
+                if PRIORITY[method] == level
+                for student in students
+            ]
+        )
+        for student, method in cells:
+            if student not in students or method not in METHODS:
+                raise SystemExit(
+                    f"--cells: {student}:{method} is not a cell (students {list(students)}, "
+                    f"methods {METHODS})"
+                )
+            block = r.setdefault("grid", {}).setdefault(student, {"runs": {}})
+            block["params"] = students[student]
+            recorded = block["runs"].get(method, [])
+            if method != "ce" and len(recorded) < args.seeds:
+                grid_teacher(root, t_epochs, r)
+
+            def save(runs: list[dict[str, Any]], block: dict[str, Any] = block, method: str = method) -> None:
+                block["runs"][method] = runs
+                block["summary"] = summarise(block["runs"])
+                save_result(r)
+
+            t0 = time.perf_counter()
+            runs = run_cell(
+                root,
+                work,
+                student,
+                students[student],
+                method,
+                args.seeds,
+                args.epochs,
+                t_epochs,
+                ig["chosen"],
+                recorded,
+                save,
+            )
+            log(f"{student} {method}: {len(runs)} runs, {time.perf_counter() - t0:.0f} s")
     print(markdown(r))
 
 

@@ -1,0 +1,82 @@
+"""benchmarks/distill_cifar10.py's grid at a tiny scale: real CIFAR-10 (JPEG) images, real student training through
+the search engine. What is tested is how a cell survives a stop: every run reaches the JSON as soon as it ends,
+and a study lost with its machine is started again where the JSON stopped, with the seeds the lost study would
+have used (the headline experiment spans several sessions, and a session's machine does not outlive it)."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+from conftest import REPO, SHARED_DATA
+
+from automl_kd.data import unpack_imagefolder
+
+ARCHIVE = SHARED_DATA / "cifar-10-jpeg" / "cifar-10-jpeg.tar.gz"
+pytestmark = pytest.mark.skipif(not ARCHIVE.is_file(), reason="needs ../shared/data/cifar-10-jpeg")
+
+
+@pytest.fixture(scope="module")
+def bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        "distill_cifar10", REPO / "benchmarks" / "distill_cifar10.py"
+    )
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["distill_cifar10"] = mod
+    spec.loader.exec_module(mod)
+    mod.SMOKE.update(data={"train_size": 150, "test_size": 60}, student={"max_steps_per_epoch": 2})
+    return mod
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return unpack_imagefolder(ARCHIVE, tmp_path_factory.mktemp("cifar-jpeg"), {"train": 20, "test": 6})
+
+
+def cell(bench: ModuleType, root: Path, work: Path, recorded: list[dict[str, Any]], saved: list[Any]) -> Any:
+    return bench.run_cell(
+        root, work, "truncated", {"removed": 15}, "ce", 2, 1, 0, 2, recorded, lambda runs: saved.append(runs)
+    )
+
+
+def test_a_cell_saves_each_run_and_continues_a_lost_study_with_the_same_seeds(
+    bench: ModuleType, root: Path, tmp_path: Path
+) -> None:
+    saved: list[Any] = []
+    runs = cell(bench, root, tmp_path, [], saved)
+    assert len(runs) == 2 and runs[0]["seed"] != runs[1]["seed"]
+    assert [len(s) for s in saved] == [1, 2]  # the JSON gets the first run before the second starts
+    assert all(0 <= r["test_acc"] <= 100 and r["macs"] == 14_926_064 for r in runs)
+
+    # the machine is gone: the study with it; the JSON kept the first run only (stopped during the second)
+    shutil.rmtree(tmp_path / "studies")
+    saved.clear()
+    again = cell(bench, root, tmp_path, runs[:1], saved)
+    assert again[0] == runs[0]
+    assert again[1]["seed"] == runs[1]["seed"]  # not a repeat of the first seed
+    assert again[1]["val_acc"] == runs[1]["val_acc"] and again[1]["test_acc"] == runs[1]["test_acc"]
+
+    # a surviving study and the JSON hold the same runs: none is counted twice
+    saved.clear()
+    assert cell(bench, root, tmp_path, again[:1], saved) == again
+
+
+def test_a_recorded_cell_runs_nothing_and_a_partial_cell_is_tabled(
+    bench: ModuleType, root: Path, tmp_path: Path
+) -> None:
+    done = [{"seed": s, "val_acc": 50.0 + s, "test_acc": 49.0 + s} for s in (1, 2)]
+    assert cell(bench, root, tmp_path, done, []) == done
+    assert not (tmp_path / "studies").exists()
+    block = {"runs": {"ce": done, "kd+ig+at": done[:1]}}
+    block["summary"] = bench.summarise(block["runs"])
+    assert block["summary"]["kd+ig+at"]["n"] == 1
+    table = bench.markdown({"epochs": 1, "seeds": 2, "grid": {"truncated": block}})
+    assert "| truncated | ce | 2 | 50.50 ± 0.71" in table
+    assert "| truncated | kd+ig+at | 1 | 50.00 ± 0.00" in table
+    assert "| truncated | kd | 0 | not run yet |" in table
