@@ -399,6 +399,24 @@ def summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     return out
 
 
+def compare_students(grid: dict[str, Any]) -> dict[str, Any]:
+    """The first priority's question: NAS against truncated student at equal MACs, per method, Welch's t on test
+    accuracy with Holm's correction over the methods both students have at least 2 runs of."""
+    if not {"nas", "truncated"} <= set(grid):
+        return {}
+    nas, trunc = grid["nas"]["runs"], grid["truncated"]["runs"]
+    out: dict[str, Any] = {}
+    for m in METHODS:
+        if m in nas and m in trunc:
+            a = np.array([x["test_acc"] for x in nas[m]])
+            b = np.array([x["test_acc"] for x in trunc[m]])
+            out[m] = {"n": [len(a), len(b)], "diff": float(a.mean() - b.mean()), **welch(a, b)}
+    tested = [m for m in out if not np.isnan(out[m]["p"])]
+    for m, adj in zip(tested, holm([out[m]["p"] for m in tested]), strict=True):
+        out[m]["p_holm"] = adj
+    return out
+
+
 # -- stage 5: cost of the students: params, MACs, latency in PyTorch and ONNX Runtime ------------------------------
 def ort_latency(model: torch.nn.Module, shape: tuple[int, int, int], work: Path) -> dict[str, float]:
     import onnxruntime as ort
@@ -523,6 +541,21 @@ def markdown(r: dict[str, Any]) -> str:
                     f"| {student} | {m} | {row['n']} | {row['test_mean']:.2f} ± {row['test_std']:.2f} "
                     f"[{lo:.2f}, {hi:.2f}] | {p} |"
                 )
+    vs = compare_students(grid)
+    if vs:
+        lines += [
+            "",
+            "NAS against truncated student at equal MACs (test accuracy, NAS minus truncated; Welch's t / p / "
+            "Holm-adjusted p over the methods):",
+            "",
+            "| method | runs (NAS, truncated) | difference, points | t / p / p Holm |",
+            "|---|---|---|---|",
+        ]
+        for m, c in vs.items():
+            lines.append(
+                f"| {m} | {c['n'][0]}, {c['n'][1]} | {c['diff']:+.2f} "
+                f"| {c['t']:+.2f} / {c['p']:.3f} / {c.get('p_holm', float('nan')):.3f} |"
+            )
     costs = r.get("costs")
     if costs:
         lines += [
@@ -667,6 +700,7 @@ def main() -> None:
             def save(runs: list[dict[str, Any]], block: dict[str, Any] = block, method: str = method) -> None:
                 block["runs"][method] = runs
                 block["summary"] = summarise(block["runs"])
+                r["nas_vs_truncated"] = compare_students(r["grid"])
                 save_result(r)
 
             t0 = time.perf_counter()

@@ -80,3 +80,22 @@ def test_a_recorded_cell_runs_nothing_and_a_partial_cell_is_tabled(
     assert "| truncated | ce | 2 | 50.50 ± 0.71" in table
     assert "| truncated | kd+ig+at | 1 | 50.00 ± 0.00" in table
     assert "| truncated | kd | 0 | not run yet |" in table
+
+
+def test_the_students_are_compared_per_method_with_holm(bench: ModuleType) -> None:
+    def runs(*accs: float) -> list[dict[str, float]]:
+        return [{"test_acc": a, "val_acc": a} for a in accs]
+
+    grid = {
+        "nas": {"runs": {"ce": runs(62.0, 61.0, 62.5), "kd+ig+at": runs(66.0, 65.5, 66.4)}},
+        "truncated": {"runs": {"ce": runs(58.0, 57.5, 58.4), "kd+ig+at": runs(60.1)}},
+    }
+    vs = bench.compare_students(grid)
+    assert set(vs) == {"ce", "kd+ig+at"}
+    assert vs["ce"]["diff"] == pytest.approx(61.833333 - 57.966667) and vs["ce"]["t"] > 0
+    assert vs["ce"]["p_holm"] == pytest.approx(
+        vs["ce"]["p"]
+    )  # the one method with 2+ runs each: no correction
+    assert vs["kd+ig+at"]["n"] == [3, 1] and "p_holm" not in vs["kd+ig+at"]
+    table = bench.markdown({"epochs": 1, "seeds": 3, "grid": grid})
+    assert "| ce | 3, 3 | +3.87 |" in table
