@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import platform
 import sys
 import tempfile
@@ -633,6 +634,11 @@ def main() -> None:
         print(markdown(r))
         return
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # the library's progress (teacher epochs, IG and teacher-view precomputes) into the log, with the time
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("[%(asctime)s] %(message)s", "%H:%M:%S"))
+    logging.getLogger("automl_kd").handlers[:] = [handler]
+    logging.getLogger("automl_kd").setLevel(logging.INFO)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     stages = args.stages.split(",")
