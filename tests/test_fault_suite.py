@@ -506,6 +506,27 @@ def test_sigint_exits_130_at_once_and_never_says_target_reached(interrupted_tria
     assert_interrupted_and_queued(run)
 
 
+@pytest.mark.slow
+def test_a_second_ctrl_c_stops_at_once_and_still_exits_130(tmp_path: Path) -> None:
+    """10: the first Ctrl-C asks the trial to stop at its next batch; a second one does not wait for it."""
+    base = write_yaml(tmp_path / "slow.yaml", slow_trial_config("slow"))
+    w = Watched("run", str(base), "--run-dir", str(tmp_path / "run"), cwd=tmp_path)
+    try:
+        w.wait_for(r"trial 0: started", timeout=90)
+        time.sleep(4)
+        w.signal(signal.SIGINT)
+        w.wait_for(r"Ctrl-C again: stop now", timeout=60)
+        w.signal(signal.SIGINT)
+        res = w.finish(timeout=120)
+    finally:
+        if w.proc.poll() is None:
+            w.proc.kill()
+            w.proc.wait()
+    assert_no_traceback(res)
+    assert res.rc == 130, res
+    assert "target reached" not in res.err, res
+
+
 def test_an_unreachable_llm_endpoint_is_one_line_with_its_reason(tmp_path: Path) -> None:
     """6 (the engine's part): the proposer's real reason reaches the trial record, the progress line and the
     error; the search does not claim "target reached"; --json still prints its summary."""

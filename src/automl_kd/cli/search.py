@@ -34,6 +34,8 @@ from automl_kd.storage.workers import config_of_study, default_parallel_storage,
 from .common import emit_json, plugin_manager, print_leaderboard, run_dir_of, study_options
 
 log = logging.getLogger("automl_kd")
+#: the stop reason after the first Ctrl-C (exit code 130); "stopped": no CE baseline, the demo stops too
+STOPPED_BY_SIGINT = "stopped by SIGINT (Ctrl-C)"
 
 
 def _run_search(args: argparse.Namespace, cfg: Any) -> int:
@@ -83,8 +85,23 @@ def _search(args: argparse.Namespace, cfg: Any) -> tuple[Search, Any, str, int]:
                 )
                 search.stop("stopped by SIGTERM")
 
-            signal.signal(signal.SIGTERM, on_term)
-            study = search.run(n_trials=getattr(args, "n_trials", None))
+            def on_int(signum: int, frame: Any) -> None:
+                # a flag, not KeyboardInterrupt: an exception raised at an arbitrary point can land inside a
+                # storage transaction and leave the study locked (seen: a Ctrl-C during a trial's first writes
+                # on a loaded machine hung for minutes); a second Ctrl-C stops at once
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+                log.warning(
+                    "Ctrl-C: stopping the running trial at its next batch; it is queued to run again "
+                    "(Ctrl-C again: stop now)"
+                )
+                search.stop(STOPPED_BY_SIGINT)
+
+            previous = signal.signal(signal.SIGTERM, on_term), signal.signal(signal.SIGINT, on_int)
+            try:
+                study = search.run(n_trials=getattr(args, "n_trials", None))
+            finally:  # after the search (the CE baseline, the demo's finalize and report) a signal acts at once
+                signal.signal(signal.SIGTERM, previous[0])
+                signal.signal(signal.SIGINT, previous[1])
     except BaseException:
         if args.json:  # the summary still ends stdout, with the reason the search stopped
             with contextlib.suppress(Exception):
@@ -106,9 +123,14 @@ def _finish(
         emit_json(summary(study, storage, {"stop_reason": search.stop_reason, **(extra or {})}))
     else:
         print_leaderboard(leaderboard(study, top=10), study.study_name)
-    if search.stop_reason == "stopped by SIGTERM":
+    if search.stop_reason in ("stopped by SIGTERM", STOPPED_BY_SIGINT):
         # everything is recorded; the interpreter's own teardown (torch's thread pools) can take seconds more on
         # a busy machine, and Kubernetes or SLURM send SIGKILL after a few: leave now
+        if search.stop_reason == STOPPED_BY_SIGINT:
+            print(
+                "interrupted (SIGINT); a running trial was recorded and queued to run again", file=sys.stderr
+            )
+            code = 130
         sys.stdout.flush()
         sys.stderr.flush()
         logging.shutdown()
