@@ -537,11 +537,17 @@ def markdown(r: dict[str, Any]) -> str:
                     continue
                 lo, hi = row["test_ci95"]
                 w = row.get("welch_vs_ce")
-                p = f"{w['t']:+.2f} / {w['p']:.3f} / {w.get('p_holm', float('nan')):.3f}" if w else "—"
-                lines.append(
-                    f"| {student} | {m} | {row['n']} | {row['test_mean']:.2f} ± {row['test_std']:.2f} "
-                    f"[{lo:.2f}, {hi:.2f}] | {p} |"
+                p = (
+                    f"{w['t']:+.2f} / {w['p']:.3f} / {w.get('p_holm', float('nan')):.3f}"
+                    if w and not np.isnan(w["p"])
+                    else "—"
                 )
+                acc = (
+                    f"{row['test_mean']:.2f} ± {row['test_std']:.2f} [{lo:.2f}, {hi:.2f}]"
+                    if row["n"] > 1
+                    else f"{row['test_mean']:.2f} (one run: no spread yet)"
+                )
+                lines.append(f"| {student} | {m} | {row['n']} | {acc} | {p} |")
     vs = compare_students(grid)
     if vs:
         lines += [
@@ -553,10 +559,12 @@ def markdown(r: dict[str, Any]) -> str:
             "|---|---|---|---|",
         ]
         for m, c in vs.items():
-            lines.append(
-                f"| {m} | {c['n'][0]}, {c['n'][1]} | {c['diff']:+.2f} "
-                f"| {c['t']:+.2f} / {c['p']:.3f} / {c.get('p_holm', float('nan')):.3f} |"
+            test = (
+                f"{c['t']:+.2f} / {c['p']:.3f} / {c.get('p_holm', float('nan')):.3f}"
+                if not np.isnan(c["p"])
+                else "— (needs 2 runs of each)"
             )
+            lines.append(f"| {m} | {c['n'][0]}, {c['n'][1]} | {c['diff']:+.2f} | {test} |")
     costs = r.get("costs")
     if costs:
         lines += [

@@ -78,7 +78,7 @@ def test_a_recorded_cell_runs_nothing_and_a_partial_cell_is_tabled(
     assert block["summary"]["kd+ig+at"]["n"] == 1
     table = bench.markdown({"epochs": 1, "seeds": 2, "grid": {"truncated": block}})
     assert "| truncated | ce | 2 | 50.50 ± 0.71" in table
-    assert "| truncated | kd+ig+at | 1 | 50.00 ± 0.00" in table
+    assert "| truncated | kd+ig+at | 1 | 50.00 (one run: no spread yet) | — |" in table
     assert "| truncated | kd | 0 | not run yet |" in table
 
 
@@ -98,4 +98,6 @@ def test_the_students_are_compared_per_method_with_holm(bench: ModuleType) -> No
     )  # the one method with 2+ runs each: no correction
     assert vs["kd+ig+at"]["n"] == [3, 1] and "p_holm" not in vs["kd+ig+at"]
     table = bench.markdown({"epochs": 1, "seeds": 3, "grid": grid})
-    assert "| ce | 3, 3 | +3.87 |" in table
+    assert (
+        "| ce | 3, 3 | +3.87 |" in table and "| kd+ig+at | 3, 1 | +5.87 | — (needs 2 runs of each) |" in table
+    )
