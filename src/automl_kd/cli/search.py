@@ -87,8 +87,8 @@ def _search(args: argparse.Namespace, cfg: Any) -> tuple[Search, Any, str, int]:
 
             def on_int(signum: int, frame: Any) -> None:
                 # a flag, not KeyboardInterrupt: an exception raised at an arbitrary point can land inside a
-                # storage transaction and leave the study locked (seen: a Ctrl-C during a trial's first writes
-                # on a loaded machine hung for minutes); a second Ctrl-C stops at once
+                # storage transaction and leave the study locked (the likely cause of a Ctrl-C during a trial's
+                # first writes that hung for minutes on a loaded machine); a second Ctrl-C stops at once
                 signal.signal(signal.SIGINT, signal.default_int_handler)
                 log.warning(
                     "Ctrl-C: stopping the running trial at its next batch; it is queued to run again "
