@@ -138,13 +138,21 @@ def portable(cfg: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def cached_teacher(data: Any, finetune_epochs: int) -> torch.nn.Module:
+    """The teacher of ``teacher_block(finetune_epochs)`` on the CPU, from the cache or trained now; always
+    ``precision: auto``, as in every cell, so each stage reuses the same cached weights."""
+    cfg = TeacherConfig.model_validate(teacher_block(finetune_epochs))
+    return get_teacher(
+        cfg, data, torch.device("cpu"), ArtifactCache.default(), get_plugin_manager(), precision="auto"
+    )
+
+
 # -- stage 1: the teacher -----------------------------------------------------------------------------------------
 def stage_teacher(root: Path, finetune_epochs: int, r: dict[str, Any]) -> dict[str, Any]:
     """The released network as it is and fine-tuned; the better one on the validation split teaches."""
     if "teacher" in r and r["teacher"].get("finetune_epochs") == finetune_epochs:
         return r["teacher"]
     data = load_data(load_config({"data": data_cfg(root)}).data)
-    cpu = torch.device("cpu")
     # a candidate already measured (an interrupted run) is kept: each is saved as soon as it is known
     out: dict[str, Any] = r.get("teacher_partial") or {"finetune_epochs": finetune_epochs, "candidates": {}}
     if out.get("finetune_epochs") != finetune_epochs:
@@ -154,8 +162,7 @@ def stage_teacher(root: Path, finetune_epochs: int, r: dict[str, Any]) -> dict[s
         if (label == "fine-tuned" and not epochs) or label in out["candidates"]:
             continue
         t0 = time.perf_counter()
-        cfg = TeacherConfig.model_validate(teacher_block(epochs))
-        teacher = get_teacher(cfg, data, cpu, ArtifactCache.default(), get_plugin_manager(), precision="auto")
+        teacher = cached_teacher(data, epochs)
         norm = teacher_normalizer(teacher, data)
         info = teacher_info(teacher)
         row = {
@@ -187,14 +194,7 @@ def stage_ig_steps(root: Path, teacher_epochs: int, r: dict[str, Any], n: int = 
     if "ig_steps" in r and r["ig_steps"].get("teacher_finetune_epochs") == teacher_epochs:
         return r["ig_steps"]
     data = load_data(load_config({"data": data_cfg(root)}).data)
-    teacher = get_teacher(
-        TeacherConfig.model_validate(teacher_block(teacher_epochs)),
-        data,
-        torch.device("cpu"),
-        ArtifactCache.default(),
-        get_plugin_manager(),
-        precision="auto",  # as the teacher stage and every cell: the same cached teacher, not an fp32 retraining
-    )
+    teacher = cached_teacher(data, teacher_epochs)
     fast = inference_copy(teacher)
     norm = teacher_normalizer(teacher, data)
     x01, y = data.val.x[:n].float().div(255), data.val.y[:n]
@@ -351,14 +351,7 @@ def grid_teacher(root: Path, teacher_epochs: int, r: dict[str, Any]) -> None:
     """The teacher the KD cells use, trained again when the cache is gone (a new machine): its fingerprint and
     accuracy go into the JSON beside the teacher stage's, so a reproduced teacher can be told from the first."""
     data = load_data(load_config({"data": data_cfg(root)}).data)
-    teacher = get_teacher(
-        TeacherConfig.model_validate(teacher_block(teacher_epochs)),
-        data,
-        torch.device("cpu"),
-        ArtifactCache.default(),
-        get_plugin_manager(),
-        precision="auto",
-    )
+    teacher = cached_teacher(data, teacher_epochs)
     info = teacher_info(teacher)
     fp = info.fingerprint if info else None
     used = r.setdefault("grid_teachers", [])

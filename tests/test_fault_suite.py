@@ -419,7 +419,8 @@ def slow_trial_config(name: str) -> dict[str, Any]:
 def interrupted_trial(tmp_path: Path) -> Iterator[Callable[[int], tuple[Result, float, Path]]]:
     procs: list[Watched] = []
 
-    def start(signum: int) -> tuple[Result, float, Path]:
+    def start(signum: int, again: bool = False) -> tuple[Result, float, Path]:
+        """Send ``signum`` to a training trial; ``again``: a second one once the first is acknowledged."""
         base = write_yaml(tmp_path / "slow.yaml", slow_trial_config("slow"))
         run = tmp_path / "run"
         w = Watched("run", str(base), "--run-dir", str(run), "--json", cwd=tmp_path)
@@ -427,6 +428,9 @@ def interrupted_trial(tmp_path: Path) -> Iterator[Callable[[int], tuple[Result, 
         w.wait_for(r"trial 0: started", timeout=90)
         time.sleep(4)  # the data is loaded and the trial is training
         t_sig = w.signal(signum)
+        if again:
+            w.wait_for(r"Ctrl-C again: stop now", timeout=60)
+            w.signal(signum)
         res = w.finish(timeout=240)
         assert t_sig
         return res, res.seconds, run
@@ -507,21 +511,9 @@ def test_sigint_exits_130_at_once_and_never_says_target_reached(interrupted_tria
 
 
 @pytest.mark.slow
-def test_a_second_ctrl_c_stops_at_once_and_still_exits_130(tmp_path: Path) -> None:
+def test_a_second_ctrl_c_stops_at_once_and_still_exits_130(interrupted_trial: Any) -> None:
     """10: the first Ctrl-C asks the trial to stop at its next batch; a second one does not wait for it."""
-    base = write_yaml(tmp_path / "slow.yaml", slow_trial_config("slow"))
-    w = Watched("run", str(base), "--run-dir", str(tmp_path / "run"), cwd=tmp_path)
-    try:
-        w.wait_for(r"trial 0: started", timeout=90)
-        time.sleep(4)
-        w.signal(signal.SIGINT)
-        w.wait_for(r"Ctrl-C again: stop now", timeout=60)
-        w.signal(signal.SIGINT)
-        res = w.finish(timeout=120)
-    finally:
-        if w.proc.poll() is None:
-            w.proc.kill()
-            w.proc.wait()
+    res, _, _ = interrupted_trial(signal.SIGINT, again=True)
     assert_no_traceback(res)
     assert res.rc == 130, res
     assert "target reached" not in res.err, res
