@@ -14,6 +14,8 @@ import os
 import random
 import shutil
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -29,9 +31,11 @@ from fault_support import (
     assert_one_error,
     base_config,
     cli,
+    cli_env,
     cli_in_process,
     closed_port,
     read_only,
+    synthetic_config,
     write_unsafe_pickle,
     write_yaml,
 )
@@ -517,6 +521,50 @@ def test_a_second_ctrl_c_stops_at_once_and_still_exits_130(interrupted_trial: An
     assert_no_traceback(res)
     assert res.rc == 130, res
     assert "target reached" not in res.err, res
+
+
+#: a ``run`` whose Ctrl-C lands inside optuna's own bookkeeping of a finished trial (``_run_trial`` then raises
+#: ``UnboundLocalError`` from its ``finally``: what a loaded CI machine hit with two quick Ctrl-Cs)
+_CTRL_C_IN_OPTUNA = """
+import sys
+import optuna.study._optimize as optimize
+from automl_kd.cli import main
+
+def tell(*args, **kwargs):
+    raise KeyboardInterrupt
+
+optimize._tell_with_warning = tell
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_ctrl_c_inside_optunas_bookkeeping_is_still_a_ctrl_c(tmp_path: Path) -> None:
+    """10: exit 130 and the interrupt line, not "a bug in automl-kd"; the next run fails the abandoned trial
+    as stale and runs its parameters again."""
+    base = write_yaml(tmp_path / "s.yaml", synthetic_config("s", 2, sleep=0.0))
+    run = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-c", _CTRL_C_IN_OPTUNA, "run", str(base), "--run-dir", str(run), "--json"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=cli_env(),
+    )
+    res = Result(proc.returncode, proc.stdout, proc.stderr, 0.0)
+    assert_no_traceback(res)
+    assert res.rc == 130, res
+    assert "interrupted (SIGINT)" in res.err and "a bug in automl-kd" not in res.err, res
+    assert last_json(res)["stop_reason"] == "interrupted by SIGINT (Ctrl-C)", res
+    time.sleep(3.5)  # the storage's grace period: the abandoned trial is stale now
+    again = cli("run", str(base), "--run-dir", str(run), "--json", cwd=tmp_path)
+    assert_no_traceback(again)
+    assert again.rc == 0, again
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{run / 'study.db'}")
+    first, retry = study.trials[:2]
+    assert first.state == optuna.trial.TrialState.FAIL, study.trials
+    assert retry.state == optuna.trial.TrialState.COMPLETE and retry.params == first.params, study.trials
+    assert retry.system_attrs.get("failed_trial") == 0, retry.system_attrs
 
 
 def test_an_unreachable_llm_endpoint_is_one_line_with_its_reason(tmp_path: Path) -> None:

@@ -85,3 +85,20 @@ class TrialInterrupted(AutomlKdError):
 
 class TrainingDiverged(AutomlKdError):
     """The loss became NaN or infinite; the trial fails with this reason."""
+
+
+def raised_by_ctrl_c(exc: BaseException) -> bool:
+    """Whether ``exc`` is a Ctrl-C, or an error raised while one was being handled.
+
+    A ``KeyboardInterrupt`` can land anywhere, also inside a library's own ``except``/``finally`` (optuna's trial
+    bookkeeping, for one), where it turns into an unrelated error such as ``UnboundLocalError``; the Ctrl-C is
+    still what happened, and the user should hear that, not about a bug.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, KeyboardInterrupt):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False

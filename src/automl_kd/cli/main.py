@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import optuna
 
 from automl_kd.compare.cli import add_compare_arguments, compare_main
-from automl_kd.errors import AutomlKdError
+from automl_kd.errors import AutomlKdError, raised_by_ctrl_c
 from automl_kd.storage.outage import is_storage_error, storage_fault
 
 from . import distill, results, search
@@ -74,6 +74,17 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     return p
 
 
+def _interrupted(args: argparse.Namespace) -> int:
+    """Ctrl-C: say so in one line; exit 130 (for ``run``/``demo``/``worker`` at once, as after SIGTERM)."""
+    print("interrupted (SIGINT); a running trial was recorded and queued to run again", file=sys.stderr)
+    if getattr(args, "command", None) in ("run", "demo", "worker"):  # as after SIGTERM: no slow teardown
+        sys.stdout.flush()
+        sys.stderr.flush()
+        logging.shutdown()
+        os._exit(130)
+    return 130
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser(argv)
     args = parser.parse_args(argv)
@@ -81,19 +92,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except AutomlKdError as exc:
+        if raised_by_ctrl_c(exc):
+            return _interrupted(args)
         _error(str(exc))
         return exc.exit_code
     except KeyboardInterrupt:
-        print("interrupted (SIGINT); a running trial was recorded and queued to run again", file=sys.stderr)
-        if getattr(args, "command", None) in ("run", "demo", "worker"):  # as after SIGTERM: no slow teardown
-            sys.stdout.flush()
-            sys.stderr.flush()
-            logging.shutdown()
-            os._exit(130)
-        return 130
+        return _interrupted(args)
     except BrokenPipeError:
         os._exit(0)
     except Exception as exc:  # never a traceback: the fault in one line (-v adds the traceback)
+        if raised_by_ctrl_c(exc):  # a second Ctrl-C inside a library's own error handling
+            return _interrupted(args)
         if args.verbose:
             traceback.print_exc()
         message, code = _unexpected(exc)

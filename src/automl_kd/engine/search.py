@@ -28,6 +28,7 @@ from automl_kd.errors import (
     StorageError,
     TrainingDiverged,
     TrialInterrupted,
+    raised_by_ctrl_c,
 )
 from automl_kd.evaluator import Evaluator, TrialContext
 from automl_kd.manager import PluginManager, get_plugin_manager
@@ -383,6 +384,9 @@ class Search:
             self.stop_reason = "interrupted by SIGINT (Ctrl-C)"
             raise
         except Exception as exc:
+            if raised_by_ctrl_c(exc):  # a Ctrl-C inside optuna's own bookkeeping turns into another error
+                self.stop_reason = "interrupted by SIGINT (Ctrl-C)"
+                raise
             self.stop_reason = self.stop_reason or f"stopped by an error: {failure_reason(exc)}"
             raise
         finally:
