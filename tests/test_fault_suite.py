@@ -523,6 +523,55 @@ def test_a_second_ctrl_c_stops_at_once_and_still_exits_130(interrupted_trial: An
     assert "target reached" not in res.err, res
 
 
+#: a ``run`` whose Ctrl-C lands in a ``__del__`` (Python swallows it there and prints "Exception ignored in" with a
+#: traceback: what a second Ctrl-C in SQLAlchemy's weakref callbacks did on a loaded CI machine)
+_CTRL_C_IN_DEL = """
+import sys
+from automl_kd.cli import main
+from automl_kd.engine.search import Search
+
+class Dropped:
+    def __del__(self):
+        raise KeyboardInterrupt
+
+step = Search._step
+
+def dropping_step(self, *args, **kwargs):
+    Dropped()
+    return step(self, *args, **kwargs)
+
+Search._step = dropping_step
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_ctrl_c_swallowed_by_a_del_still_stops_the_run(tmp_path: Path) -> None:
+    """10: no "Exception ignored" traceback, and the interrupt is not lost: exit 130 with the interrupt line."""
+    base = write_yaml(tmp_path / "s.yaml", synthetic_config("s", 3, sleep=0.0))
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _CTRL_C_IN_DEL,
+            "run",
+            str(base),
+            "--run-dir",
+            str(tmp_path / "run"),
+            "--json",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=cli_env(),
+    )
+    res = Result(proc.returncode, proc.stdout, proc.stderr, 0.0)
+    assert_no_traceback(res)
+    assert "Exception ignored" not in res.err, res
+    assert res.rc == 130, res
+    assert "interrupted (SIGINT)" in res.err, res
+
+
 #: a ``run`` whose Ctrl-C lands inside optuna's own bookkeeping of a finished trial (``_run_trial`` then raises
 #: ``UnboundLocalError`` from its ``finally``: what a loaded CI machine hit with two quick Ctrl-Cs)
 _CTRL_C_IN_OPTUNA = """

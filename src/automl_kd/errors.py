@@ -6,6 +6,12 @@ exits with :attr:`AutomlKdError.exit_code`.
 
 from __future__ import annotations
 
+import _thread
+import contextlib
+import sys
+from collections.abc import Iterator
+from typing import Any
+
 
 class AutomlKdError(Exception):
     """Base class of every error automl-kd raises on purpose."""
@@ -102,3 +108,26 @@ def raised_by_ctrl_c(exc: BaseException) -> bool:
         seen.add(id(current))
         current = current.__cause__ or current.__context__
     return False
+
+
+@contextlib.contextmanager
+def ctrl_c_not_swallowed() -> Iterator[None]:
+    """Re-deliver a Ctrl-C that Python swallowed because it landed in a ``__del__`` or a gc callback.
+
+    Python prints such an exception as "Exception ignored in ..." with a traceback and goes on as if nothing
+    happened (SQLAlchemy's weakref callbacks are a common place for a second Ctrl-C to land). Inside this block the
+    traceback is not printed and the interrupt is raised again in the main thread, where it can stop the run.
+    """
+    previous = sys.unraisablehook
+
+    def hook(unraisable: Any) -> None:
+        if isinstance(unraisable.exc_value, KeyboardInterrupt):
+            _thread.interrupt_main()
+        else:
+            previous(unraisable)
+
+    sys.unraisablehook = hook
+    try:
+        yield
+    finally:
+        sys.unraisablehook = previous

@@ -21,7 +21,7 @@ from automl_kd.config import load_config
 from automl_kd.engine.check import check_config
 from automl_kd.engine.progress import make_progress
 from automl_kd.engine.search import Search
-from automl_kd.errors import AutomlKdError, ConfigError
+from automl_kd.errors import AutomlKdError, ConfigError, ctrl_c_not_swallowed
 from automl_kd.llm.parser import parse_answer_file
 from automl_kd.results.baseline import run_ce_baseline
 from automl_kd.results.export import export_student
@@ -98,7 +98,8 @@ def _search(args: argparse.Namespace, cfg: Any) -> tuple[Search, Any, str, int]:
 
             previous = signal.signal(signal.SIGTERM, on_term), signal.signal(signal.SIGINT, on_int)
             try:
-                study = search.run(n_trials=getattr(args, "n_trials", None))
+                with ctrl_c_not_swallowed():  # a second Ctrl-C in a gc callback still stops the run
+                    study = search.run(n_trials=getattr(args, "n_trials", None))
             finally:  # after the search (the CE baseline, the demo's finalize and report) a signal acts at once
                 signal.signal(signal.SIGTERM, previous[0])
                 signal.signal(signal.SIGINT, previous[1])

@@ -380,14 +380,11 @@ class Search:
                 self.progress.started(self, target, done)
             while not retrying(lambda: self._step(target, start, timeout, should_stop), self._url, retry):
                 pass
-        except KeyboardInterrupt:
-            self.stop_reason = "interrupted by SIGINT (Ctrl-C)"
-            raise
-        except Exception as exc:
-            if raised_by_ctrl_c(exc):  # a Ctrl-C inside optuna's own bookkeeping turns into another error
+        except BaseException as exc:  # a Ctrl-C inside optuna's own bookkeeping can surface as another error
+            if isinstance(exc, KeyboardInterrupt) or raised_by_ctrl_c(exc):
                 self.stop_reason = "interrupted by SIGINT (Ctrl-C)"
-                raise
-            self.stop_reason = self.stop_reason or f"stopped by an error: {failure_reason(exc)}"
+            elif isinstance(exc, Exception):
+                self.stop_reason = self.stop_reason or f"stopped by an error: {failure_reason(exc)}"
             raise
         finally:
             self.stop_reason = self.stop_reason or "stopped"
