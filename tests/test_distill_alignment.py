@@ -201,3 +201,24 @@ def test_the_overlay_happens_before_crop_and_flip(mode: str, tmp_path: Path) -> 
             ]
             # the student's view is a crop/flip of the blended image: the map moved with the image
             assert any(torch.allclose(view, v, atol=1e-5) for v in variants), i
+
+
+def test_cached_teacher_outputs_are_the_same_when_ig_maps_are_computed_on_demand(tmp_path: Path) -> None:
+    """``precompute: needed`` computes maps only for the images some cached view overlays, and the teacher's
+    outputs on those views are the ones the whole-split precompute gives."""
+    data = tiny_data()
+    teacher = tiny_teacher(data)
+    logits = {}
+    for how in ("all", "needed"):
+        cache = ArtifactCache(tmp_path / how)
+        augs = [augmenter("kd"), augmenter("ig-overlay", steps=2, p=0.1, batch_size=128, precompute=how)]
+        prepare(augs, teacher, tiny_student(data), data, cache)
+        provider = teacher_output_provider(
+            teacher, augs, data, padding=2, flip=True, mode="cached", cache=cache
+        )
+        assert provider is not None
+        logits[how] = provider.logits
+        if how == "needed":
+            done = augs[1].maps.store.done
+            assert 0 < done < len(data.train), done  # p 0.1 over 4 views: about a third of the images
+    assert torch.allclose(logits["all"], logits["needed"], atol=1e-4)

@@ -15,6 +15,7 @@ from distill_support import CPU, one_thread, tiny_data, tiny_teacher
 from torch import nn
 
 from automl_kd.cache import ArtifactCache
+from automl_kd.distill.ig import maps as maps_module
 from automl_kd.distill.ig.attribution import (
     IGSettings,
     completeness_error,
@@ -24,7 +25,7 @@ from automl_kd.distill.ig.attribution import (
     reduce_channels,
 )
 from automl_kd.distill.ig.inference import fold_batchnorm, inference_copy
-from automl_kd.distill.ig.maps import ig_cache_key, precompute_ig_maps
+from automl_kd.distill.ig.maps import OnDemandIGMaps, ig_cache_key, on_demand_ig_maps, precompute_ig_maps
 from automl_kd.distill.taps import model_fingerprint
 from automl_kd.distill.teacher import freeze
 from automl_kd.plugins.spaces.paper_truncated import PaperTruncatedSpace
@@ -252,3 +253,63 @@ def test_every_ig_setting_yields_maps(tmp_path: Path, options: dict[str, object]
         math.isfinite(maps.meta["completeness_error_relative"])
         and maps.meta["completeness_error_relative"] >= 0
     )
+
+
+def test_maps_computed_on_demand_equal_the_precompute_and_share_its_pieces(tmp_path: Path) -> None:
+    """``precompute: needed``: only the looked-up images get maps, equal to the whole-split precompute; a later
+    process reads them instead of computing them again, and the full precompute finishes the rest."""
+    data = tiny_data()
+    teacher = tiny_teacher(data)
+    s = IGSettings(steps=4, batch_size=64)
+    cache = ArtifactCache(tmp_path / "cache")
+    full = precompute_ig_maps(teacher, data, s, ArtifactCache(tmp_path / "full"))
+    some = data.train.index[torch.randperm(len(data.train), generator=torch.Generator().manual_seed(0))[:50]]
+    lazy = on_demand_ig_maps(teacher, data, s, cache)
+    assert isinstance(lazy, OnDemandIGMaps) and lazy.key == full.key and lazy.store.done == 0
+    got = lazy.lookup(some)
+    assert lazy.store.done == 50 and torch.allclose(got, full.lookup(some), rtol=3e-3, atol=1e-6)
+    assert lazy.lookup(some[:10]).shape == (10, 28, 28) and lazy.store.done == 50  # no recomputation
+    folder = cache.partial_dir("ig-maps", lazy.key)
+    pieces = sorted(folder.glob("*.art"))
+    assert len(pieces) == 1 and not cache.exists("ig-maps", lazy.key)
+    with pytest.raises(KeyError, match="no IG map for dataset index"):
+        lazy.lookup(torch.tensor([10**6]))
+
+    maps_module._ON_DEMAND.clear()  # as a new process: it reads the pieces
+    messages: list[str] = []
+    again = on_demand_ig_maps(teacher, data, s, cache, log=messages.append)
+    assert isinstance(again, OnDemandIGMaps) and again is not lazy and again.store.done == 50
+    assert any("50 of 240 images already done" in m for m in messages), messages
+    assert torch.equal(again.lookup(some), got) and sorted(folder.glob("*.art")) == pieces
+
+    messages.clear()
+    whole = precompute_ig_maps(teacher, data, s, cache, chunk=64, log=messages.append)
+    assert any("resumed" in m and "50 of 240" in m for m in messages), messages
+    assert torch.allclose(whole.lookup(data.train.index), full.lookup(data.train.index), rtol=3e-3, atol=1e-6)
+    assert not folder.exists() and not isinstance(on_demand_ig_maps(teacher, data, s, cache), OnDemandIGMaps)
+
+
+def test_on_demand_maps_store_the_whole_when_complete_and_skip_a_bad_piece(tmp_path: Path) -> None:
+    data = tiny_data()
+    teacher = tiny_teacher(data)
+    s = IGSettings(steps=2, batch_size=128)
+    cache = ArtifactCache(tmp_path / "cache")
+    lazy = on_demand_ig_maps(teacher, data, s, cache)
+    assert isinstance(lazy, OnDemandIGMaps)
+    first = lazy.lookup(data.train.index[:40])
+    piece = next(cache.partial_dir("ig-maps", lazy.key).glob("*.art"))
+    raw = bytearray(piece.read_bytes())
+    raw[len(raw) // 2] ^= 0x55
+    piece.write_bytes(bytes(raw))
+    maps_module._ON_DEMAND.clear()
+    messages: list[str] = []
+    again = on_demand_ig_maps(teacher, data, s, cache, log=messages.append)
+    assert isinstance(again, OnDemandIGMaps) and again.store.done == 0
+    assert any("unusable" in m and "computed again" in m for m in messages), messages
+    assert torch.allclose(again.lookup(data.train.index[:40]), first, rtol=3e-3, atol=1e-6)
+    everything = again.lookup(data.train.index)  # every image has a map now: the whole is one cache entry
+    assert cache.exists("ig-maps", again.key) and not cache.partial_dir("ig-maps", again.key).exists()
+    assert any("computed and cached" in m for m in messages), messages
+    assert torch.equal(again.lookup(data.train.index), everything)
+    stored = precompute_ig_maps(teacher, data, s, cache)
+    assert torch.equal(stored.lookup(data.train.index), everything)

@@ -16,12 +16,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from automl_kd.cache import ArtifactCache, atomic_write, decode_artifact, encode_artifact
+from automl_kd.cache import ArtifactCache
 from automl_kd.data import Split
-from automl_kd.distill.ig.attribution import IGSettings, attribution_maps
-from automl_kd.distill.ig.inference import inference_copy
+from automl_kd.distill.ig.attribution import IGSettings
+from automl_kd.distill.ig.pieces import MapStore
 from automl_kd.distill.taps import model_fingerprint
-from automl_kd.distill.teacher_info import teacher_input, teacher_normalizer
+from automl_kd.distill.teacher_info import teacher_input
 
 
 class IGMaps:
@@ -69,6 +69,65 @@ def ig_cache_key(
     return ArtifactCache.key("ig-maps", parts)
 
 
+def _split_key(teacher: nn.Module, data: Any, split: str, settings: IGSettings) -> str:
+    return ig_cache_key(model_fingerprint(teacher), data.fingerprint, split, settings, teacher_input(teacher))
+
+
+def _load(cache: Any, key: str, part: Split, say: Callable[[str], None]) -> IGMaps | None:
+    """The whole split's maps from the cache (verified once per process), or None."""
+    device = part.x.device
+    path = cache.path("ig-maps", key)
+    stamp = _stamp(path)
+    memo = _MEMO.get((str(path), str(device)))
+    if memo is not None and stamp is not None and memo[0] == stamp:  # verified earlier in this process
+        say(f"IG maps: reusing cache entry {key[:12]} ({len(part)} images, no recomputation)")
+        return memo[1]
+    art = cache.load("ig-maps", key)
+    if art is None:
+        return None
+    if not torch.equal(art.tensors["index"], part.index.cpu()):
+        cache.discard("ig-maps", key, "its dataset indices differ from the split's")
+        return None
+    say(f"IG maps: reusing cache entry {key[:12]} ({len(part)} images, no recomputation)")
+    t = art.tensors
+    return _remember(path, device, IGMaps(t["maps"], t["scale"], t["index"], art.meta, key).to(device))
+
+
+def _store_whole(store: MapStore, cache: Any, split: str, say: Callable[[str], None]) -> IGMaps:
+    """Store a complete split's maps as one cache entry (and drop its pieces)."""
+    key, part = store.key, store.part
+    quality = store.completeness_meta()
+    meta: dict[str, Any] = {
+        "images": len(part),
+        "split": split,
+        "settings": store.settings.key_parts(),
+        **quality,
+    }
+    cache.save("ig-maps", key, {"maps": store.maps, "scale": store.scale, "index": part.index.cpu()}, meta)
+    cache.clear_partial("ig-maps", key)
+    say(
+        f"IG maps: computed and cached as {key[:12]} (completeness error {quality['completeness_error_mean']:.3g}, "
+        f"{100 * quality['completeness_error_relative']:.2g} %)"
+    )
+    maps = IGMaps(store.maps, store.scale, part.index.cpu(), meta, key).to(part.x.device)
+    return _remember(cache.path("ig-maps", key), part.x.device, maps)
+
+
+def _lookup(
+    teacher: nn.Module,
+    data: Any,
+    settings: IGSettings,
+    cache: Any,
+    split: str,
+    log: Callable[[str], None] | None,
+) -> tuple[Callable[[str], None], Split, str, IGMaps | None]:
+    """(the logger, the split, its cache key, its complete cached maps or None)."""
+    say = log or (lambda msg: None)
+    part: Split = getattr(data, split)
+    key = _split_key(teacher, data, split, settings)
+    return say, part, key, _load(cache, key, part, say)
+
+
 def precompute_ig_maps(
     teacher: nn.Module,
     data: Any,
@@ -83,59 +142,104 @@ def precompute_ig_maps(
     """The IG maps of every image of ``data.<split>``, from the cache or computed once and cached.
 
     The key is (teacher weights, data fingerprint and split, IG settings). Computation runs in chunks of
-    ``chunk`` images, each stored as it finishes, so an interrupted precompute resumes where it stopped.
+    ``chunk`` images, each stored as it finishes (:mod:`automl_kd.distill.ig.pieces`), so an interrupted
+    precompute resumes where it stopped, and maps computed on demand earlier are not computed again.
     ``progress(done, total)`` is called after every chunk.
     """
-    say = log or (lambda msg: None)
-    part: Split = getattr(data, split)
-    key = ig_cache_key(model_fingerprint(teacher), data.fingerprint, split, settings, teacher_input(teacher))
-    device = part.x.device
-
-    def load() -> IGMaps | None:
-        path = cache.path("ig-maps", key)
-        stamp = _stamp(path)
-        memo = _MEMO.get((str(path), str(device)))
-        if memo is not None and stamp is not None and memo[0] == stamp:  # verified earlier in this process
-            say(f"IG maps: reusing cache entry {key[:12]} ({len(part)} images, no recomputation)")
-            return memo[1]
-        art = cache.load("ig-maps", key)
-        if art is None:
-            return None
-        if not torch.equal(art.tensors["index"], part.index.cpu()):
-            cache.discard("ig-maps", key, "its dataset indices differ from the split's")
-            return None
-        say(f"IG maps: reusing cache entry {key[:12]} ({len(part)} images, no recomputation)")
-        t = art.tensors
-        return _remember(path, device, IGMaps(t["maps"], t["scale"], t["index"], art.meta, key).to(device))
-
-    found = load()
+    say, part, key, found = _lookup(teacher, data, settings, cache, split, log)
     if found is not None:
         return found
     with cache.lock("ig-maps", key):
-        found = load()  # another worker may have finished it while this one waited
+        found = _load(cache, key, part, say)  # another worker may have finished it while this one waited
         if found is not None:
             return found
-        maps, scale, err, gap = _compute_chunks(
-            teacher, data, part, settings, cache, key, chunk, progress, say
-        )
-        err_mean = float(err.mean()) if len(err) else 0.0
-        # relative to the mean |f(x) - f(baseline)|: the share of the output change the attributions miss
-        rel = float(err.mean() / gap.mean().clamp_min(1e-12)) if len(err) else 0.0
+        store = MapStore(teacher, data, part, settings, cache, key, say)
+        if store.refresh():
+            say(
+                f"IG maps: resumed an interrupted precompute ({store.done} of {len(part)} images were already done)"
+            )
+        todo = (~store.have).nonzero().squeeze(1)
+        for start in range(0, len(todo), chunk):
+            store.compute(todo[start : start + chunk])
+            if progress:
+                progress(store.done, len(part))
+        return _store_whole(store, cache, split, say)
+
+
+class OnDemandIGMaps(IGMaps):
+    """The maps of a split computed when first looked up, stored as pieces that later runs and other workers
+    read; once every image has one, the whole is stored as the usual cache entry."""
+
+    def __init__(self, store: MapStore, cache: Any, split: str) -> None:
         meta = {
-            "images": len(part),
+            "images": len(store),
             "split": split,
-            "settings": settings.key_parts(),
-            "completeness_error_mean": err_mean,
-            "completeness_error_max": float(err.max()) if len(err) else 0.0,
-            "completeness_error_relative": rel,
+            "settings": store.settings.key_parts(),
+            "on_demand": True,
         }
-        cache.save("ig-maps", key, {"maps": maps, "scale": scale, "index": part.index.cpu()}, meta)
-        cache.clear_partial("ig-maps", key)
-        say(
-            f"IG maps: computed and cached as {key[:12]} (completeness error {err_mean:.3g}, {100 * rel:.2g} %)"
-        )
-        path = cache.path("ig-maps", key)
-        return _remember(path, device, IGMaps(maps, scale, part.index.cpu(), meta, key).to(device))
+        super().__init__(store.maps, store.scale, store.part.index.cpu(), meta, store.key)
+        self.store, self.cache, self.split = store, cache, split
+        self.whole: IGMaps | None = None
+        self._told = store.done * 10 // max(len(store), 1)
+
+    def to(self, device: torch.device) -> IGMaps:
+        return self  # kept on the CPU; lookup answers on the device of the indices it is given
+
+    def lookup(self, index: torch.Tensor) -> torch.Tensor:
+        """The float32 maps of these dataset indices, computing the ones that do not exist yet."""
+        if self.whole is not None:
+            return self.whole.lookup(index)
+        store = self.store
+        rows = store.positions(index)
+        if not bool(store.have[rows].all()):
+            store.refresh()  # another worker may have computed them
+            missing = rows[~store.have[rows]]
+            if len(missing):
+                store.compute(missing)
+                self._report()
+            if store.done == len(store):
+                self.whole = _store_whole(store, self.cache, self.split, store.say)
+        return (self.maps[rows].float() * self.scale[rows].view(-1, 1, 1)).to(index.device)
+
+    def _report(self) -> None:
+        tenth = self.store.done * 10 // max(len(self.store), 1)
+        if tenth > self._told:
+            self._told = tenth
+            self.store.say(
+                f"IG maps: {self.store.done} of {len(self.store)} images computed on demand so far"
+            )
+
+
+def on_demand_ig_maps(
+    teacher: nn.Module,
+    data: Any,
+    settings: IGSettings,
+    cache: Any,
+    *,
+    split: str = "train",
+    log: Callable[[str], None] | None = None,
+) -> IGMaps:
+    """The split's maps from the cache when they are complete, else maps computed as they are looked up (with
+    what earlier runs computed); the same key as :func:`precompute_ig_maps`, and equal maps."""
+    say, part, key, found = _lookup(teacher, data, settings, cache, split, log)
+    if found is not None:
+        return found
+    memo = _ON_DEMAND.get(key)
+    if memo is not None and memo.store.teacher is teacher and memo.store.part is part:
+        return memo
+    store = MapStore(teacher, data, part, settings, cache, key, say)
+    store.refresh()
+    say(
+        f"IG maps: computed on demand as training needs them ({store.done} of {len(part)} images already done)"
+    )
+    maps = OnDemandIGMaps(store, cache, split)
+    _ON_DEMAND.clear()
+    _ON_DEMAND[key] = maps
+    return maps
+
+
+#: the on-demand maps of this process (one split), so the trials of a search share what they computed
+_ON_DEMAND: dict[str, OnDemandIGMaps] = {}
 
 
 #: maps verified in this process, so the trials of a search don't re-read and re-hash the file: path -> (the
@@ -158,63 +262,3 @@ def _remember(path: Path, device: torch.device, maps: IGMaps) -> IGMaps:
             _MEMO.pop(next(iter(_MEMO)))
         _MEMO[(str(path), str(device))] = (stamp, maps)
     return maps
-
-
-def _compute_chunks(
-    teacher: nn.Module,
-    data: Any,
-    part: Split,
-    s: IGSettings,
-    cache: Any,
-    key: str,
-    chunk: int,
-    progress: Callable[[int, int], None] | None,
-    say: Callable[[str], None],
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    folder = cache.partial_dir("ig-maps", key)
-    folder.mkdir(parents=True, exist_ok=True)
-    fast = inference_copy(teacher)
-    normalize = teacher_normalizer(teacher, data)  # IG in the teacher's own input space (teacher.input)
-    mean = torch.tensor(data.mean, device=part.x.device)
-    n = len(part)
-    pieces: list[dict[str, torch.Tensor]] = []
-    resumed = 0
-    for start in range(0, n, chunk):
-        stop = min(start + chunk, n)
-        path, piece_key = folder / f"{start:09d}-{stop:09d}.art", f"{key}:{start}:{stop}"
-        piece = None
-        if path.is_file():
-            try:
-                stored = decode_artifact(path.read_bytes(), "ig-piece", piece_key).tensors
-                if set(stored) != {"maps", "scale", "err", "gap"}:
-                    raise ValueError(f"holds {sorted(stored)}")
-                piece = stored
-                resumed += stop - start
-            except Exception as exc:
-                say(f"IG maps: piece {path.name} is unusable ({exc}); recomputing it")
-        if piece is None:
-            x01 = part.x[start:stop].float().div(255)
-            maps, err, gap = attribution_maps(fast, x01, part.y[start:stop], normalize, mean, s)
-            peak = maps.flatten(1).amax(1).clamp_min(1e-30)
-            dtype = torch.float16 if s.fp16 else torch.float32
-            piece = {
-                "maps": (maps / peak.view(-1, 1, 1)).to(dtype).cpu(),
-                "scale": peak.cpu(),
-                "err": err.cpu(),
-                "gap": gap.cpu(),
-            }
-            atomic_write(path, encode_artifact("ig-piece", piece_key, piece, {}))
-        pieces.append(piece)
-        if progress:
-            progress(stop, n)
-    if resumed:
-        say(f"IG maps: resumed an interrupted precompute ({resumed} of {n} images were already done)")
-    if not pieces:
-        empty = torch.zeros(0, *part.x.shape[-2:])
-        return empty, torch.zeros(0), torch.zeros(0), torch.zeros(0)
-    return (
-        torch.cat([p["maps"] for p in pieces]),
-        torch.cat([p["scale"] for p in pieces]),
-        torch.cat([p["err"] for p in pieces]),
-        torch.cat([p["gap"] for p in pieces]),
-    )

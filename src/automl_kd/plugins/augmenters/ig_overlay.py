@@ -2,7 +2,8 @@
 
 ``prepare`` computes the teacher's IG map of every training image once (or reads it from the artifact cache: one
 entry per teacher weights, data split and IG settings, shared by every trial and run; see
-:mod:`automl_kd.distill.ig.maps`). During training, each image independently, with probability ``p``: the map
+:mod:`automl_kd.distill.ig.maps`); with ``precompute: needed`` a map is computed when an image is first overlaid,
+and kept for later runs. During training, each image independently, with probability ``p``: the map
 is raised to a power ``s`` drawn log-uniformly from ``exponent``, min-max normalised per image to [0, 1], repeated
 over the colour channels and blended ``x' = (1 - w) * x + w * map`` on the [0, 1] image.
 
@@ -29,7 +30,7 @@ from automl_kd.config import Config, load_config
 from automl_kd.distill.augmenter import Augmenter, PrepareContext
 from automl_kd.distill.ig.attribution import Baseline, IGSettings, Method, Reduction, Target
 from automl_kd.distill.ig.gallery import overlay, write_gallery
-from automl_kd.distill.ig.maps import IGMaps, precompute_ig_maps
+from automl_kd.distill.ig.maps import IGMaps, on_demand_ig_maps, precompute_ig_maps
 from automl_kd.distill.teacher import teacher_for_config
 from automl_kd.engine.searched_options import resolve_augmenter_options, searched_option
 from automl_kd.errors import ConfigError
@@ -49,6 +50,8 @@ class IGOverlay(Augmenter):
         ``blurred`` (Gaussian, ``blur_sigma`` pixels), ``mean`` (each image's mean colour). target: ``label`` or
         ``prediction`` (the teacher's). reduction over channels: ``sum_abs`` (the paper), ``abs_sum``,
         ``max_abs``, ``l2``. fp16: store maps as float16. batch_size: (image, node) rows per IG pass.
+        precompute: ``all`` (every training image's map before training starts) or ``needed`` (each map when an
+        image is first overlaid: the same maps, sooner, when a short training overlays a fraction of the images).
     Options (overlay):
         p: probability per image (the paper: 0.1). w: blend weight (0.5). exponent: ``[low, high]`` of the
         log-uniform power (``[1, 2]``). gallery: images in the run directory's ``ig_gallery.png`` (0: none).
@@ -70,6 +73,7 @@ class IGOverlay(Augmenter):
         w: float = 0.5,
         exponent: tuple[float, float] = (1.0, 2.0),
         gallery: int = 8,
+        precompute: str = "all",
     ) -> None:
         if not 0.0 <= p <= 1.0 or not 0.0 <= w <= 1.0:
             raise ValueError(f"p and w must be in [0, 1], got p={p}, w={w}")
@@ -78,6 +82,9 @@ class IGOverlay(Augmenter):
             raise ValueError(f"exponent must be [low, high] with 0 < low <= high, got {list(exponent)}")
         if steps < 1 or batch_size < 1 or blur_sigma <= 0 or gallery < 0:
             raise ValueError("steps and batch_size must be >= 1, blur_sigma > 0, gallery >= 0")
+        if precompute not in ("all", "needed"):
+            raise ValueError(f"precompute must be 'all' or 'needed', got {precompute!r}")
+        self.precompute = precompute
         self.settings = IGSettings(steps, method, baseline, blur_sigma, target, reduction, fp16, batch_size)
         self.p, self.w, self.exponent, self.gallery = float(p), float(w), (lo, hi), gallery
         self.maps: IGMaps | None = None
@@ -87,7 +94,8 @@ class IGOverlay(Augmenter):
         if ctx.teacher is None:
             raise ValueError("ig-overlay needs a teacher (its IG maps); set `teacher:` in the config")
         cache = ctx.cache if ctx.cache is not None else ArtifactCache.default()
-        self.maps = precompute_ig_maps(ctx.teacher, ctx.data, self.settings, cache, log=ctx.log)
+        compute = on_demand_ig_maps if self.precompute == "needed" else precompute_ig_maps
+        self.maps = compute(ctx.teacher, ctx.data, self.settings, cache, log=ctx.log)
         if self.gallery and ctx.run_dir is not None:
             path = ctx.run_dir / GALLERY_FILE
             if not path.exists():
