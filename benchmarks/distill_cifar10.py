@@ -74,7 +74,7 @@ NAS_SPACE = {
 #: the recipe every student trains with (fixed in advance; nothing is tuned on the test split)
 RECIPE = {"optimizer": "adamw", "lr": 3e-3, "weight_decay": 5e-4, "schedule": "cosine", "batch_size": 128}
 KD = {"alpha": 0.5, "temperature": 4.0}
-IG = {"p": 0.1, "w": 0.5}
+IG = {"p": 0.1, "w": 0.5, "precompute": "needed"}  # maps only for the images a cached view overlays
 AT = {"gamma": 0.8}
 
 
