@@ -321,7 +321,16 @@ def run_cell(
         raw["space"] = NAS_SPACE
     raw["augmenters"] = augmenters(method, ig_steps)
     search = Search(load_config(raw))
-    keys = ("val_acc", "test_acc", "params", "macs", "seed", "train_seconds", "loss_terms")
+    keys = (
+        "val_acc",
+        "test_acc",
+        "params",
+        "macs",
+        "seed",
+        "train_seconds",
+        "loss_terms",
+        "teacher_fingerprint",
+    )
     missing = len(recorded) - len(search.study.get_trials())
     for _ in range(max(0, missing)):
         search.study.add_trial(
@@ -335,7 +344,9 @@ def run_cell(
         complete = [t for t in trials if trial_state(t) == "complete"]
         seen = {x["seed"] for x in recorded}  # a run of a surviving study may be in the JSON already
         runs = recorded + [
-            {k: t.user_attrs.get(k) for k in keys} for t in complete if t.user_attrs.get("seed") not in seen
+            {k: t.user_attrs[k] for k in keys if k in t.user_attrs}
+            for t in complete
+            if t.user_attrs.get("seed") not in seen
         ]
         if runs:
             save(runs[:seeds])

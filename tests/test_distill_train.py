@@ -23,6 +23,7 @@ from automl_kd import Search, load_config
 from automl_kd.cache import ArtifactCache
 from automl_kd.distill.loop import train_student
 from automl_kd.distill.settings import TrainSettings
+from automl_kd.distill.teacher_info import teacher_info
 from automl_kd.results.leaderboard import trial_state
 
 NAMES = ("kd", "attention", "ig-overlay")
@@ -114,9 +115,12 @@ def test_searched_weights_are_study_parameters_and_terms_are_recorded(tmp_path: 
             ],
         }
     )
-    study = Search(cfg).run()
+    search = Search(cfg)
+    study = search.run()
+    fingerprint = teacher_info(search.resource("teacher")).fingerprint  # type: ignore[union-attr]
     for t in study.get_trials():
         assert trial_state(t) == "complete", t.user_attrs.get("fail_reason")
+        assert t.user_attrs["teacher_fingerprint"] == fingerprint  # which teacher taught this student
         assert t.params["aug.kd.alpha"] in (0.2, 0.8) and 1.0 <= t.params["aug.kd.temperature"] <= 4.0
         assert 0.0 <= t.params["aug.ig-overlay.p"] <= 0.5
         kd = t.user_attrs["augmenters"][0]

@@ -107,6 +107,7 @@ def run_ce_baseline(
             {
                 "params": sum(p.numel() for p in teacher.parameters()),
                 "source": getattr(info, "source", None),
+                "fingerprint": getattr(info, "fingerprint", None),
                 "val_acc": round(
                     accuracy(teacher, data.val, data, normalize=t_norm, precision=cfg.precision), 4
                 ),

@@ -10,6 +10,7 @@ from typing import Any, Literal
 from automl_kd.distill.fit import fit
 from automl_kd.distill.loop import accuracy, stop_now
 from automl_kd.distill.settings import TrainSettings, check_train_fraction
+from automl_kd.distill.teacher_info import teacher_info
 from automl_kd.evaluator import Evaluator, TrialContext
 from automl_kd.hookspecs import hookimpl
 from automl_kd.metrics import count_macs, count_params, measure_latency
@@ -70,6 +71,7 @@ class TrainEvaluator(Evaluator):
                 "precision": context.resource("precision") or "fp32",
             }
         )
+        teacher = context.resource("teacher") if context.augmenters else None
         fitted = fit(
             lambda: context.space.build(candidate.params),
             data,
@@ -77,7 +79,7 @@ class TrainEvaluator(Evaluator):
             seed=context.seed,
             device=context.device,
             augmenters=context.augmenters,
-            teacher=context.resource("teacher") if context.augmenters else None,
+            teacher=teacher,
             cache=context.resource("cache") if context.augmenters else None,
             run_dir=context.run_dir,
             report=context.report,
@@ -106,6 +108,9 @@ class TrainEvaluator(Evaluator):
             "params": count_params(model),
             "macs": count_macs(model, shape),
         }
+        info = teacher_info(teacher)
+        if info is not None:  # which teacher taught: a teacher trained again on another machine may differ
+            metrics["teacher_fingerprint"] = info.fingerprint
         stop_now(context.should_stop)
         if self.latency:
             metrics.update(measure_latency(model, shape, context.device, self.latency_batch_sizes))
