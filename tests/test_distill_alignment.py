@@ -221,4 +221,6 @@ def test_cached_teacher_outputs_are_the_same_when_ig_maps_are_computed_on_demand
         if how == "needed":
             done = augs[1].maps.store.done
             assert 0 < done < len(data.train), done  # p 0.1 over 4 views: about a third of the images
+            # computed in one batch before the views, not a few images per view batch
+            assert len(list(cache.partial_dir("ig-maps", augs[1].maps.key).glob("*.art"))) == 1
     assert torch.allclose(logits["all"], logits["needed"], atol=1e-4)

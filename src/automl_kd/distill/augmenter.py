@@ -94,6 +94,12 @@ class Augmenter:
         """``transform`` with the draws given (from ``sample_view``); default: unchanged."""
         return x
 
+    def views_drawn(self, index: torch.Tensor, draws: dict[str, torch.Tensor]) -> None:
+        """Called once before the teacher's outputs on the cached views are computed, with the dataset indices of
+        the training split and this augmenter's draws for every view (``sample_view``'s names, each
+        ``[views, images]``), so that it can prepare in bulk what ``apply_view`` will read (ig-overlay with
+        ``precompute: needed`` computes the maps those views overlay). Default: nothing."""
+
     def replay_key(self) -> dict[str, Any] | None:
         """JSON-able description of everything besides the draws that determines ``apply_view`` and
         ``reduce_teacher`` (options, the artifacts they read), part of the teacher-output cache key.

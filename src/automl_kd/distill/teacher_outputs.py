@@ -326,6 +326,10 @@ def _build(
             ]
             per_view.append({k: torch.cat([c[k] for c in chunks]) for k in chunks[0]} if chunks else {})
         draws_all = {k: torch.stack([pv[k] for pv in per_view]) for k in per_view[0]}
+    for i, a in enumerate(moving):  # e.g. ig-overlay computes, in large batches, the maps these views overlay
+        mine = {k.split(".", 1)[1]: t for k, t in draws_all.items() if k.startswith(f"aug{i}.")}
+        if mine:
+            a.views_drawn(part.index, mine)
     logits = torch.zeros(views, n, data.num_classes)
     out_feats: dict[str, list[torch.Tensor]] = {layer: [] for layer in missing}
     for v in range(views):
