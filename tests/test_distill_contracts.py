@@ -23,10 +23,12 @@ def _one_thread() -> Iterator[None]:
 
 
 class TestPreparedAugmenters(AugmenterContract):
-    @pytest.fixture(params=NAMES)
+    @pytest.fixture(params=[*NAMES, "ig-overlay:needed"])
     def augmenter(self, request: pytest.FixtureRequest) -> Augmenter:
         data = tiny_data()
-        aug = augmenter(request.param, **OPTIONS.get(request.param, {}))
+        name, _, how = request.param.partition(":")
+        options = {**OPTIONS.get(name, {}), **({"precompute": how} if how else {})}
+        aug = augmenter(name, **options)
         prepare([aug], tiny_teacher(data), tiny_student(data), data)
         return aug
 

@@ -227,3 +227,19 @@ class AugmenterContract:
             assert isinstance(name, str) and name != "ce"
             assert isinstance(weight, float | int) and weight >= 0
             assert value.dim() == 0 and torch.isfinite(value)
+
+    def test_views_drawn_keeps_the_views_replayable(
+        self, augmenter: Augmenter, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+    ) -> None:
+        """After ``views_drawn`` (the cached views' draws, given before the teacher runs on them), ``apply_view``
+        of each view's draws still equals ``transform`` with the generator that drew them."""
+        if augmenter.replay_key() is None:
+            pytest.skip("not replayable: its teacher outputs are computed online")
+        x, y, idx = batch
+        seeds = (4, 5)
+        draws = [augmenter.sample_view(idx, y, torch.Generator().manual_seed(s)) for s in seeds]
+        if draws[0]:
+            augmenter.views_drawn(idx, {k: torch.stack([d[k] for d in draws]) for k in draws[0]})
+        for s, d in zip(seeds, draws, strict=True):
+            direct = augmenter.transform(x.clone(), idx, y, torch.Generator().manual_seed(s))
+            assert torch.equal(augmenter.apply_view(x.clone(), idx, y, d), direct)
