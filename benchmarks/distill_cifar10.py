@@ -504,6 +504,16 @@ def markdown(r: dict[str, Any]) -> str:
             f"Teacher (CIFAR-10 (JPEG), fp32 evaluation): {cands}; chosen by validation: **{t['chosen']}**.",
             "",
         ]
+    used = r.get("grid_teachers") or []
+    if used:  # fine-tuned again on each new machine; bf16 training is not bit-identical across machines
+        rows = "; ".join(
+            f"{str(u['fingerprint'])[:12]} (val {u['val_acc']:.2f} %, test {u['test_acc']:.2f} %, {u['at']})"
+            for u in used
+        )
+        lines += [
+            f"Fine-tuned teachers of the KD cells, one per new machine (weight fingerprint): {rows}.",
+            "",
+        ]
     ig = r.get("ig_steps")
     if ig:
         cells = ", ".join(
