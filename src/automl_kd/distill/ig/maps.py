@@ -59,6 +59,9 @@ class IGMaps:
             raise KeyError(f"no IG map for dataset index {int(idx[bad][0])}")
         return self.maps[rows].float() * self.scale[rows].view(-1, 1, 1)
 
+    def prefetch(self, index: torch.Tensor, chunk: int = 512) -> None:
+        """Make sure these dataset indices have maps before they are looked up; complete maps: nothing to do."""
+
 
 def ig_cache_key(
     teacher_fingerprint: str, data_fingerprint: str, split: str, s: IGSettings, teacher_input: Any = "dataset"
@@ -205,8 +208,9 @@ class OnDemandIGMaps(IGMaps):
             return
         store.refresh()  # another worker may have computed them
         missing = rows[~store.have[rows]].unique()
-        for start in range(0, len(missing), max(chunk, 1)):
-            store.compute(missing[start : start + chunk])
+        step = max(chunk, 1)
+        for start in range(0, len(missing), step):
+            store.compute(missing[start : start + step])
             self._report()
         if store.done == len(store):
             self.whole = _store_whole(store, self.cache, self.split, store.say)

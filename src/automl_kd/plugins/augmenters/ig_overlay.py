@@ -118,11 +118,8 @@ class IGOverlay(Augmenter):
         return {"apply": apply, "s": s}
 
     def views_drawn(self, index: torch.Tensor, draws: dict[str, torch.Tensor]) -> None:
-        prefetch = getattr(
-            self.maps, "prefetch", None
-        )  # maps computed on demand: the overlaid images', at once
-        if prefetch is not None and "apply" in draws:
-            prefetch(index[draws["apply"].bool().any(0).to(index.device)])
+        if self.maps is not None and "apply" in draws:  # maps on demand: every overlaid image's, at once
+            self.maps.prefetch(index[draws["apply"].bool().any(0).to(index.device)])
 
     def apply_view(
         self, x: torch.Tensor, index: torch.Tensor, y: torch.Tensor, params: dict[str, torch.Tensor]
