@@ -24,6 +24,7 @@ to ``benchmarks/results/distill_cifar10.json`` at once, so a rerun of the same c
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import platform
@@ -49,6 +50,7 @@ from automl_kd.distill.loop import accuracy
 from automl_kd.distill.teacher import get_teacher
 from automl_kd.distill.teacher_info import teacher_info, teacher_normalizer
 from automl_kd.metrics import measure_latency
+from automl_kd.precision import cpu_has_fast_bf16
 from automl_kd.results.leaderboard import trial_state
 
 REPO = Path(__file__).resolve().parents[1]
@@ -330,6 +332,7 @@ def run_cell(
         "train_seconds",
         "loss_terms",
         "teacher_fingerprint",
+        "precision",
     )
     missing = len(recorded) - len(search.study.get_trials())
     for _ in range(max(0, missing)):
@@ -358,6 +361,15 @@ def run_cell(
         log(f"  {name}: run {len(runs) + 1}/{seeds} in {time.perf_counter() - t0:.0f} s")
 
 
+def cpu_name() -> str:
+    """The CPU's model name (platform.processor() is empty on Linux)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
 def grid_teacher(root: Path, teacher_epochs: int, r: dict[str, Any]) -> None:
     """The teacher the KD cells use, trained again when the cache is gone (a new machine): its fingerprint and
     accuracy go into the JSON beside the teacher stage's, so a reproduced teacher can be told from the first."""
@@ -375,6 +387,8 @@ def grid_teacher(root: Path, teacher_epochs: int, r: dict[str, Any]) -> None:
         "val_acc": accuracy(teacher, data.val, data, normalize=norm, precision="fp32"),
         "test_acc": accuracy(teacher, data.test, data, normalize=norm, precision="fp32"),  # report only
         "at": time.strftime("%Y-%m-%d %H:%M"),
+        "cpu": cpu_name(),
+        "fast_bf16": cpu_has_fast_bf16(),  # what precision: auto trained it in
     }
     used.append(row)
     save_result(r)
@@ -505,9 +519,11 @@ def markdown(r: dict[str, Any]) -> str:
             "",
         ]
     used = r.get("grid_teachers") or []
-    if used:  # fine-tuned again on each new machine; bf16 training is not bit-identical across machines
+    if used:  # fine-tuned again on each new machine (bf16 or fp32, as `precision: auto` finds the CPU)
         rows = "; ".join(
-            f"{str(u['fingerprint'])[:12]} (val {u['val_acc']:.2f} %, test {u['test_acc']:.2f} %, {u['at']})"
+            f"{str(u['fingerprint'])[:12]} (val {u['val_acc']:.2f} %, test {u['test_acc']:.2f} %, {u['at']}"
+            + (f", {u['cpu']}, {'bf16' if u['fast_bf16'] else 'fp32'}" if "cpu" in u else "")
+            + ")"
             for u in used
         )
         lines += [
