@@ -505,6 +505,16 @@ def stage_costs(work: Path, nas_params: dict[str, Any], r: dict[str, Any]) -> di
 
 
 # -- the markdown table --------------------------------------------------------------------------------------------
+def run_teachers(method: str, runs: list[dict[str, Any]]) -> str:
+    """Which fine-tuned teacher each run distilled from (fingerprint prefix), in run order. Runs finished before
+    the train evaluator recorded it (session 10) say so rather than guess."""
+    if method == "ce":
+        return "none (CE)"
+    return ", ".join(
+        str(x["teacher_fingerprint"])[:6] if x.get("teacher_fingerprint") else "not recorded" for x in runs
+    )
+
+
 def markdown(r: dict[str, Any]) -> str:
     if not r:
         return f"no results in {RESULT}"
@@ -556,14 +566,14 @@ def markdown(r: dict[str, Any]) -> str:
             f"Students ({r.get('epochs')} epochs each, {r.get('seeds')} seeds; test accuracy %: mean ± std "
             "[95 % bootstrap CI]; Welch's t / p / Holm-adjusted p against CE alone of the same student):",
             "",
-            "| student | method | runs | test % | t / p / p Holm vs CE |",
-            "|---|---|---|---|---|",
+            "| student | method | runs | test % | t / p / p Holm vs CE | teacher of each run |",
+            "|---|---|---|---|---|---|",
         ]
         for student, block in grid.items():
             for m in METHODS:
                 row = block.get("summary", {}).get(m)
                 if not row:
-                    lines.append(f"| {student} | {m} | 0 | not run yet | — |")
+                    lines.append(f"| {student} | {m} | 0 | not run yet | — | — |")
                     continue
                 lo, hi = row["test_ci95"]
                 w = row.get("welch_vs_ce")
@@ -577,7 +587,9 @@ def markdown(r: dict[str, Any]) -> str:
                     if row["n"] > 1
                     else f"{row['test_mean']:.2f} (one run: no spread yet)"
                 )
-                lines.append(f"| {student} | {m} | {row['n']} | {acc} | {p} |")
+                lines.append(
+                    f"| {student} | {m} | {row['n']} | {acc} | {p} | {run_teachers(m, block['runs'][m])} |"
+                )
     vs = compare_students(grid)
     if vs:
         lines += [
