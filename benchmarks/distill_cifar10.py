@@ -506,13 +506,18 @@ def stage_costs(work: Path, nas_params: dict[str, Any], r: dict[str, Any]) -> di
 
 # -- the markdown table --------------------------------------------------------------------------------------------
 def run_teachers(method: str, runs: list[dict[str, Any]]) -> str:
-    """Which fine-tuned teacher each run distilled from (fingerprint prefix), in run order. Runs finished before
-    the train evaluator recorded it (session 10) say so rather than guess."""
+    """Which fine-tuned teacher each run distilled from (fingerprint prefix), in run order. A fingerprint added to a
+    run afterwards, from the session's log, is marked so; a run with none says so rather than guess."""
     if method == "ce":
         return "none (CE)"
-    return ", ".join(
-        str(x["teacher_fingerprint"])[:6] if x.get("teacher_fingerprint") else "not recorded" for x in runs
-    )
+
+    def one(x: dict[str, Any]) -> str:
+        fp = x.get("teacher_fingerprint")
+        if not fp:
+            return "not recorded"
+        return str(fp)[:6] + (" (from the log)" if x.get("teacher_fingerprint_from") else "")
+
+    return ", ".join(one(x) for x in runs)
 
 
 def markdown(r: dict[str, Any]) -> str:

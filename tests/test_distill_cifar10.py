@@ -74,13 +74,15 @@ def test_a_recorded_cell_runs_nothing_and_a_partial_cell_is_tabled(
     assert cell(bench, root, tmp_path, done, []) == done
     assert not (tmp_path / "studies").exists()
     distilled = [{**done[0], "teacher_fingerprint": "abcdef0123456789"}, done[1]]
-    block = {"runs": {"ce": done, "kd+ig+at": distilled[:1], "kd": distilled}}
+    logged = [{**done[0], "teacher_fingerprint": "123456abcdef", "teacher_fingerprint_from": "session log"}]
+    block = {"runs": {"ce": done, "kd+ig+at": distilled[:1], "kd": distilled, "kd+ig": logged}}
     block["summary"] = bench.summarise(block["runs"])
     assert block["summary"]["kd+ig+at"]["n"] == 1
     table = bench.markdown({"epochs": 1, "seeds": 2, "grid": {"truncated": block}})
     assert "| truncated | ce | 2 | 50.50 ± 0.71" in table and table.count("| none (CE) |") == 1
     assert "| truncated | kd+ig+at | 1 | 50.00 (one run: no spread yet) | — | abcdef |" in table
     assert "| abcdef, not recorded |" in table  # each KD run names its teacher; one without the field says so
+    assert "| 123456 (from the log) |" in table
     assert "| truncated | kd+at | 0 | not run yet |" in table
 
 
