@@ -24,7 +24,6 @@ to ``benchmarks/results/distill_cifar10.json`` at once, so a rerun of the same c
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import platform
@@ -50,7 +49,7 @@ from automl_kd.distill.loop import accuracy
 from automl_kd.distill.teacher import get_teacher
 from automl_kd.distill.teacher_info import teacher_info, teacher_normalizer
 from automl_kd.metrics import measure_latency
-from automl_kd.precision import cpu_has_fast_bf16
+from automl_kd.precision import cpu_has_fast_bf16, cpu_name
 from automl_kd.results.leaderboard import trial_state
 
 REPO = Path(__file__).resolve().parents[1]
@@ -359,15 +358,6 @@ def run_cell(
         t0 = time.perf_counter()
         search.run(n_trials=len([t for t in trials if t.state.is_finished()]) + 1)
         log(f"  {name}: run {len(runs) + 1}/{seeds} in {time.perf_counter() - t0:.0f} s")
-
-
-def cpu_name() -> str:
-    """The CPU's model name (platform.processor() is empty on Linux)."""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def grid_teacher(root: Path, teacher_epochs: int, r: dict[str, Any]) -> None:
@@ -703,7 +693,7 @@ def main() -> None:
             "dataset": "CIFAR-10 (JPEG): 45,000 train / 5,000 validation (stratified, from the training set) / "
             "10,000 test, 32 px",
             "command": "python benchmarks/distill_cifar10.py " + " ".join(sys.argv[1:]),
-            "machine": f"{platform.machine()} {platform.processor()}".strip(),
+            "machine": f"{platform.machine()} {cpu_name()}",
             "torch_threads": torch.get_num_threads(),
             "recipe": RECIPE,
             "kd": KD,

@@ -46,6 +46,7 @@ from automl_kd import Search, load_config
 from automl_kd.compare.stats import bootstrap_ci, holm, welch
 from automl_kd.data import unpack_imagefolder
 from automl_kd.metrics import measure_latency, resolve_device
+from automl_kd.precision import cpu_name
 from automl_kd.results.leaderboard import trial_state
 
 REPO = Path(__file__).resolve().parents[1]
@@ -300,7 +301,7 @@ def main() -> None:
             "scale": args.scale,
             "epochs": epochs,
             "torch_threads": torch.get_num_threads(),
-            "machine": f"{platform.machine()} {platform.processor()}".strip(),
+            "machine": f"{platform.machine()} {cpu_name()}",
             "command": "python benchmarks/kd_ablation.py " + " ".join(sys.argv[1:]),
             "config": _portable(base),
             "paper_cifar10_means": PAPER_MEANS,

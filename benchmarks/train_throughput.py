@@ -42,7 +42,14 @@ from automl_kd.distill.ig.attribution import IGSettings, attribution_maps, quadr
 from automl_kd.distill.ig.inference import inference_copy
 from automl_kd.distill.loop import accuracy
 from automl_kd.distill.settings import TrainSettings
-from automl_kd.precision import BF16_MIN_DENSE_MACS, autocast_dtype, cpu_has_fast_bf16, dense_macs, dtype_name
+from automl_kd.precision import (
+    BF16_MIN_DENSE_MACS,
+    autocast_dtype,
+    cpu_has_fast_bf16,
+    cpu_name,
+    dense_macs,
+    dtype_name,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -252,7 +259,7 @@ def main() -> None:
         }
     result = {
         "command": "python benchmarks/train_throughput.py " + " ".join(sys.argv[1:]),
-        "machine": f"{platform.machine()} {platform.processor()}".strip(),
+        "machine": f"{platform.machine()} {cpu_name()}",
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "fast_bf16_cpu": cpu_has_fast_bf16(),

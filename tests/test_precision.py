@@ -4,6 +4,7 @@ that training records and uses the precision it resolved to."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,11 +14,14 @@ from torch import nn
 from automl_kd import get_plugin_manager
 from automl_kd.distill.loop import train_student
 from automl_kd.distill.settings import TrainSettings
+from automl_kd.metrics import device_name
 from automl_kd.precision import (
     BF16_MIN_DENSE_MACS,
     autocast,
     autocast_dtype,
+    cpu_flags,
     cpu_has_fast_bf16,
+    cpu_name,
     dense_macs,
     dtype_name,
 )
@@ -38,6 +42,18 @@ def test_explicit_precisions_and_a_bad_name() -> None:
     assert [dtype_name(d) for d in (None, torch.bfloat16, torch.float16)] == ["fp32", "bf16", "fp16"]
     with pytest.raises(ValueError, match=r"precision must be one of auto, fp32, bf16, fp16, got 'fp64'"):
         autocast_dtype("fp64", CPU)
+
+
+@pytest.mark.skipif(not Path("/proc/cpuinfo").exists(), reason="no /proc/cpuinfo (not Linux)")
+def test_cpu_name_and_flags_come_from_proc_cpuinfo_and_name_the_latency_device() -> None:
+    text = Path("/proc/cpuinfo").read_text()
+    model = next(
+        line.partition(":")[2].strip() for line in text.splitlines() if line.startswith("model name")
+    )
+    flags = next(line.partition(":")[2].split() for line in text.splitlines() if line.startswith("flags"))
+    assert cpu_name() == model
+    assert cpu_flags() == frozenset(flags)
+    assert device_name(CPU) == f"{model} CPU, {torch.get_num_threads()} threads"
 
 
 def test_dense_macs_counts_plain_convolutions_and_linear_layers_but_not_depthwise_ones() -> None:

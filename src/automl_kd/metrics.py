@@ -6,7 +6,6 @@ the median of repeated timings, at batch 1 and batch 64, on a named device, with
 
 from __future__ import annotations
 
-import platform
 import statistics
 import time
 from collections.abc import Sequence
@@ -17,6 +16,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from .errors import ConfigError
+from .precision import cpu_name
 
 
 def count_params(model: nn.Module) -> int:
@@ -45,7 +45,7 @@ def _sync(device: torch.device) -> None:
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+    return f"{cpu_name()} CPU, {torch.get_num_threads()} threads"
 
 
 @torch.no_grad()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import platform
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
@@ -36,16 +37,28 @@ BF16_MIN_DENSE_MACS = 10_000_000
 
 
 @functools.cache
-def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags (Linux), or an empty set where /proc/cpuinfo does not exist."""
+def _cpuinfo(field: str) -> str | None:
+    """The first value of ``field`` in /proc/cpuinfo (Linux), or None where the file or the field is missing."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return frozenset()
+        return None
     for line in text.splitlines():
-        if line.startswith("flags"):
-            return frozenset(line.partition(":")[2].split())
-    return frozenset()
+        key, sep, value = line.partition(":")
+        if sep and key.strip() == field:
+            return value.strip()
+    return None
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (Linux), or an empty set where /proc/cpuinfo does not exist."""
+    return frozenset((_cpuinfo("flags") or "").split())
+
+
+def cpu_name() -> str:
+    """The CPU's model name, e.g. ``AMD EPYC``; ``platform.processor()`` is empty on Linux, so /proc/cpuinfo
+    first, then what :mod:`platform` knows."""
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
 
 
 def cpu_has_fast_bf16() -> bool:
