@@ -357,7 +357,10 @@ def run_cell(
         search.study.enqueue_trial(params)
         t0 = time.perf_counter()
         search.run(n_trials=len([t for t in trials if t.state.is_finished()]) + 1)
-        log(f"  {name}: run {len(runs) + 1}/{seeds} in {time.perf_counter() - t0:.0f} s")
+        # a stale trial reclaimed by the search is queued again, so one call may finish more than one run
+        done = sum(trial_state(t) == "complete" for t in search.study.get_trials()) - len(complete)
+        runs_now = f"run {len(runs) + 1}" if done == 1 else f"{done} runs, to {len(runs) + done}"
+        log(f"  {name}: {runs_now}/{seeds} in {time.perf_counter() - t0:.0f} s")
 
 
 def grid_teacher(root: Path, teacher_epochs: int, r: dict[str, Any]) -> None:

@@ -105,3 +105,49 @@ def test_the_students_are_compared_per_method_with_holm(bench: ModuleType) -> No
     assert (
         "| ce | 3, 3 | +3.87 |" in table and "| kd+ig+at | 3, 1 | +5.87 | — (needs 2 runs of each) |" in table
     )
+
+
+def test_a_run_left_running_by_a_killed_process_is_run_again_once(
+    bench: ModuleType, root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import re
+    import time
+
+    import optuna
+
+    from automl_kd.storage.heartbeat import ATTR_BEAT
+
+    def run(work: Path, seeds: int) -> list[dict[str, Any]]:
+        saved: list[Any] = []
+        runs = bench.run_cell(
+            root, work, "truncated", {"removed": 15}, "ce", seeds, 1, 0, 2, [], lambda r: saved.append(r)
+        )
+        assert saved[-1] == runs  # the JSON gets every run
+        return runs
+
+    run(tmp_path / "a", 1)
+    done = bench.Search(bench.load_config(bench.base_config(root, tmp_path / "a", "truncated-ce-e1", 0, 1)))
+    trial = done.study.get_trials()[0]
+    # another machine's process was killed during the cell's first run: the trial stays RUNNING, its heartbeat
+    # an hour old
+    work = tmp_path / "b"
+    study = bench.Search(bench.load_config(bench.base_config(root, work, "truncated-ce-e1", 0, 1))).study
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=optuna.trial.TrialState.RUNNING,
+            params=trial.params,
+            distributions=trial.distributions,
+            system_attrs={ATTR_BEAT: time.time() - 3600},
+        )
+    )
+    capsys.readouterr()
+    runs = run(work, 3)
+    assert len(runs) == 3 and len({r["seed"] for r in runs}) == 3
+    states = [t.state for t in study.get_trials()]
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 3  # the killed run is run again once, not twice
+    assert states.count(optuna.trial.TrialState.RUNNING) == 0
+    # the log counts the runs that each call finished, also when one call finishes two
+    out = capsys.readouterr().out
+    counted = re.findall(r"truncated-ce-e1: (?:run (\d+)|(\d+) runs, to (\d+))/3 in", out)
+    assert sum(1 if single else int(n) for single, n, _ in counted) == 3, out
+    assert counted[-1][0] == "3" or counted[-1][2] == "3", out
