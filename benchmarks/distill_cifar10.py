@@ -51,6 +51,7 @@ from automl_kd.distill.teacher_info import teacher_info, teacher_normalizer
 from automl_kd.metrics import measure_latency
 from automl_kd.precision import cpu_has_fast_bf16, cpu_name
 from automl_kd.results.leaderboard import trial_state
+from automl_kd.storage.heartbeat import fail_stale_trials
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -354,10 +355,17 @@ def run_cell(
             save(runs[:seeds])
         if len(runs) >= seeds:
             return runs[:seeds]
-        search.study.enqueue_trial(params)
+        # a run left RUNNING by a killed process is failed here and queued again with its own seed; the next run
+        # is queued only when nothing waits, and it takes the seed of its place in the cell (the engine seeds a
+        # trial by its retry origin), so every cell runs the same seeds whatever was interrupted
+        fail_stale_trials(search.study, search.config.storage.grace_period)
+        if not search.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
+            search.study.enqueue_trial(params)
+            queued = search.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))[-1]
+            search.study._storage.set_trial_system_attr(queued._trial_id, "failed_trial", len(runs))
         t0 = time.perf_counter()
-        search.run(n_trials=len([t for t in trials if t.state.is_finished()]) + 1)
-        # a stale trial reclaimed by the search is queued again, so one call may finish more than one run
+        search.run(n_trials=search.finished_count() + 1)  # the engine's count leaves interrupted trials out
+        # a run killed in another process while this one ran is queued again, so one call may finish two
         done = sum(trial_state(t) == "complete" for t in search.study.get_trials()) - len(complete)
         runs_now = f"run {len(runs) + 1}" if done == 1 else f"{done} runs, to {len(runs) + done}"
         log(f"  {name}: {runs_now}/{seeds} in {time.perf_counter() - t0:.0f} s")

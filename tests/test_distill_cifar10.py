@@ -115,6 +115,7 @@ def test_a_run_left_running_by_a_killed_process_is_run_again_once(
 
     import optuna
 
+    from automl_kd.engine.trial import trial_seed
     from automl_kd.storage.heartbeat import ATTR_BEAT
 
     def run(work: Path, seeds: int) -> list[dict[str, Any]]:
@@ -125,7 +126,7 @@ def test_a_run_left_running_by_a_killed_process_is_run_again_once(
         assert saved[-1] == runs  # the JSON gets every run
         return runs
 
-    run(tmp_path / "a", 1)
+    first = run(tmp_path / "a", 1)
     done = bench.Search(bench.load_config(bench.base_config(root, tmp_path / "a", "truncated-ce-e1", 0, 1)))
     trial = done.study.get_trials()[0]
     # another machine's process was killed during the cell's first run: the trial stays RUNNING, its heartbeat
@@ -142,7 +143,9 @@ def test_a_run_left_running_by_a_killed_process_is_run_again_once(
     )
     capsys.readouterr()
     runs = run(work, 3)
-    assert len(runs) == 3 and len({r["seed"] for r in runs}) == 3
+    # the rerun takes the killed run's seed and the cell the same seeds as one never interrupted
+    assert [r["seed"] for r in runs] == [trial_seed(0, k) for k in range(3)]
+    assert runs[0]["seed"] == first[0]["seed"]
     states = [t.state for t in study.get_trials()]
     assert states.count(optuna.trial.TrialState.COMPLETE) == 3  # the killed run is run again once, not twice
     assert states.count(optuna.trial.TrialState.RUNNING) == 0
