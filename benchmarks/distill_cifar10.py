@@ -313,7 +313,8 @@ def run_cell(
 
     ``recorded`` holds the runs the JSON already has; ``save(runs)`` is called after every run, so a stop loses at
     most the run in progress. A study lost with its machine (``--work`` gone) is started again with one placeholder
-    per recorded run, so trial numbers, and with them the seeds, continue where the JSON stopped.
+    per recorded run, so trial numbers continue where the JSON stopped; the k-th run of a cell always has the seed
+    of trial k (a killed run is queued again with its own seed).
     """
     name = f"{student}-{method.replace('+', '_')}-e{epochs}"
     if len(recorded) >= seeds:
