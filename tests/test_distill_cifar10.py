@@ -6,16 +6,21 @@ have used (the headline experiment spans several sessions, and a session's machi
 from __future__ import annotations
 
 import importlib.util
+import re
 import shutil
 import sys
+import time
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import optuna
 import pytest
 from conftest import REPO, SHARED_DATA
 
 from automl_kd.data import unpack_imagefolder
+from automl_kd.engine.trial import trial_seed
+from automl_kd.storage.heartbeat import ATTR_BEAT
 
 ARCHIVE = SHARED_DATA / "cifar-10-jpeg" / "cifar-10-jpeg.tar.gz"
 pytestmark = pytest.mark.skipif(not ARCHIVE.is_file(), reason="needs ../shared/data/cifar-10-jpeg")
@@ -110,14 +115,6 @@ def test_the_students_are_compared_per_method_with_holm(bench: ModuleType) -> No
 def test_a_run_left_running_by_a_killed_process_is_run_again_once(
     bench: ModuleType, root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import re
-    import time
-
-    import optuna
-
-    from automl_kd.engine.trial import trial_seed
-    from automl_kd.storage.heartbeat import ATTR_BEAT
-
     def run(work: Path, seeds: int) -> list[dict[str, Any]]:
         saved: list[Any] = []
         runs = bench.run_cell(
