@@ -361,9 +361,7 @@ def run_cell(
         # trial by its retry origin), so every cell runs the same seeds whatever was interrupted
         fail_stale_trials(search.study, search.config.storage.grace_period)
         if not search.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
-            search.study.enqueue_trial(params)
-            queued = search.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))[-1]
-            search.study._storage.set_trial_system_attr(queued._trial_id, "failed_trial", len(runs))
+            search.enqueue(params, seed_of=len(runs))
         t0 = time.perf_counter()
         search.run(n_trials=search.finished_count() + 1)  # the engine's count leaves interrupted trials out
         # a run killed in another process while this one ran is queued again, so one call may finish two

@@ -12,7 +12,7 @@ from conftest import FormulaPlugin, small_mbv2_options
 from automl_kd import Search, hookimpl, load_config
 from automl_kd.engine.constraints import Constraints
 from automl_kd.engine.trial import trial_seed
-from automl_kd.errors import TrainingDiverged
+from automl_kd.errors import ConfigError, TrainingDiverged
 from automl_kd.proposer import history_from_trials
 from automl_kd.results.leaderboard import leaderboard, summary, trial_state
 from automl_kd.space import Cost
@@ -200,3 +200,22 @@ def test_a_resumed_study_does_not_replay_the_first_proposals(tmp_path: Path, pm:
     study = Search(make_config(tmp_path, proposer={"name": "random"}, n_trials=6), pm=pm).run()
     first, resumed = study.get_trials()[:3], study.get_trials()[3:]
     assert [t.params for t in first] != [t.params for t in resumed]
+
+
+def test_enqueue_runs_a_fixed_student_with_the_seed_of_its_place(tmp_path: Path, pm: Any) -> None:
+    search = Search(make_config(tmp_path, n_trials=1), pm=pm)
+    search.run()
+    fixed = search.study.get_trials()[0].params
+    search.enqueue(fixed, seed_of=0)  # run 0 again, e.g. after its result was lost: the same seed
+    search.enqueue(fixed, seed_of=5)
+    search.run(n_trials=3)
+    first, again, fifth = search.study.get_trials()
+    assert again.params == fifth.params == fixed
+    assert again.user_attrs["seed"] == first.user_attrs["seed"] == trial_seed(0, 0)
+    assert fifth.user_attrs["seed"] == trial_seed(0, 5)
+    with pytest.raises(ConfigError, match="not_a_param not among the search's parameters"):
+        search.enqueue({**fixed, "not_a_param": 1}, seed_of=0)
+    name, dist = next(iter(search.space.distributions().items()))
+    assert isinstance(dist, optuna.distributions.CategoricalDistribution), (name, dist)
+    with pytest.raises(ConfigError, match="enqueue:"):
+        search.enqueue({**fixed, name: "no such choice"}, seed_of=0)

@@ -35,7 +35,7 @@ from automl_kd.manager import PluginManager, get_plugin_manager
 from automl_kd.metrics import resolve_device
 from automl_kd.proposer import ATTR_PROPOSER, Proposer, ProposerSampler
 from automl_kd.space import Candidate, SearchSpace, suggest
-from automl_kd.storage.heartbeat import beating, fail_stale_trials
+from automl_kd.storage.heartbeat import beating, fail_stale_trials, queue_trial, seed_origin
 from automl_kd.storage.outage import is_storage_error, retrying, storage_fault
 from automl_kd.storage.studies import default_url, open_storage, open_study
 
@@ -187,8 +187,8 @@ class Search:
             raise
         # Optuna 5 keeps system attributes (proposer, rationale, retry origin) off the public Trial API
         system = self.study._storage.get_trial_system_attrs(trial._trial_id)
-        origin = system.get("failed_trial")
-        seed = trial_seed(self.config.seed, int(origin) if origin is not None else trial.number)
+        origin = seed_origin(system, trial.number)
+        seed = trial_seed(self.config.seed, origin)
         if self._is_surplus(trial):
             trial.set_user_attr(ATTR_OUTCOME, TrialOutcome.SURPLUS)
             raise TrialSurplus(
@@ -229,7 +229,7 @@ class Search:
             # not the candidate's fault: record it as interrupted and queue the same parameters (and seed) again
             trial.set_user_attr(ATTR_OUTCOME, TrialOutcome.INTERRUPTED)
             trial.set_user_attr("interrupted_by", str(exc) or "SIGINT (Ctrl-C)")
-            self._requeue(trial, {**params, **aug_values}, origin)
+            queue_trial(self.study, {**params, **aug_values}, self._distributions(), seed_of=origin)
             raise
         except (ConfigError, DataError) as exc:
             # the config or the data, not the candidate: every trial would fail alike, so the search stops
@@ -315,15 +315,22 @@ class Search:
         before = self.study.get_trials(deepcopy=False)[: trial.number]
         return sum(1 for t in before if is_claimed(t)) >= self._target
 
-    def _requeue(self, trial: optuna.Trial, params: dict[str, Any], origin: Any) -> None:
-        self.study.add_trial(
-            optuna.trial.create_trial(
-                state=TrialState.WAITING,
-                params=params,
-                distributions={**self.space.distributions(), **self.aug_distributions},
-                system_attrs={"failed_trial": int(origin) if origin is not None else trial.number},
-            )
-        )
+    def _distributions(self) -> dict[str, optuna.distributions.BaseDistribution]:
+        return {**self.space.distributions(), **self.aug_distributions}
+
+    def enqueue(self, params: dict[str, Any], *, seed_of: int) -> None:
+        """Queue a trial with these parameters (a fixed student; searched augmenter options may be among them)
+        and the seed of trial ``seed_of``, as a retry has: run k of a fixed configuration queued with
+        ``seed_of=k`` has the same seed whatever was interrupted before it.
+        """
+        dists = self._distributions()
+        unknown = sorted(set(params) - set(dists))
+        if unknown:
+            raise ConfigError(f"enqueue: {', '.join(unknown)} not among the search's parameters")
+        try:
+            queue_trial(self.study, params, dists, seed_of=seed_of)
+        except ValueError as exc:  # Optuna: a value outside its distribution
+            raise ConfigError(f"enqueue: {exc}") from None
 
     def _after_trial(self, study: optuna.Study, frozen: FrozenTrial) -> None:
         outcome = TrialOutcome.of(frozen)

@@ -14,12 +14,50 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import optuna
+from optuna.distributions import BaseDistribution
 from optuna.trial import TrialState
 
 log = logging.getLogger("automl_kd")
 ATTR_BEAT = "automl_kd:heartbeat"
+# the trial whose seed a queued trial takes (a retry's origin); the name predates its second use, and studies on
+# disk carry it, so it stays
+ATTR_SEED_OF = "failed_trial"
+
+
+def seed_origin(system_attrs: dict[str, Any], number: int) -> int:
+    """The trial number that seeds a trial: its retry origin when it was queued with one, else its own."""
+    origin = system_attrs.get(ATTR_SEED_OF)
+    return int(origin) if origin is not None else number
+
+
+def queue_trial(
+    study: optuna.Study,
+    params: dict[str, Any],
+    distributions: dict[str, BaseDistribution],
+    *,
+    seed_of: int,
+    retry_history: list[int] | None = None,
+) -> None:
+    """Queue a WAITING trial with these parameters that the engine seeds as trial ``seed_of``.
+
+    The one way a trial is queued again: the heartbeat's retry of a dead trial, the engine's retry of a surplus
+    trial, and a caller that wants run k of a fixed configuration to have the seed of trial k. Each of
+    ``params`` needs its distribution.
+    """
+    system: dict[str, Any] = {ATTR_SEED_OF: int(seed_of)}
+    if retry_history is not None:
+        system["retry_history"] = list(retry_history)
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=TrialState.WAITING,
+            params=params,
+            distributions={name: distributions[name] for name in params},
+            system_attrs=system,
+        )
+    )
 
 
 @contextlib.contextmanager
@@ -67,16 +105,12 @@ def fail_stale_trials(study: optuna.Study, grace: float, max_retry: int = 1) -> 
         history = [*t.system_attrs.get("retry_history", []), t.number]
         if len(history) > max_retry:
             continue
-        study.add_trial(
-            optuna.trial.create_trial(
-                state=TrialState.WAITING,
-                params=t.params,
-                distributions=t.distributions,
-                system_attrs={
-                    "failed_trial": t.system_attrs.get("failed_trial", t.number),
-                    "retry_history": history,
-                },
-            )
+        queue_trial(
+            study,
+            t.params,
+            t.distributions,
+            seed_of=seed_origin(t.system_attrs, t.number),
+            retry_history=history,
         )
     if failed:
         log.warning("trials %s had no heartbeat for %.0f s: marked failed and queued again", failed, grace)
