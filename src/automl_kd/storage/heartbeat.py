@@ -43,9 +43,9 @@ def queue_trial(
 ) -> None:
     """Queue a WAITING trial with these parameters that the engine seeds as trial ``seed_of``.
 
-    The one way a trial is queued again: the heartbeat's retry of a dead trial, the engine's retry of a surplus
-    trial, and a caller that wants run k of a fixed configuration to have the seed of trial k. Each of
-    ``params`` needs its distribution.
+    The one way a trial is queued with another's seed: the heartbeat's retry of a dead trial, the engine's retry
+    of an interrupted one (SIGTERM, Ctrl-C), and ``Search.enqueue`` (run k of a fixed configuration with the seed
+    of trial k). Each of ``params`` needs its distribution.
     """
     system: dict[str, Any] = {ATTR_SEED_OF: int(seed_of)}
     if retry_history is not None:
