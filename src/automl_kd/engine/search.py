@@ -319,17 +319,11 @@ class Search:
         return {**self.space.distributions(), **self.aug_distributions}
 
     def enqueue(self, params: dict[str, Any], *, seed_of: int) -> None:
-        """Queue a trial with these parameters (a fixed student; searched augmenter options may be among them)
-        and the seed of trial ``seed_of``, as a retry has: run k of a fixed configuration queued with
-        ``seed_of=k`` has the same seed whatever was interrupted before it.
-        """
-        dists = self._distributions()
-        unknown = sorted(set(params) - set(dists))
-        if unknown:
-            raise ConfigError(f"enqueue: {', '.join(unknown)} not among the search's parameters")
+        """Queue a fixed student (searched augmenter options may be among ``params``) with the seed of trial
+        ``seed_of``, as a retry has: run k of a repeated configuration has the same seed whatever was interrupted."""
         try:
-            queue_trial(self.study, params, dists, seed_of=seed_of)
-        except ValueError as exc:  # Optuna: a value outside its distribution
+            queue_trial(self.study, params, self._distributions(), seed_of=seed_of)
+        except ValueError as exc:  # a parameter the search does not have, or a value outside its distribution
             raise ConfigError(f"enqueue: {exc}") from None
 
     def _after_trial(self, study: optuna.Study, frozen: FrozenTrial) -> None:

@@ -45,8 +45,11 @@ def queue_trial(
 
     The one way a trial is queued with another's seed: the heartbeat's retry of a dead trial, the engine's retry
     of an interrupted one (SIGTERM, Ctrl-C), and ``Search.enqueue`` (run k of a fixed configuration with the seed
-    of trial k). Each of ``params`` needs its distribution.
+    of trial k). A parameter without a distribution is a ValueError, as is a value outside it.
     """
+    unknown = sorted(set(params) - set(distributions))
+    if unknown:
+        raise ValueError(f"{', '.join(unknown)} not among the search's parameters")
     system: dict[str, Any] = {ATTR_SEED_OF: int(seed_of)}
     if retry_history is not None:
         system["retry_history"] = list(retry_history)
