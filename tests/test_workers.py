@@ -46,8 +46,19 @@ def worker(storage: str, study: str) -> subprocess.Popen[str]:
     )
 
 
-def states(storage: str, study: str) -> list[str]:
-    return [trial_state(t) for t in optuna.load_study(study_name=study, storage=storage).get_trials()]
+def read_trials(url: str, study: str) -> list[optuna.trial.FrozenTrial]:
+    """The study's trials through an engine of its own, disposed at once: these tests poll many times a second,
+    and an RDBStorage left to the garbage collector keeps its pooled connections open until PostgreSQL refuses
+    more ("too many clients already")."""
+    storage = optuna.storages.RDBStorage(url)
+    try:
+        return optuna.load_study(study_name=study, storage=storage).get_trials()
+    finally:
+        storage.engine.dispose()
+
+
+def states(url: str, study: str) -> list[str]:
+    return [trial_state(t) for t in read_trials(url, study)]
 
 
 @pytest.mark.slow
@@ -57,7 +68,7 @@ def test_two_workers_on_postgres_survive_a_sigkill(tmp_path: Path, postgres: Pos
     a, b = worker(postgres.url, "pg-kill"), worker(postgres.url, "pg-kill")
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        trials = optuna.load_study(study_name="pg-kill", storage=postgres.url).get_trials()
+        trials = read_trials(postgres.url, "pg-kill")
         s = [trial_state(t) for t in trials]
         running = [t for t in trials if trial_state(t) == "running"]
         # both running trials started under 2 s ago, so each has a second of its 3 s left and the kill below lands
@@ -74,7 +85,7 @@ def test_two_workers_on_postgres_survive_a_sigkill(tmp_path: Path, postgres: Pos
     _, err = b.communicate(timeout=180)
     assert b.returncode == 0, err
 
-    trials = optuna.load_study(study_name="pg-kill", storage=postgres.url).get_trials()
+    trials = read_trials(postgres.url, "pg-kill")
     st = [trial_state(t) for t in trials]
     assert st.count("complete") == 10, st
     assert st.count("interrupted") == 1 and set(st) <= {"complete", "interrupted"}
