@@ -14,7 +14,36 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+
+import optuna
+
+
+@contextlib.contextmanager
+def storage(url: str) -> Iterator[optuna.storages.RDBStorage]:
+    """An RDBStorage whose engine is disposed on leaving. Tests poll the server many times a second, and a storage
+    left to the garbage collector keeps its pooled connections open until PostgreSQL refuses more ("too many
+    clients already")."""
+    st = optuna.storages.RDBStorage(url)
+    try:
+        yield st
+    finally:
+        st.engine.dispose()
+
+
+def read_trials(url: str, study: str) -> list[optuna.trial.FrozenTrial]:
+    with storage(url) as st:
+        return optuna.load_study(study_name=study, storage=st).get_trials()
+
+
+def study_names(url: str) -> list[str]:
+    """The names of the server's studies; none before the first one creates the tables."""
+    try:
+        with storage(url) as st:
+            return [s.study_name for s in optuna.get_all_study_summaries(st)]
+    except Exception:  # the tables do not exist yet
+        return []
 
 
 def _bindir() -> Path | None:

@@ -17,7 +17,7 @@ import optuna
 import pytest
 from conftest import REPO
 from fault_support import AUTOML_KD, Result, assert_no_traceback, cli_env, synthetic_config, write_yaml
-from pgserver import PostgresServer
+from pgserver import PostgresServer, read_trials, study_names
 
 DOC = REPO / "docs" / "scaling.md"
 DOC_URL = "postgresql://user:pass@db-host/automl"
@@ -83,8 +83,7 @@ def test_the_scaling_page_runs_as_written(tmp_path: Path, postgres: PostgresServ
         res = Result(p.returncode, out, err, 0.0)
         assert_no_traceback(res)
         assert res.rc == 0, f"{line}\n{res}"
-    study = optuna.load_study(study_name="nas-1", storage=postgres.url)
-    states = [t.state for t in study.get_trials()]
+    states = [t.state for t in read_trials(postgres.url, "nas-1")]
     assert states.count(optuna.trial.TrialState.COMPLETE) == N_TRIALS, states
     journal = tmp_path / "runs" / "scale" / "journal.log"
     assert journal.is_file() and os.path.getsize(journal) > 0
@@ -94,10 +93,3 @@ def start(cmd: str, cwd: Path, env: dict[str, str]) -> subprocess.Popen[str]:
     return subprocess.Popen(
         ["bash", "-c", cmd], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
-
-
-def study_names(url: str) -> list[str]:
-    try:
-        return [s.study_name for s in optuna.get_all_study_summaries(url)]
-    except Exception:  # the tables do not exist yet
-        return []

@@ -11,10 +11,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import optuna
 import pytest
 from conftest import REPO
-from pgserver import PostgresServer
+from pgserver import PostgresServer, read_trials
 
 from automl_kd import Search, load_config
 from automl_kd.results.leaderboard import trial_state
@@ -44,17 +43,6 @@ def worker(storage: str, study: str) -> subprocess.Popen[str]:
         stderr=subprocess.PIPE,
         text=True,
     )
-
-
-def read_trials(url: str, study: str) -> list[optuna.trial.FrozenTrial]:
-    """The study's trials through an engine of its own, disposed at once: these tests poll many times a second,
-    and an RDBStorage left to the garbage collector keeps its pooled connections open until PostgreSQL refuses
-    more ("too many clients already")."""
-    storage = optuna.storages.RDBStorage(url)
-    try:
-        return optuna.load_study(study_name=study, storage=storage).get_trials()
-    finally:
-        storage.engine.dispose()
 
 
 def states(url: str, study: str) -> list[str]:
