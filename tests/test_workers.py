@@ -11,9 +11,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import optuna
 import pytest
 from conftest import REPO
-from pgserver import PostgresServer, read_trials
+from pgserver import PostgresServer, read_trials, storage
 
 from automl_kd import Search, load_config
 from automl_kd.results.leaderboard import trial_state
@@ -55,19 +56,23 @@ def test_two_workers_on_postgres_survive_a_sigkill(tmp_path: Path, postgres: Pos
     Search(cfg, storage=postgres.url)  # creates the study and stores its config for the workers
     a, b = worker(postgres.url, "pg-kill"), worker(postgres.url, "pg-kill")
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        trials = read_trials(postgres.url, "pg-kill")
-        s = [trial_state(t) for t in trials]
-        running = [t for t in trials if trial_state(t) == "running"]
-        # both running trials started under 2 s ago, so each has a second of its 3 s left and the kill below lands
-        # inside a's trial (under load a trial seen running could end first); with a threshold above half a
-        # trial's time, two workers in any phase pass it
-        young = all(t.datetime_start and time.time() - t.datetime_start.timestamp() < 2.0 for t in running)
-        if s.count("complete") >= 2 and len(running) == 2 and young:
-            break
-        time.sleep(0.05)
-    else:
-        pytest.fail(f"workers never ran side by side: {states(postgres.url, 'pg-kill')}")
+    with storage(postgres.url) as db:  # one connection for the polls: no backend started 20 times a second
+        study = optuna.load_study(study_name="pg-kill", storage=db)
+        while time.monotonic() < deadline:
+            trials = study.get_trials()
+            s = [trial_state(t) for t in trials]
+            running = [t for t, state in zip(trials, s, strict=True) if state == "running"]
+            # both running trials started under 2 s ago, so each has a second of its 3 s left and the kill below
+            # lands inside a's trial (under load a trial seen running could end first); with a threshold above
+            # half a trial's time, two workers in any phase pass it
+            young = all(
+                t.datetime_start and time.time() - t.datetime_start.timestamp() < 2.0 for t in running
+            )
+            if s.count("complete") >= 2 and len(running) == 2 and young:
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail(f"workers never ran side by side: {s}")
     os.kill(a.pid, signal.SIGKILL)  # one of the two running trials is a's
     a.wait()
     _, err = b.communicate(timeout=180)
@@ -107,8 +112,12 @@ def test_a_worker_rides_out_a_brief_postgres_outage(tmp_path: Path, postgres: Po
     Search(cfg, storage=postgres.url)
     w = worker(postgres.url, "pg-outage")
     deadline = time.monotonic() + 120
-    while states(postgres.url, "pg-outage").count("complete") < 2 and time.monotonic() < deadline:
-        time.sleep(0.1)
+    with storage(postgres.url) as db:  # disposed before the outage: no pooled connection outlives the server
+        study = optuna.load_study(study_name="pg-outage", storage=db)
+        while time.monotonic() < deadline:
+            if [trial_state(t) for t in study.get_trials()].count("complete") >= 2:
+                break
+            time.sleep(0.1)
     postgres.stop()
     time.sleep(3)
     postgres.start()
