@@ -185,6 +185,24 @@ class Payload:
         return (os.system, (f"touch {self.marker}",))
 
 
+def write_cifar10(root: Path, meta: bytes | None = None, n_train: int = 250, n_test: int = 500) -> Path:
+    """A small CIFAR-10 in the torchvision (python pickle) layout under ``root/cifar-10-batches-py``; ``meta``
+    replaces the bytes of ``batches.meta`` (a crafted or broken file)."""
+    import pickle
+
+    import numpy as np
+
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name, n in [(f"data_batch_{i}", n_train) for i in range(1, 6)] + [("test_batch", n_test)]:
+        batch = {"data": rng.integers(0, 256, (n, 3072), np.uint8), "labels": [j % 10 for j in range(n)]}
+        (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    (folder / "batches.meta").write_bytes(meta or pickle.dumps({"label_names": names}, protocol=2))
+    return root
+
+
 def write_unsafe_pickle(path: Path, marker: Path) -> None:
     """A torch checkpoint whose unpickling would run code (what ``weights_only=True`` must refuse)."""
     import torch

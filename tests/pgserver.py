@@ -61,9 +61,10 @@ def _free_port() -> int:
 
 
 class PostgresServer:
-    """``start()``, ``stop()``, ``url``; the data directory is removed by ``cleanup()``."""
+    """``start()``, ``stop()``, ``url``; the data directory is removed by ``cleanup()``. With ``password`` the
+    cluster asks for it (scram-sha-256 for every connection) and ``url`` carries it."""
 
-    def __init__(self) -> None:
+    def __init__(self, password: str | None = None) -> None:
         bindir = _bindir()
         if bindir is None:
             raise RuntimeError(
@@ -76,7 +77,15 @@ class PostgresServer:
         self.as_root = os.geteuid() == 0
         if self.as_root:
             shutil.chown(self.root, "postgres", "postgres")
-        self._run(["initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8"])
+        self.password = password
+        auth = ["--auth=trust"]
+        if password is not None:
+            pwfile = self.root / "pwfile"
+            pwfile.write_text(password + "\n")
+            if self.as_root:
+                shutil.chown(pwfile, "postgres", "postgres")
+            auth = ["--auth=scram-sha-256", f"--pwfile={pwfile}"]
+        self._run(["initdb", "-D", str(self.data), "-U", "postgres", *auth, "-E", "UTF8"])
 
     def _run(self, cmd: list[str]) -> None:
         full = [str(self.bindir / cmd[0]), *cmd[1:]]
@@ -86,7 +95,8 @@ class PostgresServer:
 
     @property
     def url(self) -> str:
-        return f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/postgres"
+        user = "postgres" if self.password is None else f"postgres:{self.password}"
+        return f"postgresql+psycopg2://{user}@127.0.0.1:{self.port}/postgres"
 
     def start(self) -> None:
         opts = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.root} -c fsync=off"

@@ -25,6 +25,7 @@ from typing import Any
 import optuna
 import pytest
 from fault_support import (
+    Payload,
     Result,
     Watched,
     assert_no_traceback,
@@ -36,9 +37,11 @@ from fault_support import (
     closed_port,
     read_only,
     synthetic_config,
+    write_cifar10,
     write_unsafe_pickle,
     write_yaml,
 )
+from pgserver import storage as pg_storage
 
 
 @dataclass
@@ -111,6 +114,14 @@ class Ctx:
     def teacher_unsafe(self) -> None:
         write_unsafe_pickle(self.w / "teacher.pt", self.marker)
         self.teacher(self.w / "teacher.pt")
+
+    def cifar_unsafe_meta(self) -> None:
+        import pickle
+
+        write_cifar10(self.w / "c", meta=pickle.dumps({"label_names": [Payload(self.marker)]}, protocol=2))
+
+    def cifar_random_meta(self) -> None:
+        write_cifar10(self.w / "c", meta=random.Random(3).randbytes(4000))
 
     def duplicate_keys(self) -> None:
         (self.w / "dup.yaml").write_text("name: a\nseed: 1\nname: b\n")
@@ -252,6 +263,25 @@ FAULTS = [
         setup=Ctx.unsafe_model,
         absent=("weights_only=False", "WeightsUnpickler"),
     ),
+    # a CIFAR file is plain data: a crafted one is refused before it can run code, a broken one is a data error
+    Fault(
+        "cifar-meta-runs-code",
+        24,
+        (*RUN, "--set", "data.dataset=cifar10", "--set", "data.root={w}/c"),
+        4,
+        r"^error: cannot read CIFAR meta file .*batches\.meta: UnpicklingError: refused to load posix\.system",
+        setup=Ctx.cifar_unsafe_meta,
+        absent=("target reached",),
+    ),
+    Fault(
+        "cifar-meta-random-bytes",
+        24,
+        (*RUN, "--set", "data.dataset=cifar10", "--set", "data.root={w}/c"),
+        4,
+        r"^error: cannot read CIFAR meta file .*batches\.meta",
+        setup=Ctx.cifar_random_meta,
+        absent=("target reached",),
+    ),
     # 7: the teacher's checkpoint is checked before the search starts
     Fault(
         "teacher-checkpoint-missing",
@@ -374,6 +404,43 @@ def test_fault(fault: Fault, ctx: Ctx, capfd: pytest.CaptureFixture[str]) -> Non
 # -- faults watched while they happen ----------------------------------------------------------------------------
 def last_json(res: Result) -> Any:
     return json.loads(res.out.strip().splitlines()[-1])
+
+
+def test_a_storage_password_is_never_printed_nor_written(tmp_path: Path) -> None:
+    """A password-auth PostgreSQL cluster: run, show and worker print the URL with ``***`` (their JSON included),
+    the report and the study's stored config never hold the password."""
+    from pgserver import PostgresServer
+
+    secret = "S3cretPw"
+    server = PostgresServer(password=secret)
+    try:
+        server.start()
+        url = server.url
+        # the URL in the config (it is stored with the study) and on the command line
+        cfg = write_yaml(tmp_path / "synth.yaml", synthetic_config("synth", 2, sleep=0.0, url=url))
+        outputs = [
+            cli("run", str(cfg), "--run-dir", str(tmp_path / "r"), "--json", cwd=tmp_path),
+            cli("show", "--storage", url, "--study", "synth", "--json", cwd=tmp_path),
+            cli("show", "--storage", url, "--study", "synth", cwd=tmp_path),
+            cli("worker", "--storage", url, "--study", "synth", "--json", cwd=tmp_path),
+            cli("report", "--storage", url, "--study", "synth", "--out", str(tmp_path / "rep"), cwd=tmp_path),
+        ]
+        for res in outputs:
+            assert_no_traceback(res)
+            assert res.rc == 0, res
+            assert secret not in res.out + res.err, f"the password was printed:\n{res}"
+        for res in (outputs[0], outputs[1], outputs[3]):
+            assert last_json(res)["storage"].startswith("postgresql+psycopg2://postgres:***@127.0.0.1:")
+        written = [p for p in (tmp_path / "rep").rglob("*") if p.is_file()]
+        assert any(p.name == "index.html" for p in written)
+        for path in written:
+            assert secret.encode() not in path.read_bytes(), f"the password is written into {path}"
+        with pg_storage(url) as st:
+            stored = json.dumps(st.get_study_user_attrs(st.get_study_id_from_name("synth")))
+        assert "postgres:***@127.0.0.1" in stored
+        assert secret not in stored, "the study keeps the password in its stored config"
+    finally:
+        server.cleanup()
 
 
 def test_a_run_dir_named_with_url_characters_keeps_its_database(

@@ -17,6 +17,7 @@ import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -165,12 +166,39 @@ def load_fashion_mnist(cfg: DataConfig) -> tuple[np.ndarray, np.ndarray, np.ndar
     return xtr, ytr, xte, yte, FASHION_MNIST_CLASSES
 
 
-def _unpickle(path: Path) -> dict[str, object]:
+#: the only globals a CIFAR file may name: what a pickled numpy array needs (numpy 1 and 2 module names), and the
+#: bytes constructor of a protocol-2 pickle written by Python 3
+_CIFAR_GLOBALS = frozenset(
+    (module, name)
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray")
+    for name in ("_reconstruct", "scalar")
+) | {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Dicts, lists, tuples, str/bytes, numbers and numpy arrays; any other global (``os.system`` in a crafted
+    file) is refused before it is looked up, so loading a data file never runs code."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in _CIFAR_GLOBALS:
+            raise pickle.UnpicklingError(
+                f"refused to load {module}.{name} (only plain data and numpy arrays)"
+            )
+        return super().find_class(module, name)
+
+
+def _load_pickle(path: Path, what: str) -> object:
     try:
         with open(path, "rb") as f:
-            obj = pickle.load(f, encoding="latin1")
-    except (OSError, EOFError, pickle.UnpicklingError, ValueError) as exc:
-        raise DataError(f"cannot read CIFAR batch {path}: {exc}") from None
+            return _CifarUnpickler(f, encoding="latin1").load()
+    except OSError as exc:
+        raise DataError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    except Exception as exc:  # random bytes raise anything from EOFError to KeyError or MemoryError
+        raise DataError(f"cannot read {what} {path}: {type(exc).__name__}: {exc}") from None
+
+
+def _unpickle(path: Path) -> dict[str, object]:
+    obj = _load_pickle(path, "CIFAR batch")
     if not isinstance(obj, dict) or "data" not in obj:
         raise DataError(f"{path} is not a CIFAR batch (no 'data' entry)")
     return obj
@@ -221,9 +249,11 @@ def load_cifar(cfg: DataConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
 def _unpickle_meta(path: Path, key: str) -> list[str]:
     if not path.is_file():
         raise DataError(f"{path} not found (CIFAR meta file with class names)")
-    with open(path, "rb") as f:
-        meta = pickle.load(f, encoding="latin1")
-    return [str(n) for n in meta[key]]
+    meta = _load_pickle(path, "CIFAR meta file")
+    names = meta.get(key) if isinstance(meta, dict) else None
+    if not isinstance(names, list | tuple) or not all(isinstance(n, str | bytes) for n in names):
+        raise DataError(f"{path} is not a CIFAR meta file (no list of class names under {key!r})")
+    return [n.decode("latin1") if isinstance(n, bytes) else n for n in names]
 
 
 #: the file extensions read as images

@@ -26,6 +26,7 @@ import yaml
 
 from automl_kd.proposer import ATTR_META
 from automl_kd.results.leaderboard import trial_state
+from automl_kd.storage.urls import display_url
 
 from . import leaderboard, plots
 
@@ -383,13 +384,14 @@ def write_report(
     nav = "".join(f'<a href="#{s}">{esc(TITLES[s])}</a>' for s in SECTIONS)
     sections = "".join(f'<section id="{s}"><h2>{esc(TITLES[s])}</h2>{body[s]}</section>' for s in SECTIONS)
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    shown = display_url(source) if source else str(run_dir)  # never the storage's password
     counts_text = ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "no trials"
     page = (
         "<!DOCTYPE html>\n"
         f'<html lang="en"><head><meta charset="utf-8"><title>automl-kd: {esc(study.study_name)}</title>'
         f"<style>{CSS}</style></head><body>"
         f"<header><h1>automl-kd study {esc(study.study_name)}</h1>"
-        f'<p class="muted">storage {esc(source or run_dir)}; {esc(counts_text)}; directions '
+        f'<p class="muted">storage {esc(shown)}; {esc(counts_text)}; directions '
         f"{esc(', '.join(d.name.lower() for d in study.directions))}; generated {esc(stamp)}</p>"
         f"<nav>{nav}</nav></header>{sections}</body></html>\n"
     )

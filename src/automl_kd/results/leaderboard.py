@@ -13,6 +13,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from automl_kd.engine.outcome import ATTR_OUTCOME, TrialOutcome
+from automl_kd.storage.urls import display_url
 
 #: columns of the leaderboard, in order
 METRIC_KEYS = (
@@ -92,7 +93,8 @@ def pareto_numbers(study: optuna.Study) -> list[int]:
 
 
 def summary(study: optuna.Study, storage: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The JSON summary printed by ``automl-kd run --json``."""
+    """The JSON summary printed by ``automl-kd run --json`` (and ``show``, ``worker``): the storage URL with its
+    password hidden."""
     trials = study.get_trials(deepcopy=False)
     counts: dict[str, int] = {}
     for t in trials:
@@ -105,7 +107,7 @@ def summary(study: optuna.Study, storage: str, extra: dict[str, Any] | None = No
     )
     out: dict[str, Any] = {
         "study": study.study_name,
-        "storage": storage,
+        "storage": display_url(storage),
         "directions": [d.name.lower() for d in study.directions],
         "counts": counts,
         "best": board[0] if board else None,

@@ -103,7 +103,10 @@ def open_study(
         if existing:
             study.sampler = sampler_for(existing)
         if "config" not in study.user_attrs:
-            study.set_user_attr("config", config.to_dict())
+            stored = config.to_dict()
+            if config.storage.url:  # the study keeps its config, not the password of the storage it lives in
+                stored["storage"]["url"] = display_url(config.storage.url)
+            study.set_user_attr("config", stored)
             study.set_user_attr("objectives", list(config.search.objectives))
         return study
 
