@@ -203,6 +203,35 @@ def write_cifar10(root: Path, meta: bytes | None = None, n_train: int = 250, n_t
     return root
 
 
+#: the debug line (``-v``) of a fit's first optimizer step: the process is training now
+TRAINING = r"^DEBUG training: first step done"
+
+
+def wait_until_stale(db: Path, grace_period: float, timeout: float = 60) -> None:
+    """Wait until every RUNNING trial of the SQLite study ``db`` is stale by the heartbeat rule (its last beat, or
+    its start, more than ``grace_period`` seconds ago), so the next run fails it and queues it again."""
+    import optuna
+
+    from automl_kd.storage.heartbeat import ATTR_BEAT
+
+    storage = optuna.storages.RDBStorage(f"sqlite:///{db}")
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            ages = []
+            for study in storage.get_all_studies():
+                for t in storage.get_all_trials(study._study_id, states=(optuna.trial.TrialState.RUNNING,)):
+                    started = t.datetime_start.timestamp() if t.datetime_start else time.time()
+                    ages.append(time.time() - float(t.system_attrs.get(ATTR_BEAT, started)))
+            if all(age > grace_period for age in ages):
+                return
+            assert time.monotonic() < deadline, f"running trials still beating after {timeout} s: {ages}"
+            time.sleep(0.1)
+    finally:
+        storage.remove_session()
+        storage.engine.dispose()
+
+
 def write_unsafe_pickle(path: Path, marker: Path) -> None:
     """A torch checkpoint whose unpickling would run code (what ``weights_only=True`` must refuse)."""
     import torch
@@ -275,20 +304,24 @@ class Watched:
         for line in stream:
             into.append(line)
 
-    def wait_for(self, pattern: str, timeout: float) -> str:
+    def wait_for(self, pattern: str, timeout: float, nth: int = 1) -> str:
+        """The ``nth`` stderr line matching ``pattern``, as soon as it is written."""
         deadline = time.monotonic() + timeout
         rx = re.compile(pattern)
         checked = 0
+        seen = 0
         while time.monotonic() < deadline:
             while checked < len(self.lines):
                 if rx.search(self.lines[checked]):
-                    return self.lines[checked]
+                    seen += 1
+                    if seen == nth:
+                        return self.lines[checked]
                 checked += 1
             if self.proc.poll() is not None and not self._reader.is_alive():
                 break
             time.sleep(0.02)
         raise AssertionError(
-            f"no line matching {pattern!r} within {timeout} s (exit {self.proc.poll()}); stderr:\n"
+            f"no line {nth} matching {pattern!r} within {timeout} s (exit {self.proc.poll()}); stderr:\n"
             + "".join(self.lines)
         )
 

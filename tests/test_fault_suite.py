@@ -16,7 +16,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any
 import optuna
 import pytest
 from fault_support import (
+    TRAINING,
     Payload,
     Result,
     Watched,
@@ -37,6 +37,7 @@ from fault_support import (
     closed_port,
     read_only,
     synthetic_config,
+    wait_until_stale,
     write_cifar10,
     write_unsafe_pickle,
     write_yaml,
@@ -494,10 +495,9 @@ def interrupted_trial(tmp_path: Path) -> Iterator[Callable[[int], tuple[Result, 
         """Send ``signum`` to a training trial; ``again``: a second one once the first is acknowledged."""
         base = write_yaml(tmp_path / "slow.yaml", slow_trial_config("slow"))
         run = tmp_path / "run"
-        w = Watched("run", str(base), "--run-dir", str(run), "--json", cwd=tmp_path)
+        w = Watched("-v", "run", str(base), "--run-dir", str(run), "--json", cwd=tmp_path)
         procs.append(w)
-        w.wait_for(r"trial 0: started", timeout=90)
-        time.sleep(4)  # the data is loaded and the trial is training
+        w.wait_for(TRAINING, timeout=120)  # the data is loaded and the trial is training
         t_sig = w.signal(signum)
         if again:
             w.wait_for(r"Ctrl-C again: stop now", timeout=60)
@@ -551,10 +551,10 @@ def test_sigterm_during_the_teachers_training_stops_within_seconds_and_caches_no
     }
     cfg["augmenters"] = [{"name": "kd"}]
     base = write_yaml(tmp_path / "teacher.yaml", cfg)
-    w = Watched("run", str(base), "--run-dir", str(tmp_path / "run"), "--json", cwd=tmp_path)
+    w = Watched("-v", "run", str(base), "--run-dir", str(tmp_path / "run"), "--json", cwd=tmp_path)
     try:
         w.wait_for(r"teacher: no cached weights", timeout=120)
-        time.sleep(3)  # the teacher is training
+        w.wait_for(TRAINING, timeout=120)  # the teacher is training
         assert w.signal(signal.SIGTERM)
         res = w.finish(timeout=240)
     finally:
@@ -672,7 +672,7 @@ def test_a_ctrl_c_inside_optunas_bookkeeping_is_still_a_ctrl_c(tmp_path: Path) -
     assert res.rc == 130, res
     assert "interrupted (SIGINT)" in res.err and "a bug in automl-kd" not in res.err, res
     assert last_json(res)["stop_reason"] == "interrupted by SIGINT (Ctrl-C)", res
-    time.sleep(3.5)  # the storage's grace period: the abandoned trial is stale now
+    wait_until_stale(run / "study.db", grace_period=3)  # the abandoned trial's heartbeat has expired
     again = cli("run", str(base), "--run-dir", str(run), "--json", cwd=tmp_path)
     assert_no_traceback(again)
     assert again.rc == 0, again

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import optuna
 import pytest
 import yaml
 from conftest import REPO, small_mbv2_options
+from fault_support import TRAINING, Watched, wait_until_stale
 
 from automl_kd.results.leaderboard import trial_state
 
@@ -44,20 +43,13 @@ def test_sigkill_mid_trial_then_rerun_keeps_every_completed_trial(tmp_path: Path
     db = tmp_path / "run" / "study.db"
     cmd = [sys.executable, "-m", "automl_kd.cli", "run", str(path), "--json"]
 
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:  # wait for two completed trials and a third one running
-        states = _states(db)
-        if states.count("COMPLETE") >= 2 and states[-1:] == ["RUNNING"]:
-            break
-        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-        time.sleep(0.2)
-    else:
-        proc.kill()
-        pytest.fail("the search never reached its third trial")
-    time.sleep(1.0)  # into the third trial's training
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    w = Watched("-v", "run", str(path), "--json", cwd=REPO)
+    try:
+        w.wait_for(TRAINING, timeout=300, nth=3)  # the third trial is training
+        assert _states(db).count("COMPLETE") == 2, _states(db)
+    finally:
+        w.proc.kill()  # SIGKILL
+        w.proc.wait()
     storage = f"sqlite:///{db}"
     before = {
         t.number: t.user_attrs["val_acc"]
@@ -67,7 +59,7 @@ def test_sigkill_mid_trial_then_rerun_keeps_every_completed_trial(tmp_path: Path
     assert len(before) == 2
     killed = max(t.number for t in optuna.load_study(study_name="crash", storage=storage).get_trials())
 
-    time.sleep(3.5)  # past the grace period: the heartbeat lets the next run mark the trial failed
+    wait_until_stale(db, grace_period=3)  # the heartbeat lets the next run mark the trial failed
     rerun = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr
 
@@ -96,19 +88,17 @@ def test_sigterm_stops_gracefully_and_the_interrupted_trial_is_retried(tmp_path:
     path.write_text(yaml.safe_dump(cfg))
     db = tmp_path / "run" / "study.db"
     cmd = [sys.executable, "-m", "automl_kd.cli", "run", str(path), "--json"]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        states = _states(db)
-        if states.count("COMPLETE") >= 1 and states[-1:] == ["RUNNING"]:
-            break
-        assert proc.poll() is None
-        time.sleep(0.2)
-    time.sleep(0.3)  # into the second trial (about 6 epochs of training left)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err
-    assert "SIGTERM: stopping the running trial" in err
+    w = Watched("-v", "run", str(path), "--json", cwd=REPO)
+    try:
+        w.wait_for(TRAINING, timeout=300, nth=2)  # the second trial is training (about 6 epochs left)
+        t_sig = w.signal(signal.SIGTERM)
+        res = w.finish(timeout=120)
+    finally:
+        if w.proc.poll() is None:
+            w.proc.kill()
+            w.proc.wait()
+    assert t_sig and res.rc == 0, res
+    assert "SIGTERM: stopping the running trial" in res.err
 
     storage = f"sqlite:///{db}"
     trials = optuna.load_study(study_name="term", storage=storage).get_trials()

@@ -13,6 +13,7 @@ One step, in order (METHODS.md A, defects 2 and 3 are why the order matters):
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +34,8 @@ from .taps import forward
 from .teacher_info import Normalizer, teacher_normalizer
 from .teacher_outputs import reduce_outputs, teacher_output_provider, teacher_reducers
 from .views import random_crop_flip
+
+_log = logging.getLogger("automl_kd")
 
 
 @dataclass
@@ -243,6 +246,8 @@ def train_student(
                 sched.step()
             step += 1
             n_batches += 1
+            if step == 1:  # with -v: the moment a fit is training (what a watcher of the process waits for)
+                _log.debug("training: first step done, %d to go", total_steps - 1)
             for k, (_, v) in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
             sums["total"] = sums.get("total", 0.0) + float(loss.detach())
