@@ -1,7 +1,8 @@
 """Model metrics: parameters, multiply-adds by tracing, and latency measured properly.
 
-Latency follows METHODS.md A, defect 6: warm-up iterations first, device synchronisation around the timed region,
-the median of repeated timings, at batch 1 and batch 64, on a named device, with no data loading in the timed loop.
+Latency is measured the way the IG-KD paper's timings (Hernandez et al. 2025) were not: warm-up iterations first,
+device synchronisation around the timed region, the median of repeated timings, at batch 1 and batch 64, on a named
+device, with no data loading in the timed loop.
 """
 
 from __future__ import annotations

@@ -4,9 +4,9 @@
 whose oneDNN has fast bf16 kernels (AMX or AVX-512 BF16) it is bf16 autocast for networks with at least
 :data:`BF16_MIN_DENSE_MACS` multiply-adds per image in dense layers (convolutions that are not grouped, and linear
 layers), and fp32 for smaller ones; fp32 everywhere else. The threshold is measured (benchmarks/train_throughput.py,
-docs/benchmarks.md): on a 2-core AMX Xeon, bf16 trains the IG-KD teacher (53 M dense MACs) 2.1x and its truncated
-student (12 M) 2.1x as fast as fp32, but small mbv2 students (7 M and 1.8 M) only 0.8x and 0.6x as fast, because
-their depthwise convolutions and casts cost more than the matrix units save. Weights, optimiser state
+docs/benchmarks.md): on a 2-core CPU with AMX, bf16 trains the IG-KD teacher (53 M dense MACs) 1.89x and its
+truncated student (12 M) 2.56x as fast as fp32, but small mbv2 students (7 M and 1.8 M) only 0.68x and 0.65x as
+fast, because their depthwise convolutions and casts cost more than the matrix units save. Weights, optimiser state
 and losses stay fp32; only the matmuls and convolutions inside :func:`autocast` run in the lower precision.
 
 Example::

@@ -44,7 +44,7 @@ class HistoryEntry:
         return self.values[0] if self.values else None
 
 
-#: user attributes a proposer may see; test metrics are deliberately absent (METHODS.md B, defect 3)
+#: user attributes a proposer may see; test metrics are deliberately absent (GENIUS fed test accuracy back)
 VISIBLE_METRICS = ("val_acc", "params", "macs", "latency_ms_b1", "latency_ms_b64", "epochs", "val_acc_curve")
 
 

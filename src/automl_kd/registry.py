@@ -1,7 +1,7 @@
 """The registry handed to ``register_*`` hooks.
 
 The host owns the collection, so the host decides what a duplicate name means: it is an error naming both
-plugins (STYLE.md: no silent overwrite).
+plugins, never a silent overwrite.
 """
 
 from __future__ import annotations

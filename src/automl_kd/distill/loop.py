@@ -1,6 +1,7 @@
 """The student training loop: plain functions, readable top to bottom (:func:`automl_kd.distill.fit.fit` wraps it).
 
-One step, in order (METHODS.md A, defects 2 and 3 are why the order matters):
+One step, in order (two defects of the IG-KD paper's code, Hernandez et al. 2025, are why the order matters: its
+maps were blended after crop and flip, its soft labels came from un-augmented images):
 
 1. uint8 batch -> [0, 1] floats on the device;
 2. augmenters' ``transform`` (the IG overlay) on the un-augmented image, so a map is blended onto the image it was

@@ -1,6 +1,7 @@
 """Teacher outputs for the exact view the student sees: online, or cached for fixed views (FKD-style).
 
-METHODS.md A, defect 3: the paper's soft labels came from un-augmented images while the student saw augmented ones.
+A defect of the IG-KD paper's code (Hernandez et al. 2025): its soft labels came from un-augmented images while the
+student saw augmented ones.
 Here the teacher's outputs always belong to the student's view:
 
 - ``online``: the teacher runs on every training batch, after augmentation;

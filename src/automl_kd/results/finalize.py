@@ -1,6 +1,6 @@
 """``automl-kd finalize``: retrain a chosen trial's student from scratch, longer, with its augmenters and teacher.
 
-A search scores candidates with short proxy trainings; the winner is then trained properly (METHODS.md B: 20-epoch
+A search scores candidates with short proxy trainings; the winner is then trained properly (GENIUS: 20-epoch
 proxies, 500-epoch final training). Finalizing re-creates exactly what the trial trained (its architecture, its
 seed, the augmenters and weights it recorded, the config's teacher and training settings) and trains it for
 ``epochs`` (default :data:`DEFAULT_EPOCH_FACTOR` times the search's epochs), without the search's

@@ -1,9 +1,9 @@
 """``automl-kd evaluate``: score a finalized student on another dataset through a class map.
 
-The IG-KD paper's ImageNet check (METHODS.md A) maps a few ImageNet synsets onto CIFAR-10 classes and scores the
-student only on the images its teacher gets right. We score *every* image of a mapped class, and report accuracy,
-balanced accuracy (the mean of the per-class recalls, so a class with many images does not dominate), per-class
-recall and counts; images of unmapped classes are skipped and counted.
+The IG-KD paper's ImageNet check (Hernandez et al. 2025) maps a few ImageNet synsets onto CIFAR-10 classes and
+scores the student only on the images its teacher gets right. We score *every* image of a mapped class, and report
+accuracy, balanced accuracy (the mean of the per-class recalls, so a class with many images does not dominate),
+per-class recall and counts; images of unmapped classes are skipped and counted.
 
 The evaluation config (YAML)::
 

@@ -150,7 +150,7 @@ def load_macro_table(path: str | os.PathLike[str] | None = None, download: bool 
 
     Example::
 
-        table = load_macro_table("../shared/data/nas-bench-macro/nas-bench-macro_cifar10.json")
+        table = load_macro_table("data/nas-bench-macro_cifar10.json")  # or load_macro_table(): the cached download
         table.entries["22212220"].mean_acc  # 93.13, the best architecture
     """
     p = resolve_macro_path(path, download).resolve()

@@ -17,7 +17,7 @@ from automl_kd.plotting import pyplot
 def overlay(
     x01: torch.Tensor, maps: torch.Tensor, w: float, exponent: float | torch.Tensor = 1.0
 ) -> torch.Tensor:
-    """METHODS.md A's overlay: ``map ** exponent``, min-max per image, repeated over channels,
+    """The IG-KD paper's overlay: ``map ** exponent``, min-max per image, repeated over channels,
     ``(1 - w) * x + w * map``. ``x01`` N x C x H x W in [0, 1], ``maps`` N x H x W, ``exponent`` a number or one
     per image (N x 1 x 1)."""
     m = maps.float().clamp_min(0).pow(exponent)

@@ -1,4 +1,4 @@
-"""``attention``: attention transfer (Zagoruyko and Komodakis), as in METHODS.md A.
+"""``attention``: attention transfer (Zagoruyko and Komodakis), as in the IG-KD paper (Hernandez et al. 2025).
 
 The attention map of a feature tensor F (N x C x H x W) is ``a = L2-normalise(flatten(mean_c(F^2)))``; the loss of
 one student/teacher layer pair is ``mean((a_teacher - a_student)^2)`` over the batch and the H*W positions, and

@@ -1,4 +1,5 @@
-"""``ig-overlay``: blend each training image with its integrated-gradients map (METHODS.md A, without its defects).
+"""``ig-overlay``: blend each training image with its integrated-gradients map, as the IG-KD paper (Hernandez et al.
+2025) does, without its defects.
 
 ``prepare`` computes the teacher's IG map of every training image once (or reads it from the artifact cache: one
 entry per teacher weights, data split and IG settings, shared by every trial and run; see

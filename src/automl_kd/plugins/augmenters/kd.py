@@ -1,4 +1,4 @@
-"""``kd``: plain knowledge distillation (Hinton et al.), the loss of METHODS.md A.
+"""``kd``: plain knowledge distillation (Hinton et al.), the loss of the IG-KD paper (Hernandez et al. 2025).
 
 ``total = (1 - alpha) * ce + alpha * kd`` with ``kd = T^2 * KL(softmax(t / T) || softmax(s / T))``, the KL divergence
 summed over classes and divided by the batch size. **alpha weights the KD term** (the paper's convention; torchdistill

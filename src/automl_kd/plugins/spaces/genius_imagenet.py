@@ -1,4 +1,4 @@
-"""The ``genius-imagenet`` space: GENIUS's MobileNetV3-like ImageNet space (METHODS.md B), timm blocks.
+"""The ``genius-imagenet`` space: GENIUS's MobileNetV3-like ImageNet space (Zheng et al. 2023), timm blocks.
 
 Five searched stages of six slots; each slot takes one of seven ops (GENIUS's op ids 0..6)::
 
