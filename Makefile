@@ -1,6 +1,8 @@
 # The README's two commands. Each does all of its own set-up on a fresh machine:
 #   make demo   venv + install + Fashion-MNIST, then the demo: teacher, KD search, CE baseline, report, ONNX (CPU)
 #   make test   the same set-up, then lint, type check and the test suite (with a local LLM: make llm-local)
+#   make test-fast  the development loop: lint, type check and the tests not marked slow (no llama.cpp build;
+#                   the local-LLM tests skip unless it is installed)
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -13,7 +15,7 @@ APT := DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recomm
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 LINTED := src tests benchmarks examples plugins
 
-.PHONY: demo test install data testdeps llm-local llm-serve lint typecheck pytest clean
+.PHONY: demo test test-fast install data testdeps llm-local llm-serve lint typecheck pytest clean
 
 $(STAMP): pyproject.toml plugins/automl-kd-nasbench/pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -75,6 +77,9 @@ pytest: install testdeps llm-local
 	AUTOML_KD_REQUIRE_LLM_LOCAL=1 $(VENV)/bin/pytest -q -ra
 
 test: lint typecheck pytest
+
+test-fast: lint typecheck install testdeps
+	$(VENV)/bin/pytest -q -ra -m "not slow"
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache

@@ -53,9 +53,13 @@ def test_crop_and_flip_are_per_image_and_reproducible() -> None:
     assert torch.equal(a, b) and a.shape == x.shape
     for i in range(2):  # every output pixel is either padding or a pixel of the same image
         assert set(a[i].unique().tolist()) - {0.0} <= set(x[i].unique().tolist())
-    flipped = random_crop_flip(x, 0, True, torch.Generator().manual_seed(0))
-    for i in range(2):
-        assert torch.equal(flipped[i], x[i]) or torch.equal(flipped[i], x[i].flip(-1))
+    many = torch.rand(64, 1, 4, 4)
+    flipped = random_crop_flip(many, 0, True, torch.Generator().manual_seed(0))
+    same = [torch.equal(flipped[i], many[i]) for i in range(64)]
+    mirrored = [torch.equal(flipped[i], many[i].flip(-1)) for i in range(64)]
+    assert all(s != m for s, m in zip(same, mirrored, strict=True))  # each image whole: as it was, or mirrored
+    assert 16 <= sum(mirrored) <= 48, sum(mirrored)  # a fair coin per image, not all or nothing
+    assert torch.equal(random_crop_flip(many, 0, False, torch.Generator().manual_seed(0)), many)  # flip off
 
 
 def _write_cifar10(root: Path, n_train: int = 50, n_test: int = 20) -> None:

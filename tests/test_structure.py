@@ -206,6 +206,26 @@ def test_hooks_run_through_pluggy_so_wrappers_apply_and_a_failure_stays_its_own(
 
 
 def test_host_arguments_are_injected_in_one_place() -> None:
+    # the one site: host_arguments is called by options.create and nowhere else in the package
+    callers = [
+        f"{path.relative_to(SRC)}:{node.lineno}"
+        for path in sorted(SRC.rglob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Call)
+        and getattr(node.func, "id", getattr(node.func, "attr", None)) == "host_arguments"
+    ]
+    assert len(callers) == 1 and callers[0].startswith("options.py:"), callers
+    # and no plugin factory is called with arguments around it (where host arguments would be passed by hand)
+    factory_calls = [
+        f"{path.relative_to(SRC)}:{node.lineno}"
+        for path in sorted(SRC.rglob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Call)
+        and getattr(node.func, "attr", None) == "factory"
+        and (node.args or node.keywords)
+    ]
+    assert all(c.startswith("options.py:") for c in factory_calls), factory_calls
+
     def factory(space: Any, seed: int, depth: int = 1) -> None: ...
 
     def open_factory(**kwargs: Any) -> None: ...
