@@ -57,7 +57,9 @@ def test_crop_and_flip_are_per_image_and_reproducible() -> None:
     flipped = random_crop_flip(many, 0, True, torch.Generator().manual_seed(0))
     same = [torch.equal(flipped[i], many[i]) for i in range(64)]
     mirrored = [torch.equal(flipped[i], many[i].flip(-1)) for i in range(64)]
-    assert all(s != m for s, m in zip(same, mirrored, strict=True))  # each image whole: as it was, or mirrored
+    assert all(
+        s != m for s, m in zip(same, mirrored, strict=True)
+    )  # each image whole: as it was, or mirrored
     assert 16 <= sum(mirrored) <= 48, sum(mirrored)  # a fair coin per image, not all or nothing
     assert torch.equal(random_crop_flip(many, 0, False, torch.Generator().manual_seed(0)), many)  # flip off
 

@@ -14,6 +14,7 @@ from typing import Any
 import optuna
 import pytest
 from conftest import REPO
+from fault_support import Watched
 from pgserver import PostgresServer, read_trials, storage
 
 from automl_kd import Search, load_config
@@ -48,6 +49,16 @@ def worker(storage: str, study: str) -> subprocess.Popen[str]:
 
 def states(url: str, study: str) -> list[str]:
     return [trial_state(t) for t in read_trials(url, study)]
+
+
+def wait_for_complete(url: str, study: str, n: int, timeout: float = 120) -> None:
+    """Wait until ``n`` trials of ``study`` are complete (one connection for the polls, disposed afterwards)."""
+    deadline = time.monotonic() + timeout
+    with storage(url) as db:
+        loaded = optuna.load_study(study_name=study, storage=db)
+        while [trial_state(t) for t in loaded.get_trials()].count("complete") < n:
+            assert time.monotonic() < deadline, f"fewer than {n} complete trials after {timeout} s"
+            time.sleep(0.1)
 
 
 @pytest.mark.slow
@@ -110,20 +121,18 @@ def test_run_with_workers_on_a_journal_file_hits_the_target_exactly(tmp_path: Pa
 def test_a_worker_rides_out_a_brief_postgres_outage(tmp_path: Path, postgres: PostgresServer) -> None:
     cfg = config(tmp_path, "pg-outage", 8, 0.5)
     Search(cfg, storage=postgres.url)
-    w = worker(postgres.url, "pg-outage")
-    deadline = time.monotonic() + 120
-    with storage(postgres.url) as db:  # disposed before the outage: no pooled connection outlives the server
-        study = optuna.load_study(study_name="pg-outage", storage=db)
-        while time.monotonic() < deadline:
-            if [trial_state(t) for t in study.get_trials()].count("complete") >= 2:
-                break
-            time.sleep(0.1)
-    postgres.stop()
-    time.sleep(3)
-    postgres.start()
-    _, err = w.communicate(timeout=180)
-    assert w.returncode == 0, err
-    assert "storage unreachable" in err
+    w = Watched("worker", "--storage", postgres.url, "--study", "pg-outage", cwd=REPO)
+    try:
+        wait_for_complete(postgres.url, "pg-outage", 2)
+        postgres.stop()
+        w.wait_for(r"storage unreachable", timeout=60)  # the worker met the outage and is retrying
+        postgres.start()
+        res = w.finish(timeout=180)
+    finally:
+        if w.proc.poll() is None:
+            w.proc.kill()
+            w.proc.wait()
+    assert res.rc == 0, res
     assert states(postgres.url, "pg-outage").count("complete") == 8
 
 
@@ -135,7 +144,7 @@ def test_a_long_outage_is_a_clear_error(tmp_path: Path) -> None:
         cfg = config(tmp_path, "pg-down", 50, 0.5, retry_timeout=3)
         Search(cfg, storage=server.url)
         w = worker(server.url, "pg-down")
-        time.sleep(4)
+        wait_for_complete(server.url, "pg-down", 1)  # the worker is running trials
         server.stop()
         _, err = w.communicate(timeout=120)
         assert w.returncode == 5, err
