@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.automl-kd-installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
-# torch is pinned to the build this machine serves from its own disk (see DEVELOPERS.md)
+# torch is pinned to the build the development machines serve from their own disk (newer releases are not served)
 TORCH := torch==2.14.1 torchvision==0.29.1
 APT := DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)

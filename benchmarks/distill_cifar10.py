@@ -1,6 +1,7 @@
 """The headline experiment: distillation at real scale on CIFAR-10 (JPEG), all 50,000 training images, 32 px.
 
-Teacher: the IG-KD authors' released CIFAR-10 network (../shared/data/igkd-students, 58.7 M MACs), as it is and
+Teacher: the IG-KD authors' released CIFAR-10 network (Hernandez et al. 2025; its checkpoint file is an argument,
+58.7 M MACs), as it is and
 fine-tuned for a few epochs on the JPEG training split; the one with the better *validation* accuracy teaches.
 Students at equal MACs (no more than the truncated student's 14.9 M, 25.4 % of the teacher's):
 
@@ -134,9 +135,9 @@ def portable(cfg: dict[str, Any]) -> dict[str, Any]:
     """A config as the JSON records it: the temporary data folder and the shared weights named by origin."""
     out = json.loads(json.dumps(cfg))
     if "data" in out:
-        out["data"]["root"] = "../shared/data/cifar-10-jpeg/cifar-10-jpeg.tar.gz (extracted)"
+        out["data"]["root"] = "CIFAR-10 (JPEG) archive, extracted"
     if "teacher" in out and "checkpoint" in out["teacher"]:
-        out["teacher"]["checkpoint"] = f"../shared/data/igkd-students/{RELEASED.name}"
+        out["teacher"]["checkpoint"] = f"the IG-KD authors' released network, {RELEASED.name}"
     return out
 
 

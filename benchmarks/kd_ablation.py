@@ -1,4 +1,5 @@
-"""The IG-KD paper's ablation (METHODS.md part A), done properly, through the product's own search engine.
+"""The IG-KD paper's ablation (Hernandez et al. 2025: KD, IG and AT in every combination), done properly, through
+the product's own search engine.
 
 Student alone, KD, IG, AT and every combination (8 methods), N seeds each, on the ``paper-truncated`` space: the
 paper's MobileNetV2 teacher and its student with the last k modules removed. Each run is one trial of a study whose
@@ -19,7 +20,7 @@ Two recipes: ``paper`` (Adam 1e-3, no schedule, batch 64, alpha 0.01, T 2.5, p 0
 
     python benchmarks/kd_ablation.py --scale fmnist --seeds 5          # CPU scale: about 45 min on 2 cores
     python benchmarks/kd_ablation.py --scale fmnist --parts sweep,monte-carlo
-    python benchmarks/kd_ablation.py --scale cifar10-jpeg --seeds 5    # CIFAR-10 (JPEG) from ../shared/data
+    python benchmarks/kd_ablation.py --scale cifar10-jpeg --seeds 5    # CIFAR-10 (JPEG), beside the checkout
     python benchmarks/kd_ablation.py --scale paper-gpu --seeds 10      # the full recipe, for a GPU
     python benchmarks/kd_ablation.py --scale fmnist --markdown         # the docs tables from the JSON files
 
@@ -62,7 +63,7 @@ PAPER_MEANS = {
     "kd+at": 91.75,
     "ig+at": 91.46,
     "kd+ig+at": 91.86,
-}  # CIFAR-10 test %, means of 10 runs (METHODS.md A)
+}  # CIFAR-10 test %, means of 10 runs, as the IG-KD paper reports them
 
 RECIPES: dict[str, dict[str, Any]] = {
     "paper": {"optimizer": "adam", "lr": 1e-3, "schedule": "none", "batch_size": 64, "alpha": 0.01, "T": 2.5},
@@ -374,7 +375,7 @@ def _portable(base: dict[str, Any]) -> dict[str, Any]:
     """The base config with the temporary data folder replaced by where it comes from."""
     out = json.loads(json.dumps(base))
     if out["data"].get("dataset") == "imagefolder":
-        out["data"]["root"] = "../shared/data/cifar-10-jpeg/cifar-10-jpeg.tar.gz (extracted)"
+        out["data"]["root"] = "CIFAR-10 (JPEG) archive, extracted"
     return out
 
 
