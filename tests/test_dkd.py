@@ -7,12 +7,16 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import optuna
 import pytest
 import torch
+from conftest import small_mbv2_options
 from distill_support import augmenter, one_thread, tiny_data, tiny_student, tiny_teacher
+from fault_support import assert_no_traceback, base_config, cli_in_process, write_yaml
 
 from automl_kd.distill.augmenter import Augmenter, Outputs, Progress, StepBatch, call_losses
 from automl_kd.distill.loop import train_student
@@ -234,3 +238,52 @@ def test_dkd_trains_with_finite_named_terms() -> None:
     assert {"ce", "tckd", "nckd", "total"} <= set(result.loss_terms)
     assert all(math.isfinite(v) for v in result.loss_terms.values())
     assert [h["epoch"] for h in result.history] == [0, 1]
+
+
+PLUGIN = """
+import torch.nn.functional as F
+from automl_kd import Augmenter, hookimpl
+
+
+class Soft(Augmenter):
+    name = "soft"  # no needs_teacher_logits = True
+
+    def losses(self, batch):
+        log_t = F.log_softmax(batch.teacher.logits, 1)
+        kl = F.kl_div(F.log_softmax(batch.student.logits, 1), log_t, reduction="batchmean", log_target=True)
+        return {"soft": (0.5, kl)}
+
+
+@hookimpl
+def register_augmenters(register):
+    register("soft", Soft)
+"""
+
+
+def test_a_run_with_a_plugin_missing_the_flag_says_which_flag(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A third-party augmenter installed through its entry point, run as a user runs it: the failed trial's reason,
+    on the console and in storage, names the flag."""
+    (tmp_path / "forgetful.py").write_text(PLUGIN)
+    info = tmp_path / "forgetful-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: forgetful\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[automl_kd]\nforgetful = forgetful\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    teacher = {
+        "space": "mbv2",
+        "space_options": small_mbv2_options(),
+        "train": {"epochs": 1, "max_steps_per_epoch": 2},
+    }
+    cfg = base_config("forgetful", augmenters=[{"name": "soft"}], teacher=teacher)
+    cfg["evaluator"]["options"]["max_steps_per_epoch"] = 2
+    res = cli_in_process("run", str(write_yaml(tmp_path / "cfg.yaml", cfg)), cwd=tmp_path, capfd=capfd)
+    assert_no_traceback(res)
+    why = "augmenter 'soft' reads batch.teacher.logits but declares no teacher outputs"
+    assert why in res.err and "set `needs_teacher_logits = True` on the class" in res.err, res
+    study = optuna.load_study(
+        study_name="forgetful", storage=f"sqlite:///{tmp_path / 'runs/forgetful/study.db'}"
+    )
+    [trial] = study.trials
+    assert why in trial.user_attrs["fail_reason"]
