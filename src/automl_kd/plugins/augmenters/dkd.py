@@ -9,8 +9,9 @@ distribution "target class or not" and ``p~`` the softmax over the non-target cl
 
 DKD drops the coupling factor ``1 - p_target^teacher`` and weighs the parts freely:
 ``dkd = alpha * T^2 * TCKD + beta * T^2 * NCKD`` (KL summed over its classes, mean over the batch), times a warm-up
-factor ``min(epoch / warmup, 1)`` with ``epoch`` counted from 1, as in the authors' reference code (their CIFAR-100
-settings: alpha 1, beta 8, T 4, warm-up 20 epochs of 240). The cross-entropy keeps its weight ``ce_weight``.
+factor ``min(epoch / warmup, 1)`` with ``epoch`` counted from 1, as in the authors' reference code (its defaults:
+alpha 1, beta 8, T 4, a warm-up of 20 epochs out of CIFAR-100's 240). The cross-entropy keeps its weight
+``ce_weight``.
 """
 
 from __future__ import annotations
@@ -67,7 +68,8 @@ class DKDAugmenter(Augmenter):
 
     Options:
         alpha: weight of TCKD (>= 0); the paper's value is 1.
-        beta: weight of NCKD (>= 0); the paper uses 8 for most CIFAR-100 pairs, 0.5 on ImageNet.
+        beta: weight of NCKD (>= 0); the reference code's default is 8, its CIFAR-100 pairs use 2 to 8, its
+            ImageNet pairs 0.5 and 2.
         temperature: softmax temperature T (> 0); the paper's CIFAR-100 value is 4.
         warmup: epochs over which both weights ramp up linearly, ``min(epoch / warmup, 1)`` with epochs
             counted from 1 (the paper: 20 of 240 epochs); 0: none.
