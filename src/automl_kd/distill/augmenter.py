@@ -68,9 +68,8 @@ class StepBatch:
     x: torch.Tensor  # the normalised inputs the student saw, N x C x H x W
     y: torch.Tensor  # the labels, N (int64)
     index: torch.Tensor  # dataset indices of the batch, N
-    student: (
-        Outputs  # the student's logits (N x classes, with gradients) and its ``student_layers()`` features
-    )
+    #: the student's logits (N x classes, with gradients) and its ``student_layers()`` features
+    student: Outputs
     #: the teacher's logits and its ``teacher_layers()`` features (no gradients) on the very view the student saw;
     #: ``None`` for an augmenter that declares neither ``needs_teacher_logits`` nor ``teacher_layers()``
     teacher: Outputs | None
