@@ -21,7 +21,7 @@ from fault_support import assert_no_traceback, base_config, cli_in_process, writ
 from automl_kd.distill.augmenter import Augmenter, Outputs, Progress, StepBatch, call_losses
 from automl_kd.distill.loop import train_student
 from automl_kd.distill.settings import TrainSettings
-from automl_kd.errors import PluginError
+from automl_kd.errors import ConfigError, PluginError
 from automl_kd.plugins.augmenters.dkd import DKDAugmenter, dkd_terms, warmup_factor
 from automl_kd.plugins.augmenters.kd import kd_loss
 
@@ -216,17 +216,53 @@ def test_a_missing_flag_is_named_in_a_real_training_run(beside: list[str]) -> No
         train_student(tiny_student(data), data, SETTINGS, seed=0, augmenters=augs, teacher=tiny_teacher(data))
 
 
+class Guards(Augmenter):
+    """Checks for the teacher (as kd does) but has no flag; ``failure`` is what its losses raise."""
+
+    name = "guards"
+
+    def __init__(self, failure: Exception | None = None) -> None:
+        self.failure = failure
+
+    def losses(self, batch: StepBatch) -> dict[str, tuple[float, torch.Tensor]]:
+        if self.failure is not None:
+            raise self.failure
+        if batch.teacher is None:
+            raise ValueError("guards needs the teacher")
+        return {}
+
+
+def _step(teacher: bool) -> StepBatch:
+    logits = torch.zeros(2, 3)
+    return StepBatch(
+        torch.zeros(2, 1, 4, 4),
+        torch.tensor([0, 1]),
+        torch.arange(2),
+        Outputs(logits),
+        Outputs(logits) if teacher else None,
+    )
+
+
+@pytest.mark.parametrize("teacher", [True, False])
+def test_an_undeclared_augmenter_failing_without_the_teacher_is_told_the_flag(teacher: bool) -> None:
+    with pytest.raises(
+        PluginError,
+        match=r"'guards' declares no teacher outputs.* raised ValueError: guards needs the teacher; .*"
+        r"needs_teacher_logits = True",
+    ):
+        call_losses(Guards(), _step(teacher))
+
+
 def test_call_losses_keeps_other_errors() -> None:
-    class Broken(Augmenter):
-        name = "broken"
+    class Declared(Guards):
         needs_teacher_logits = True
 
-        def losses(self, batch: StepBatch) -> dict[str, tuple[float, torch.Tensor]]:
-            return {"x": (1.0, batch.student.nothing)}  # type: ignore[attr-defined]
-
-    batch = StepBatch(torch.zeros(1), torch.zeros(1), torch.zeros(1), Outputs(torch.zeros(1, 2)), None)
-    with pytest.raises(AttributeError, match="nothing"):
-        call_losses(Broken(), batch)
+    with pytest.raises(ValueError, match=r"^bad value$"):  # it declares: the error is its own
+        call_losses(Declared(ValueError("bad value")), _step(True))
+    with pytest.raises(RuntimeError, match=r"^out of memory$"):  # not the kind a None teacher causes
+        call_losses(Guards(RuntimeError("out of memory")), _step(True))
+    with pytest.raises(ConfigError, match=r"^its own config error$"):  # automl-kd's own errors pass through
+        call_losses(Guards(ConfigError("its own config error")), _step(True))
 
 
 def test_dkd_trains_with_finite_named_terms() -> None:

@@ -17,15 +17,17 @@ from typing import Any
 import optuna
 import pytest
 import tomllib
+import torch
 import yaml
 from conftest import REPO
 from distill_support import one_thread, tiny_data, tiny_student, tiny_teacher
 from fault_support import assert_no_traceback, base_config, cli_in_process, write_yaml
 
 from automl_kd import ProposerSampler, get_plugin_manager
-from automl_kd.distill.augmenter import Progress, StepBatch
+from automl_kd.distill.augmenter import Outputs, Progress, StepBatch, call_losses
 from automl_kd.distill.loop import train_student
 from automl_kd.distill.settings import TrainSettings
+from automl_kd.errors import PluginError
 
 DOC = REPO / "docs" / "writing-plugins.md"
 
@@ -136,3 +138,18 @@ def test_the_step_batch_table_names_every_field() -> None:
     names += [n for n, v in vars(Progress).items() if isinstance(v, property)]
     for name in names:
         assert f"`{name}`" in table, name
+
+
+def test_the_pages_error_message_is_the_one_a_run_prints() -> None:
+    """The page's plugin without its flag, called the way the training loop calls it: the page quotes the error."""
+    source = files()["my_augmenter.py"].replace("    needs_teacher_logits = True", "    pass")
+    scope: dict[str, Any] = {}
+    exec(compile(source, "my_augmenter.py", "exec"), scope)
+    logits = torch.zeros(2, 3)
+    batch = StepBatch(
+        torch.zeros(2, 1, 4, 4), torch.tensor([0, 1]), torch.arange(2), Outputs(logits), Outputs(logits)
+    )
+    with pytest.raises(PluginError) as caught:
+        call_losses(scope["WarmKD"](), batch)
+    [quoted] = [t for t in blocks("text") if t.startswith("PluginError:")]
+    assert " ".join(quoted.split()) == f"PluginError: {caught.value}"

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from automl_kd.errors import PluginError
+from automl_kd.errors import AutomlKdError, PluginError
 
 if TYPE_CHECKING:
     import torch
@@ -168,17 +168,28 @@ class Augmenter:
 
 def call_losses(augmenter: Augmenter, batch: StepBatch) -> dict[str, tuple[float, torch.Tensor]]:
     """``augmenter.losses(batch)`` the way the training loop calls it: with ``batch.teacher = None`` unless the
-    augmenter declares teacher outputs. An augmenter that reads the teacher's outputs without declaring them gets a
-    :class:`~automl_kd.errors.PluginError` that names the missing declaration (not a bare ``AttributeError``)."""
+    augmenter declares teacher outputs. When an augmenter that declares none fails the way code that meets
+    ``None`` where it expected the teacher fails (``AttributeError``, ``TypeError``, ``ValueError``,
+    ``AssertionError``), the error is a :class:`~automl_kd.errors.PluginError` that names the missing
+    declaration."""
     declared = augmenter.needs_teacher()
     view = batch if declared or batch.teacher is None else replace(batch, teacher=None)
     try:
         return augmenter.losses(view)
-    except AttributeError as exc:
-        if declared or getattr(exc, "obj", object()) is not None or exc.name not in ("logits", "features"):
+    except (AttributeError, TypeError, ValueError, AssertionError) as exc:
+        if declared or isinstance(exc, AutomlKdError):
             raise
+        fix = (
+            "set `needs_teacher_logits = True` on the class (teacher logits) or return the teacher layers it "
+            "reads from teacher_layers()"
+        )
+        if isinstance(exc, AttributeError) and exc.name in ("logits", "features") and exc.obj is None:
+            raise PluginError(
+                f"augmenter {augmenter.name!r} reads batch.teacher.{exc.name} but declares no teacher outputs, so "
+                f"its losses() gets batch.teacher = None: {fix}"
+            ) from exc
+        raised = type(exc).__name__ + (f": {exc}" if str(exc) else "")
         raise PluginError(
-            f"augmenter {augmenter.name!r} reads batch.teacher.{exc.name} but declares no teacher outputs, so "
-            "its losses() gets batch.teacher = None: set `needs_teacher_logits = True` on the class (teacher "
-            "logits) or return the teacher layers it reads from teacher_layers()"
+            f"augmenter {augmenter.name!r} declares no teacher outputs, so its losses() gets batch.teacher = None, "
+            f"and it raised {raised}; if it reads the teacher, {fix}"
         ) from exc
