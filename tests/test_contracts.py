@@ -16,6 +16,8 @@ from conftest import MACRO_JSON
 from automl_kd import get_plugin_manager
 from automl_kd.config import DataConfig
 from automl_kd.data import DATA_SHAPES
+from automl_kd.distill.augmenter import Augmenter, StepBatch
+from automl_kd.plugins.augmenters.kd import kd_loss
 from automl_kd.space import SearchSpace
 from automl_kd.testing import AugmenterContract, EvaluatorContract, ProposerContract, SearchSpaceContract
 
@@ -114,3 +116,51 @@ class TestEveryAugmenter(AugmenterContract):
 def test_contract_suites_cover_every_kind() -> None:
     assert PM.spaces.names() and PM.proposers.names() and PM.evaluators.names()
     assert torch.__version__  # the suites run on the installed torch
+
+
+class _ForgetsTheFlag(Augmenter):
+    """A loss-only augmenter that reads the teacher's logits but does not declare ``needs_teacher_logits``."""
+
+    name = "forgets-the-flag"
+
+    def losses(self, batch: StepBatch) -> dict[str, tuple[float, torch.Tensor]]:
+        return {"soft": (0.5, kd_loss(batch.student.logits, batch.teacher.logits, 4.0))}  # type: ignore[union-attr]
+
+
+class _GuardsButForgetsTheFlag(_ForgetsTheFlag):
+    """Checks for the teacher the way the built-in kd does, but still without the flag."""
+
+    name = "guards-but-forgets-the-flag"
+
+    def losses(self, batch: StepBatch) -> dict[str, tuple[float, torch.Tensor]]:
+        if batch.teacher is None:
+            raise ValueError("this augmenter needs a teacher; set `teacher:` in the config")
+        return super().losses(batch)
+
+
+class _DeclaresTheFlag(_ForgetsTheFlag):
+    name = "declares-the-flag"
+    needs_teacher_logits = True
+
+
+def _tiny_batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(4, 1, 8, 8, generator=g), torch.tensor([0, 1, 2, 3]), torch.arange(4)
+
+
+@pytest.mark.parametrize("broken", [_ForgetsTheFlag, _GuardsButForgetsTheFlag])
+@pytest.mark.parametrize(
+    "check", ["test_losses_are_named_finite_scalars", "test_reads_only_the_teacher_outputs_it_declares"]
+)
+def test_the_augmenter_contract_fails_without_the_teacher_flag(broken: type[Augmenter], check: str) -> None:
+    """The suite hands ``losses`` a teacher only where the augmenter declares one, as a real run does, and says
+    which declaration is missing."""
+    with pytest.raises(pytest.fail.Exception, match=r"set `needs_teacher_logits = True` on the class"):
+        getattr(AugmenterContract(), check)(broken(), _tiny_batch())
+
+
+def test_the_augmenter_contract_passes_with_the_teacher_flag() -> None:
+    suite = AugmenterContract()
+    suite.test_losses_are_named_finite_scalars(_DeclaresTheFlag(), _tiny_batch())
+    with pytest.raises(pytest.skip.Exception, match="declares the teacher outputs"):
+        suite.test_reads_only_the_teacher_outputs_it_declares(_DeclaresTheFlag(), _tiny_batch())

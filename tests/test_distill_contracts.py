@@ -12,7 +12,7 @@ from distill_support import augmenter, one_thread, prepare, tiny_data, tiny_stud
 from automl_kd.distill.augmenter import Augmenter
 from automl_kd.testing import AugmenterContract
 
-NAMES = ["kd", "attention", "ig-overlay"]
+NAMES = ["kd", "dkd", "attention", "ig-overlay"]
 OPTIONS = {"ig-overlay": {"steps": 2, "p": 0.5, "batch_size": 128}}
 
 

@@ -35,6 +35,7 @@ DISABLE_ENV = "AUTOML_KD_DISABLE_PLUGINS"
 #: the built-in plugins, one module each; a new built-in plugin module is added here
 BUILTIN_PLUGINS: tuple[str, ...] = (
     "automl_kd.plugins.augmenters.attention",
+    "automl_kd.plugins.augmenters.dkd",
     "automl_kd.plugins.augmenters.ig_overlay",
     "automl_kd.plugins.augmenters.kd",
     "automl_kd.plugins.evaluators.synthetic",

@@ -1,7 +1,7 @@
 """Contract test suites for plugin authors (in the style of ``optuna.testing``).
 
 Subclass a suite in your own tests and supply its fixture; every built-in plugin runs the same suites in
-automl-kd's own test-suite. Needs pytest (``pip install automl-kd[dev]``).
+automl-kd's own test-suite. Needs pytest (``pip install "automl-kd[testing]"``).
 
 Example::
 
@@ -26,8 +26,8 @@ import pytest
 import torch
 from optuna.distributions import BaseDistribution, CategoricalDistribution, IntDistribution
 
-from .distill.augmenter import Augmenter, Outputs, StepBatch
-from .errors import InvalidCandidate
+from .distill.augmenter import Augmenter, Outputs, Progress, StepBatch, call_losses
+from .errors import InvalidCandidate, PluginError
 from .evaluator import Evaluator, TrialContext
 from .metrics import count_macs, count_params
 from .proposer import Proposer, ProposerSampler
@@ -213,20 +213,59 @@ class AugmenterContract:
     def test_task_weight_is_a_weight(self, augmenter: Augmenter) -> None:
         assert 0.0 <= augmenter.task_weight() <= 1.0
 
+    @staticmethod
+    def _step(
+        augmenter: Augmenter, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], progress: Progress
+    ) -> StepBatch:
+        """A step as the training loop builds it: student logits with gradients, the teacher's logits and the
+        declared features (the training loop hides them from an augmenter that declares none)."""
+        x, y, idx = batch
+        g = torch.Generator().manual_seed(1)
+        feats = {n: torch.randn(len(y), 8, 4, 4, generator=g) for n in augmenter.student_layers()}
+        tfeats = {n: torch.randn(len(y), 16, 4, 4, generator=g) for n in augmenter.teacher_layers()}
+        classes = max(10, int(y.max()) + 1)
+        student = Outputs(torch.randn(len(y), classes, generator=g, requires_grad=True), feats)
+        teacher = Outputs(torch.randn(len(y), classes, generator=g), tfeats)
+        return StepBatch(x, y, idx, student, teacher, progress)
+
     def test_losses_are_named_finite_scalars(
         self, augmenter: Augmenter, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
     ) -> None:
-        x, y, idx = batch
-        g = torch.Generator().manual_seed(1)
-        feats = {n: torch.randn(4, 8, 4, 4, generator=g) for n in augmenter.student_layers()}
-        tfeats = {n: torch.randn(4, 16, 4, 4, generator=g) for n in augmenter.teacher_layers()}
-        student = Outputs(torch.randn(4, 10, generator=g, requires_grad=True), feats)
-        teacher = Outputs(torch.randn(4, 10, generator=g), tfeats)
-        terms = augmenter.losses(StepBatch(x, y, idx, student, teacher))
-        for name, (weight, value) in terms.items():
-            assert isinstance(name, str) and name != "ce"
-            assert isinstance(weight, float | int) and weight >= 0
-            assert value.dim() == 0 and torch.isfinite(value)
+        """At the first, a middle and the last step of a run (a warm-up must not break a term)."""
+        epochs, per_epoch = 30, 5
+        for step in (0, epochs * per_epoch // 2, epochs * per_epoch - 1):
+            progress = Progress(epoch=step // per_epoch, epochs=epochs, step=step, steps_per_epoch=per_epoch)
+            terms = self._call_losses(augmenter, self._step(augmenter, batch, progress))
+            for name, (weight, value) in terms.items():
+                assert isinstance(name, str) and name != "ce"
+                assert isinstance(weight, float | int) and weight >= 0
+                assert value.dim() == 0 and torch.isfinite(value)
+
+    def test_reads_only_the_teacher_outputs_it_declares(
+        self, augmenter: Augmenter, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+    ) -> None:
+        """An augmenter that declares neither ``needs_teacher_logits`` nor ``teacher_layers()`` gets
+        ``batch.teacher = None`` in a real run, whatever the other augmenters need; its ``losses`` must work so."""
+        if augmenter.needs_teacher():
+            pytest.skip(f"augmenter {augmenter.name!r} declares the teacher outputs it reads")
+        self._call_losses(augmenter, self._step(augmenter, batch, Progress()))
+
+    @staticmethod
+    def _call_losses(augmenter: Augmenter, step: StepBatch) -> dict[str, tuple[float, torch.Tensor]]:
+        try:
+            return call_losses(augmenter, step)
+        except PluginError as exc:  # call_losses names the missing declaration
+            pytest.fail(str(exc), pytrace=False)
+        except Exception as exc:
+            if augmenter.needs_teacher():
+                raise
+            pytest.fail(
+                f"augmenter {augmenter.name!r} declares no teacher outputs (needs_teacher_logits = False, "
+                f"teacher_layers() empty), so its losses() gets batch.teacher = None, and it raised "
+                f"{type(exc).__name__}: {exc}. If it reads the teacher's logits, set `needs_teacher_logits = "
+                "True` on the class; if it reads teacher features, return their layers from teacher_layers()",
+                pytrace=False,
+            )
 
     def test_views_drawn_keeps_the_views_replayable(
         self, augmenter: Augmenter, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]

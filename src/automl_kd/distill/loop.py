@@ -29,7 +29,7 @@ from automl_kd.data import DataSplits, Split, batches, stratified_indices
 from automl_kd.errors import TrainingDiverged, TrialInterrupted
 from automl_kd.precision import autocast, autocast_dtype, dtype_name, grad_scaler
 
-from .augmenter import Augmenter, StepBatch
+from .augmenter import Augmenter, Progress, StepBatch, call_losses
 from .settings import TrainSettings, check_train_fraction
 from .taps import forward
 from .teacher_info import Normalizer, teacher_normalizer
@@ -225,9 +225,10 @@ def train_student(
                         F.cross_entropy(s_out.logits.float(), yb, label_smoothing=settings.label_smoothing),
                     ),
                 }
-                batch = StepBatch(x, yb, ib, s_out, t_out)
-                for a in augmenters:
-                    for name, term in a.losses(batch).items():
+                progress = Progress(epoch, settings.epochs, step, steps_per_epoch)
+                batch = StepBatch(x, yb, ib, s_out, t_out, progress)
+                for a in augmenters:  # teacher outputs only to the augmenters that declare them
+                    for name, term in call_losses(a, batch).items():
                         if name in terms:
                             raise ValueError(f"augmenter {a.name!r} returned loss term {name!r} twice")
                         terms[name] = term
