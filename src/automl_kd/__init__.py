@@ -9,7 +9,7 @@ from typing import Any
 
 from ._version import __version__
 from .config import Config, load_config
-from .distill.augmenter import Augmenter, Outputs, PrepareContext, StepBatch
+from .distill.augmenter import Augmenter, Outputs, PrepareContext, Progress, StepBatch
 from .engine.constraints import Constraints
 from .engine.outcome import TrialOutcome
 from .engine.search import Search
@@ -58,6 +58,7 @@ __all__ = [
     "PluginError",
     "PluginManager",
     "PrepareContext",
+    "Progress",
     "Proposer",
     "ProposerSampler",
     "Search",
