@@ -1,5 +1,5 @@
 """How much of an LLM's answer is kept and read: the bounds that keep a hostile or broken server from filling the
-disk or the CPU (docs/llm.md, "Bounds").
+disk or the CPU (docs/llm.md, "Bounds on a request and its answer").
 
 - An answer is cut to :func:`answer_limit` characters, 16 per token of the request's ``max_tokens``, before it
   reaches the transcript, the response cache, the study or the parser. A server that honours ``max_tokens``
@@ -7,8 +7,8 @@ disk or the CPU (docs/llm.md, "Bounds").
   model for the replay tests run 1.6 to 2.3 characters a token.
 - The parser reads at most :data:`MAX_ANSWER_CHARS` characters, nested at most :data:`MAX_DEPTH` levels (those
   recorded answers nest 4), and its search for lists and objects inside prose scans at most
-  :data:`SCAN_BUDGET` characters in all: an answer beyond these is unusable (the proposer re-asks, then falls
-  back), read in a bounded time.
+  :data:`SCAN_BUDGET` characters (and four times the answer's length) in all: an answer beyond these is
+  unusable (the proposer re-asks, then falls back), read in a bounded time.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ UNBOUNDED_TOKENS = 16_384
 MAX_ANSWER_CHARS = 131_072
 #: the deepest nesting of lists and objects the parser reads
 MAX_DEPTH = 32
-#: characters the parser's search for lists and objects scans, all attempts together
+#: characters the parser's search for lists and objects scans, all attempts together (and at most four times the
+#: answer's length)
 SCAN_BUDGET = 2 * MAX_ANSWER_CHARS
 
 _BRACKETS = re.compile(r"[\[\]{}]")

@@ -129,11 +129,12 @@ def loads_tolerant(text: str) -> Any:
 def _blocks(text: str) -> list[tuple[int, int, Any]]:
     """Top-level balanced ``{...}``/``[...]`` spans of ``text`` that read as JSON-like values, in order.
 
-    A span that does not read is searched inside for smaller spans. The search scans at most
-    :data:`~automl_kd.llm.bounds.SCAN_BUDGET` characters in all (unbalanced brackets would make it quadratic).
+    A span that does not read is searched inside for smaller spans. The search scans at most four times the
+    answer's length, and :data:`~automl_kd.llm.bounds.SCAN_BUDGET`, characters in all (unbalanced brackets
+    would make it quadratic).
     """
     found: list[tuple[int, int, Any]] = []
-    budget = SCAN_BUDGET
+    budget = min(SCAN_BUDGET, 4 * len(text) + 4096)  # reading a valid answer costs twice its length
     opener = _OPENER.search(text)
     while opener is not None and budget > 0:
         i = opener.start()
