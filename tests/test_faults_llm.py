@@ -189,8 +189,9 @@ def test_llm_parse_of_a_deeply_nested_answer_says_why_it_is_unusable(
 def test_answers_far_over_max_tokens_are_cut_before_anything_stores_them(
     tmp_path: Path, server: ChatServer
 ) -> None:
-    """2 MB answers against a bound of a few hundred tokens: what reaches the study, the transcript and the
-    response cache is cut at the bound derived from the request's max_tokens, and the transcript says so."""
+    """2 MB answers against a bound of a few hundred tokens: what reaches the study, the transcript, the
+    response cache and the report is cut at the bound derived from the request's max_tokens, and the transcript
+    says so."""
     big = "This design is excellent. " * 80_000  # 2 MB of prose
     server.responder = lambda body: Reply(big, completion_tokens=400)
     base = write_yaml(tmp_path / "macro.yaml", macro_config("big", server.base_url))
@@ -209,6 +210,10 @@ def test_answers_far_over_max_tokens_are_cut_before_anything_stores_them(
     assert all(c["truncated"]["kept"] <= 16 * max_tokens for c in calls)
     answers = [m["content"] for r in rounds for m in r["messages"] if m["role"] == "assistant"]
     assert answers and all(len(a) <= 16 * max_tokens for a in answers)
+    report = cli("report", "--run-dir", str(run), cwd=tmp_path, timeout=300)
+    assert_no_traceback(report)
+    assert report.rc == 0, report
+    assert (run / "report" / "index.html").stat().st_size < 2_000_000
 
 
 # -- timeout_s is a deadline for the whole answer; SIGTERM and Ctrl-C stop a request -------------------------------
