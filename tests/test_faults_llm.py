@@ -162,7 +162,7 @@ def test_deeply_nested_answers_are_unusable_and_cost_little(tmp_path: Path, serv
     assert_no_traceback(res)
     assert res.rc == 0, res
     assert not error_lines(res.err), res
-    assert res.seconds < 60, res
+    assert res.seconds < 120, res  # with the start of the process; it used to run for more than 10 minutes
     rows = trial_rows(run)
     assert [state for _, state, _ in rows] == ["COMPLETE"] * 3, rows
     rounds = [json.loads(line) for line in (run / "llm_transcripts.jsonl").read_text().splitlines()]

@@ -8,7 +8,9 @@ endpoint is ``base_url``, else ``OPENAI_BASE_URL``, else OpenAI's.
 Retries are ours (the ``openai`` client runs with ``max_retries=0``) so that every attempt is counted and
 recorded: 429, 408, 409 and 5xx answers, timeouts and connection errors are retried with exponential backoff
 (or the server's ``Retry-After``), up to ``max_retries`` times; any other error stops with
-:class:`LLMUnavailable`.
+:class:`LLMUnavailable`. ``timeout_s`` bounds the whole answer of each attempt, and ``should_stop()`` (the
+host's stop flag) abandons a request or a backoff at once (:mod:`automl_kd.llm.transport`). An answer longer
+than the request's ``max_tokens`` allows is cut before anything stores it (:mod:`automl_kd.llm.bounds`).
 
 Structured output comes in the form each kind of server accepts (:data:`FORMS`): OpenAI's ``json_schema``
 (strict; also vLLM, Ollama >= 0.5 and the C++ ``llama-server``), llama.cpp's ``json_object`` with a ``schema``

@@ -13,6 +13,7 @@ import asyncio
 import concurrent.futures
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -53,6 +54,7 @@ class Requests:
                 loop.call_soon(started.set)
                 threading.Thread(target=loop.run_forever, name="automl-kd-llm-requests", daemon=True).start()
                 started.wait()
+                weakref.finalize(self, _stop_loop, loop)  # its thread ends with this object
                 self._loop, self._client = loop, None
             return self._loop
 
@@ -90,3 +92,8 @@ class Requests:
             if self.stopped():
                 raise TrialInterrupted("a stop was requested while waiting to retry the LLM request")
             sleep(min(POLL_S, left))
+
+
+def _stop_loop(loop: asyncio.AbstractEventLoop) -> None:
+    if not loop.is_closed():
+        loop.call_soon_threadsafe(loop.stop)
