@@ -136,6 +136,13 @@ def test_aliases_in_a_set_value_are_bounded_too(tmp_path: Path, capfd: pytest.Ca
     assert res.seconds < 2, res
 
 
+def test_a_set_value_nested_too_deep_is_one_line(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    write_yaml(tmp_path / "c.yaml", {"name": "c"})
+    value = "[" * 5000 + "]" * 5000
+    res = cli_in_process("check", str(tmp_path / "c.yaml"), "--set", f"x={value}", cwd=tmp_path, capfd=capfd)
+    assert_one_error(res, 2, r"--set .*nested too deep")
+
+
 def test_a_config_with_a_few_aliases_still_loads(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
     """Anchors that repeat a block (the usual use) are well inside the bound."""
     path = tmp_path / "anchors.yaml"

@@ -333,6 +333,8 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
             raise ConfigError(f"--set {item!r}: value has key {exc.key!r} twice") from None
         except yaml.YAMLError as exc:
             raise ConfigError(f"--set {item!r}: value is not valid YAML: {_yaml_problem(exc)}") from None
+        except RecursionError:
+            raise ConfigError(f"--set {_short(item)}: value is nested too deep to read") from None
         node = out
         parts = key.strip().split(".")
         for part in parts[:-1]:
