@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import sys
 import threading
 import time
@@ -295,3 +296,13 @@ def test_a_stop_request_ends_the_backoff_before_a_retry(server: ChatServer) -> N
         client.complete(MESSAGES)
     timer.join()
     assert time.monotonic() - start < 5.0 and len(server.chat_requests) == 1
+
+
+def test_a_refused_connection_is_said_in_plain_words() -> None:
+    """The request runs on asyncio, whose error reads "Connect call failed (...)": the reason stays the OS's."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    client = ChatClient("test-model", base_url=f"http://127.0.0.1:{port}/v1", max_retries=0, timeout_s=5.0)
+    with pytest.raises(LLMUnavailable, match=r"\[Errno \d+\] Connection refused$"):
+        client.complete(MESSAGES)
