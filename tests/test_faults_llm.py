@@ -39,7 +39,7 @@ STOP_WITHIN = 5.0
 
 
 def macro_config(name: str, base_url: str, **options: Any) -> dict[str, Any]:
-    """The issue's ``macro`` config: NAS-Bench-Macro, the ``llm`` proposer at ``base_url``, 3 trials."""
+    """The ``macro`` config of these faults: NAS-Bench-Macro, the ``llm`` proposer at ``base_url``, 3 trials."""
     opts = {
         "model": "test-model",
         "base_url": base_url,
