@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+import socket
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from automl_kd.errors import BudgetExhausted, CacheError, ConfigError
+from automl_kd.errors import BudgetExhausted, CacheError, ConfigError, TrialInterrupted
 from automl_kd.llm import Accountant, ChatClient, LLMUnavailable, ReplayMiss, ResponseCache, price_for
 
 try:
@@ -250,3 +252,57 @@ def test_accounting_and_budget() -> None:
     assert "token budget spent: 110 tokens" in (tokens.exhausted() or "")
     with pytest.raises(ConfigError, match="no price is known for model 'mystery'"):
         Accountant("mystery", max_cost_usd=1.0)
+
+
+# -- bounds: the answer's size, the request's time, a stop request ---------------------------------------------
+def test_an_answer_over_max_tokens_is_cut_before_the_cache_stores_it(
+    server: ChatServer, tmp_path: Path
+) -> None:
+    server.push(Reply("x" * 1_000_000, completion_tokens=100))
+    client = client_for(server, cache=ResponseCache(tmp_path, "record"))
+    result = client.complete(MESSAGES, max_tokens=100)
+    assert len(result.content) == 1600 and result.truncated == {"chars": 1_000_000, "kept": 1600}
+    assert result.as_dict()["truncated"] == result.truncated
+    (entry,) = tmp_path.rglob("*.json")
+    assert entry.stat().st_size < 10_000
+    again = client.complete(MESSAGES, max_tokens=100)
+    assert again.cached and again.content == result.content and again.truncated == result.truncated
+
+
+def test_an_answer_within_max_tokens_is_kept_whole(server: ChatServer) -> None:
+    server.push(Reply("y" * 1600))
+    result = client_for(server).complete(MESSAGES, max_tokens=100)
+    assert len(result.content) == 1600 and result.truncated is None
+
+
+def test_a_stop_request_abandons_a_request_under_way(server: ChatServer) -> None:
+    server.push(Hang(60.0))
+    client = client_for(server, timeout_s=60.0, should_stop=lambda: bool(server.chat_requests))
+    start = time.monotonic()
+    with pytest.raises(TrialInterrupted, match="during the LLM request"):
+        client.complete(MESSAGES)
+    assert time.monotonic() - start < 5.0
+    assert len(server.chat_requests) == 1
+
+
+def test_a_stop_request_ends_the_backoff_before_a_retry(server: ChatServer) -> None:
+    server.push(Status(500, "busy"), Reply("never asked for"))
+    stop = {"now": False}
+    client = client_for(server, backoff_s=60.0, backoff_max_s=60.0, should_stop=lambda: stop["now"])
+    timer = threading.Timer(0.3, lambda: stop.update(now=True))
+    timer.start()
+    start = time.monotonic()
+    with pytest.raises(TrialInterrupted, match="waiting to retry"):
+        client.complete(MESSAGES)
+    timer.join()
+    assert time.monotonic() - start < 5.0 and len(server.chat_requests) == 1
+
+
+def test_a_refused_connection_is_said_in_plain_words() -> None:
+    """The request runs on asyncio, whose error reads "Connect call failed (...)": the reason stays the OS's."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    client = ChatClient("test-model", base_url=f"http://127.0.0.1:{port}/v1", max_retries=0, timeout_s=5.0)
+    with pytest.raises(LLMUnavailable, match=r"\[Errno \d+\] Connection refused$"):
+        client.complete(MESSAGES)

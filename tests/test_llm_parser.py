@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import pytest
 from optuna.distributions import BaseDistribution, CategoricalDistribution, IntDistribution
 
 from automl_kd.llm import loads_tolerant, parse_answer, parse_answer_file
+from automl_kd.llm.bounds import MAX_ANSWER_CHARS, MAX_DEPTH, nesting_depth
 from automl_kd.plugins.spaces.genius_imagenet import OPS, GeniusImageNetSpace
 from automl_kd.space import Cost, SearchSpace
 
@@ -177,3 +179,52 @@ def test_parse_answer_file_forms(tmp_path: Path, genius: GeniusImageNetSpace) ->
     (tmp_path / "bad.txt").write_text("Stage 1: [1, 0, 1]\nI am not sure about the rest.")
     candidates, errors = parse_answer_file(genius, tmp_path / "bad.txt")
     assert candidates == [] and errors and "no candidate found" in errors[0]
+
+
+# -- bounds: nesting, length, work -------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "text",
+    ["[" * 1500 + "]" * 1500, "[" * 100_000 + "]" * 100_000, "{" * 200_000, '{"a": ' * 40 + "1" + "}" * 40],
+    ids=["1500-levels", "100000-levels", "unclosed", "40-levels"],
+)
+def test_an_answer_nested_too_deep_is_unusable_at_once(text: str) -> None:
+    start = time.perf_counter()
+    result = parse_answer(text, TinySpace())
+    assert time.perf_counter() - start < 0.5
+    assert not result.candidates and "more than 32 levels deep" in (result.error or ""), result
+
+
+def test_nesting_up_to_the_bound_is_read() -> None:
+    params = {"op": "pool", "width": 32, "depth": 3}
+    notes: Any = "deep"
+    for _ in range(MAX_DEPTH - 3):
+        notes = [notes]  # {"candidates": [{"notes": [[...]]}]}: 32 levels
+    text = json.dumps({"candidates": [{"params": params, "notes": notes}]})
+    assert nesting_depth(text) == MAX_DEPTH
+    assert [c.params for c in parse_answer(text, TinySpace()).valid] == [params]
+
+
+def test_an_answer_over_the_length_bound_is_unusable() -> None:
+    result = parse_answer("op: pool\nwidth: 32\ndepth: 3\n" + "x" * MAX_ANSWER_CHARS, TinySpace())
+    assert not result.candidates and f"at most {MAX_ANSWER_CHARS}" in (result.error or ""), result
+
+
+@pytest.mark.parametrize(
+    "unit",
+    ["[']", "[ ' ]", "[x y] ", ("[" * 30 + "x y" + "]" * 30 + " "), "[1, 2] ", "{a: b c} "],
+    ids=["quote", "spaced-quote", "invalid", "nested-invalid", "small-lists", "invalid-objects"],
+)
+def test_the_work_on_an_answer_at_the_length_bound_is_bounded(unit: str) -> None:
+    """Unbalanced brackets and quotes made the search for lists quadratic: 2.5 s at depth 2,000, 10.9 s at 4,000.
+    At the length bound the worst of these takes about 2 s on a busy core (docs/llm.md)."""
+    text = (unit * (MAX_ANSWER_CHARS // len(unit) + 1))[:MAX_ANSWER_CHARS]
+    start = time.perf_counter()
+    parse_answer(text, TinySpace())
+    assert time.perf_counter() - start < 10
+
+
+def test_a_saved_answer_file_nested_too_deep_is_read_as_text(tmp_path: Path) -> None:
+    path = tmp_path / "deep.json"
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    candidates, errors = parse_answer_file(TinySpace(), path)
+    assert candidates == [] and len(errors) == 1 and "levels deep" in errors[0], errors

@@ -17,7 +17,9 @@ import pydantic
 from .errors import ConfigError
 
 # Parameters a host passes itself; they are not user options.
-HOST_PARAMS = frozenset({"self", "space", "seed", "directions", "context", "constraints", "run_dir"})
+HOST_PARAMS = frozenset(
+    {"self", "space", "seed", "directions", "context", "constraints", "run_dir", "should_stop"}
+)
 
 
 def _signature_target(factory: Any) -> Any:

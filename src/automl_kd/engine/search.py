@@ -95,9 +95,7 @@ class Search:
 
         self.evaluator: Evaluator = self.pm.evaluators.create(config.evaluator.name, config.evaluator.options)
         preflight = getattr(self.evaluator, "preflight", None)
-        if callable(
-            preflight
-        ):  # e.g. a table evaluator's file: fail now, in one line, not inside every trial
+        if callable(preflight):  # e.g. a table evaluator's file: fail now, in one line, not in every trial
             preflight()
         self.space: SearchSpace = make_space(config, self.pm, self.evaluator, self.resource, self._check_only)
         #: searched augmenter options (``{search: [...]}`` or ``{low: .., high: ..}``): ``aug.<name>.<option>``
@@ -149,6 +147,7 @@ class Search:
             directions=self.directions,
             constraints=self.constraints,
             run_dir=self.run_dir,
+            should_stop=lambda: self._stop,  # SIGTERM, Ctrl-C: e.g. an LLM request is abandoned at once
         )
         if isinstance(obj, Proposer):
             return ProposerSampler(obj, self.space, seed=seed)
@@ -175,6 +174,9 @@ class Search:
             trial.set_user_attr("fail_reason", f"proposer budget spent: {exc}")
             self._stop = True
             self.stop_reason = f"proposer budget spent: {exc}"
+            raise
+        except TrialInterrupted:  # a stop request cut the proposer's call short: nothing to queue again
+            trial.set_user_attr(ATTR_OUTCOME, TrialOutcome.INTERRUPTED)
             raise
         except Exception as exc:  # the proposer failed (e.g. its endpoint is gone): stop with its reason
             if is_storage_error(exc) or storage_fault(exc):
@@ -266,9 +268,7 @@ class Search:
         aug_options: list[dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
         def report(step: int, value: float) -> None:
-            if (
-                len(self.directions) == 1
-            ):  # Optuna keeps intermediate values for single-objective studies only
+            if len(self.directions) == 1:  # Optuna keeps intermediate values of single-objective studies
                 trial.report(value, step)
             if self.progress:
                 self.progress.epoch_done(trial.number, step, value)

@@ -8,7 +8,9 @@ endpoint is ``base_url``, else ``OPENAI_BASE_URL``, else OpenAI's.
 Retries are ours (the ``openai`` client runs with ``max_retries=0``) so that every attempt is counted and
 recorded: 429, 408, 409 and 5xx answers, timeouts and connection errors are retried with exponential backoff
 (or the server's ``Retry-After``), up to ``max_retries`` times; any other error stops with
-:class:`LLMUnavailable`.
+:class:`LLMUnavailable`. ``timeout_s`` bounds the whole answer of each attempt, and ``should_stop()`` (the
+host's stop flag) abandons a request or a backoff at once (:mod:`automl_kd.llm.transport`). An answer longer
+than the request's ``max_tokens`` allows is cut before anything stores it (:mod:`automl_kd.llm.bounds`).
 
 Structured output comes in the form each kind of server accepts (:data:`FORMS`): OpenAI's ``json_schema``
 (strict; also vLLM, Ollama >= 0.5 and the C++ ``llama-server``), llama.cpp's ``json_object`` with a ``schema``
@@ -35,7 +37,9 @@ from urllib.parse import urlsplit, urlunsplit
 from automl_kd.errors import AutomlKdError
 
 from . import replies
+from .bounds import cut_answer
 from .cache import ResponseCache, cache_key
+from .transport import DeadlineExceeded, Requests
 
 StructuredMode = Literal[
     "auto", "json_schema", "json_object_schema", "guided_json", "ollama_format", "json_object", "off"
@@ -100,6 +104,8 @@ class ChatResult:
     usage_estimated: bool = False
     model: str = ""
     structured_form: str | None = None
+    #: set when the answer was longer than the request's max_tokens allows: ``{"chars": ..., "kept": ...}``
+    truncated: dict[str, int] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -116,6 +122,7 @@ class ChatResult:
             "completion_tokens": self.completion_tokens,
             "usage_estimated": self.usage_estimated,
             "model": self.model,
+            "truncated": self.truncated,
         }
 
 
@@ -143,6 +150,7 @@ class ChatClient:
         extra_body: dict[str, Any] | None = None,
         jitter_seed: int | None = 0,
         sleep: Callable[[float], None] = time.sleep,
+        should_stop: Callable[[], bool] | None = None,
     ) -> None:
         if timeout_s <= 0 or max_retries < 0 or backoff_s < 0 or backoff_max_s < 0:
             raise ValueError("timeout_s must be > 0; max_retries, backoff_s and backoff_max_s must be >= 0")
@@ -161,7 +169,8 @@ class ChatClient:
         self.extra_body = dict(extra_body or {})
         self._rng = random.Random(jitter_seed)
         self._sleep = sleep
-        self._client: Any = None
+        self.should_stop = should_stop
+        self._client: Requests | None = None
         self._secret: str | None = None
         self._forms: list[str] = list(FORMS)  # "auto": the forms not yet rejected, in the order to try them
         self._form_ok = False  # "auto": the first form has been accepted; no more negotiation
@@ -173,7 +182,7 @@ class ChatClient:
         return safe_url(self.base_url)
 
     # -- the openai client -----------------------------------------------------------------------------------
-    def _openai(self) -> Any:
+    def _openai(self) -> Requests:
         if self._client is None:
             openai = require_openai()
             key = os.environ.get(API_KEY_ENV)
@@ -185,9 +194,8 @@ class ChatClient:
                     )
                 key = "no-key"  # local servers (vLLM, Ollama, llama.cpp) accept any key
             self._secret = key
-            self._client = openai.OpenAI(
-                api_key=key, base_url=self.base_url, timeout=self.timeout_s, max_retries=0
-            )
+            connect = {"api_key": key, "base_url": self.base_url, "timeout": self.timeout_s, "max_retries": 0}
+            self._client = Requests(openai, connect, self.should_stop)
         return self._client
 
     def _scrub(self, text: str) -> str:
@@ -260,8 +268,10 @@ class ChatClient:
             hit = self.cache.get(key)
             if hit is not None:
                 usage = hit.get("usage", {})
+                content, truncated = cut_answer(str(hit.get("content", "")), max_tokens)
                 return ChatResult(
-                    content=str(hit.get("content", "")),
+                    content=content,
+                    truncated=hit.get("truncated") or truncated,
                     prompt_tokens=int(usage.get("prompt_tokens", 0)),
                     completion_tokens=int(usage.get("completion_tokens", 0)),
                     finish_reason=hit.get("finish_reason"),
@@ -283,6 +293,7 @@ class ChatClient:
                     "model": result.model,
                     "structured": result.structured,
                     "structured_form": result.structured_form,
+                    "truncated": result.truncated,
                     "usage": {
                         "prompt_tokens": result.prompt_tokens,
                         "completion_tokens": result.completion_tokens,
@@ -315,11 +326,10 @@ class ChatClient:
             attempts += 1
             self.http_requests += 1
             retry_after: float | None = None
-            try:
-                resp = client.chat.completions.create(
-                    model=self.model, messages=messages, timeout=self.timeout_s, **kwargs
-                )
-            except openai.APITimeoutError:
+            try:  # timeout_s bounds the whole answer, not only each wait for its next bytes
+                request = {"model": self.model, "messages": messages, "timeout": self.timeout_s, **kwargs}
+                resp = client.create(request, deadline_s=self.timeout_s)
+            except (openai.APITimeoutError, DeadlineExceeded):
                 errors.append(f"attempt {attempts}: no answer within timeout_s={self.timeout_s:g}")
             except openai.APIConnectionError as exc:
                 errors.append(f"attempt {attempts}: connection error: {self._scrub(replies.cause(exc))}")
@@ -365,6 +375,7 @@ class ChatClient:
                     self._form_ok = True
                 result = self._result(resp, messages, key, attempts, retries, errors, start, form is not None)
                 result.structured_form = form
+                result.content, result.truncated = cut_answer(result.content, sampling.get("max_tokens"))
                 return result
             if retries >= self.max_retries:
                 raise LLMUnavailable(
@@ -372,7 +383,10 @@ class ChatClient:
                     + "; ".join(errors[-3:])
                 )
             retries += 1
-            self._sleep(self._delay(retries, retry_after))
+            if self.should_stop is None:
+                self._sleep(self._delay(retries, retry_after))
+            else:  # a stop request ends the backoff too
+                client.pause(self._delay(retries, retry_after), time.sleep)
 
     def _delay(self, retry: int, retry_after: float | None) -> float:
         if retry_after is not None:

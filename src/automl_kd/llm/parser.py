@@ -37,6 +37,8 @@ from optuna.distributions import (
 from automl_kd.errors import InvalidCandidate
 from automl_kd.space import Candidate, SearchSpace
 
+from .bounds import SCAN_BUDGET, unreadable
+
 _WRAPPERS = ("candidates", "architectures", "designs", "proposals", "answers", "results")
 _PARAM_KEYS = (
     "params",
@@ -127,33 +129,39 @@ def loads_tolerant(text: str) -> Any:
 def _blocks(text: str) -> list[tuple[int, int, Any]]:
     """Top-level balanced ``{...}``/``[...]`` spans of ``text`` that read as JSON-like values, in order.
 
-    A span that does not read is searched inside for smaller spans.
+    A span that does not read is searched inside for smaller spans. The search scans at most four times the
+    answer's length, and :data:`~automl_kd.llm.bounds.SCAN_BUDGET`, characters in all (unbalanced brackets
+    would make it quadratic).
     """
     found: list[tuple[int, int, Any]] = []
-    i = 0
-    n = len(text)
-    while i < n:
-        if text[i] not in "[{":
-            i += 1
-            continue
-        end = _match(text, i)
-        if end is None:
-            i += 1
-            continue
-        try:
-            found.append((i, end, loads_tolerant(text[i:end])))
-            i = end
-        except ValueError:
-            i += 1  # look inside
+    budget = min(SCAN_BUDGET, 4 * len(text) + 4096)  # reading a valid answer costs twice its length
+    opener = _OPENER.search(text)
+    while opener is not None and budget > 0:
+        i = opener.start()
+        stop = min(len(text), i + budget)
+        end = _match(text, i, stop)
+        budget -= (end or stop) - i
+        if end is not None:
+            budget -= end - i  # what reading it costs
+            try:
+                found.append((i, end, loads_tolerant(text[i:end])))
+                opener = _OPENER.search(text, end)
+                continue
+            except ValueError:
+                pass  # look inside
+        opener = _OPENER.search(text, i + 1)
     return found
 
 
-def _match(text: str, start: int) -> int | None:
-    """Index after the bracket closing the one at ``start`` (quotes respected), or None."""
+_OPENER = re.compile(r"[\[{]")
+
+
+def _match(text: str, start: int, stop: int) -> int | None:
+    """Index after the bracket closing the one at ``start`` (quotes respected) before ``stop``, or None."""
     stack: list[str] = []
     quote: str | None = None
     i = start
-    while i < len(text):
+    while i < stop:
         c = text[i]
         if quote:
             if c == "\\":
@@ -281,7 +289,10 @@ _LINE = re.compile(
 
 def _line_mapping(text: str, names: Sequence[str]) -> dict[str, Any] | None:
     found: dict[str, Any] = {}
-    for m in _LINE.finditer(text):
+    short = "\n".join(
+        line for line in text.splitlines() if len(line) <= 200
+    )  # long lines: quadratic for _LINE
+    for m in _LINE.finditer(short):
         if m.group("key") in names:
             raw = m.group("val").strip().strip("`")
             try:
@@ -334,6 +345,9 @@ def parse_answer(text: str, space: SearchSpace) -> ParseResult:
     """
     if not text or not text.strip():
         return ParseResult(error="the answer is empty")
+    why = unreadable(text)
+    if why:
+        return ParseResult(error=why)
     dists = space.distributions()
     names = set(dists)
     total = len(dists)
@@ -404,7 +418,7 @@ def answer_text(raw: str) -> str:
     text."""
     try:
         obj = json.loads(raw)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):  # not JSON, or nested deeper than Python reads
         return raw
     if isinstance(obj, Mapping):
         if isinstance(obj.get("choices"), list) and obj["choices"]:

@@ -15,7 +15,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -41,7 +41,8 @@ class LLMProposer(Proposer):
     """Candidates from an LLM (GENIUS, Zheng et al. 2023), with validation, re-asks, caching and a budget.
 
     Host arguments: ``space``, ``seed``, ``directions``, ``constraints`` (an object whose ``check(cost)``
-    returns a reason or None) and ``run_dir`` (default home of the response cache and the transcript log).
+    returns a reason or None), ``run_dir`` (default home of the response cache and the transcript log) and
+    ``should_stop`` (true once the host is asked to stop: a request under way is abandoned).
     Every other argument is a user option (``search.proposer.options``); docs/llm.md lists them.
 
     Example::
@@ -89,6 +90,7 @@ class LLMProposer(Proposer):
         transcript_log: str | None = None,
         fallback: Literal["random", "error"] = "random",
         extra_body: dict[str, Any] | None = None,
+        should_stop: Callable[[], bool] | None = None,
     ) -> None:
         if prompt not in STRATEGIES:
             raise ConfigError(f"prompt: unknown strategy {prompt!r}; use one of {', '.join(STRATEGIES)}")
@@ -137,6 +139,7 @@ class LLMProposer(Proposer):
             cache=self.cache,
             extra_body=extra_body,
             jitter_seed=seed,
+            should_stop=should_stop,  # the host's stop flag (SIGTERM, Ctrl-C) ends a request at once
         )
         self._rng = random.Random(seed)
         self._round = 0
@@ -227,7 +230,8 @@ class LLMProposer(Proposer):
                 usage = usage + call_usage
                 messages.append({"role": "assistant", "content": result.content})
                 parsed = parse_answer(result.content, space)
-                reasons, screened = self._screen(space, parsed, known, accepted, n, result.finish_reason)
+                finish = "length" if result.truncated else result.finish_reason
+                reasons, screened = self._screen(space, parsed, known, accepted, n, finish)
                 record["calls"].append(
                     {
                         **result.as_dict(),

@@ -4,6 +4,7 @@ strict form of an answer schema. Plain functions of text, apart from the HTTP cl
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 FORM_WORDS = ("response_format", "json_schema", "json_object", "schema", "grammar")
@@ -17,8 +18,13 @@ def cause(exc: BaseException) -> str:
     root = exc.__cause__ or exc.__context__
     while root is not None and (root.__cause__ or root.__context__) is not None:
         root = root.__cause__ or root.__context__
-    if root is not None and str(root) and str(root) not in text:
-        text = f"{text.rstrip('.')}: {root}"
+    errno = root.errno if isinstance(root, OSError) else None
+    if errno and errno > 0 and getattr(root, "strerror", None) != os.strerror(errno):
+        root_text = f"[Errno {errno}] {os.strerror(errno)}"  # not asyncio's "Connect call failed (...)"
+    else:
+        root_text = str(root or "")
+    if root_text and root_text not in text:
+        text = f"{text.rstrip('.')}: {root_text}"
     return text
 
 
