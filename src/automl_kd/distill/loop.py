@@ -150,14 +150,14 @@ def train_student(
     plan = as_plan(plan, seed, data.train.x.device)
     settings, device = plan.settings, plan.device
     gen = plan.training_generator()  # dropout and other module-level randomness, the batch order, the draws
-    model.to(device).train()
+    # on the plan's device (fit built it there: then only the layout changes); channels_last speeds up depthwise
+    # convolutions about 2x on CPUs too (measured on the 2-core CI machine)
+    model.to(device, memory_format=torch.channels_last).train()
     plan = plan.for_network(model, data.input_shape)
     dtype = plan.dtype
     scaler = grad_scaler(device, dtype)
     normalize = normalize or data.normalize
     t_normalize = teacher_normalizer(teacher, data) if teacher is not None else normalize
-    # channels_last speeds up depthwise convolutions about 2x on CPUs too (measured on the 2-core CI machine)
-    model.to(memory_format=torch.channels_last)
 
     teacher_layers = sorted({n for a in augmenters for n in a.teacher_layers()})
     student_layers = sorted({n for a in augmenters for n in a.student_layers()})
