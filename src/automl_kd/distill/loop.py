@@ -152,7 +152,7 @@ def train_student(
     gen = plan.training_generator()  # dropout and other module-level randomness, the batch order, the draws
     # on the plan's device (fit built it there: then only the layout changes); channels_last speeds up depthwise
     # convolutions about 2x on CPUs too (measured on the 2-core CI machine)
-    model.to(device, memory_format=torch.channels_last).train()
+    model.to(device).to(memory_format=torch.channels_last).train()
     plan = plan.for_network(model, data.input_shape)
     dtype = plan.dtype
     scaler = grad_scaler(device, dtype)
