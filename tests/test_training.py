@@ -154,6 +154,7 @@ def test_momentum_and_eval_batch_size_are_train_evaluator_options_that_reach_the
     """Every training setting is a field of TrainSettings and so a `train` evaluator option from a config."""
     from automl_kd import TrialContext
     from automl_kd.distill.loop import make_optimizer
+    from automl_kd.distill.plan import TrialPlan
 
     path = tmp_path / "momentum.yaml"
     path.write_text(
@@ -174,6 +175,12 @@ def test_momentum_and_eval_batch_size_are_train_evaluator_options_that_reach_the
     assert plan.settings.eval_batch_size == 64 and not plan.settings.flip and plan.settings.crop_padding == 0
     optimizer = make_optimizer(_space().build(_space().sample(random.Random(0))), plan.settings)
     assert isinstance(optimizer, torch.optim.SGD) and optimizer.param_groups[0]["momentum"] == 0.8
+    # finalize and the CE-alone baseline retrain with the very plan the trial had (finalize: longer)
+    assert TrialPlan.for_config(cfg, seed=5, device=torch.device("cpu")) == plan
+    longer = plan.with_settings(epochs=10)
+    assert longer.settings.momentum == 0.8 and longer.dtype is torch.bfloat16 and longer.settings.epochs == 10
+    with pytest.raises(ValueError, match="precision"):
+        plan.with_settings(precision="fp32")
 
 
 def test_train_evaluator_options_are_checked_in_one_line(
