@@ -146,3 +146,109 @@ def test_train_fraction_draws_a_fresh_stratified_subset_per_seed() -> None:
     assert result.steps == 8  # 400 of the 800 training images, batches of 50
     with pytest.raises(ValueError, match="train_fraction"):
         training_subset(data.train, 0.0, 0)
+
+
+def test_momentum_and_eval_batch_size_are_train_evaluator_options_that_reach_the_optimizer(
+    tmp_path: Path,
+) -> None:
+    """Every training setting is a field of TrainSettings and so a `train` evaluator option from a config."""
+    from automl_kd import TrialContext
+    from automl_kd.distill.loop import make_optimizer
+    from automl_kd.distill.plan import TrialPlan
+
+    path = tmp_path / "momentum.yaml"
+    path.write_text(
+        "evaluator: {name: train, options: {optimizer: sgd, momentum: 0.8, eval_batch_size: 64, epochs: 1}}\n"
+        "data: {crop_padding: 0, flip: false}\nprecision: bf16\n"
+    )
+    cfg = load_config(path)
+    evaluator = get_plugin_manager().evaluators.create(cfg.evaluator.name, cfg.evaluator.options)
+    resources = {"data_config": cfg.data, "precision": cfg.precision}
+    context = TrialContext(0, 5, torch.device("cpu"), tmp_path, _space(), resource=resources.get)
+    plan = evaluator.plan(context)
+    assert (plan.seed, plan.device, plan.dtype, plan.precision) == (
+        5,
+        torch.device("cpu"),
+        torch.bfloat16,
+        "bf16",
+    )
+    assert plan.settings.eval_batch_size == 64 and not plan.settings.flip and plan.settings.crop_padding == 0
+    optimizer = make_optimizer(_space().build(_space().sample(random.Random(0))), plan.settings)
+    assert isinstance(optimizer, torch.optim.SGD) and optimizer.param_groups[0]["momentum"] == 0.8
+    # finalize and the CE-alone baseline retrain with the very plan the trial had (finalize: longer)
+    assert TrialPlan.for_config(cfg, seed=5, device=torch.device("cpu")) == plan
+    longer = plan.with_settings(epochs=10)
+    assert longer.settings.momentum == 0.8 and longer.dtype is torch.bfloat16 and longer.settings.epochs == 10
+    with pytest.raises(ValueError, match="precision"):
+        plan.with_settings(precision="fp32")
+
+
+def test_train_evaluator_options_are_checked_in_one_line(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    from fault_support import assert_one_error, base_config, cli_in_process, write_yaml
+
+    base = write_yaml(tmp_path / "base.yaml", base_config())
+    for override, pattern in (
+        ("evaluator.options.momentum=1.5", r"^error: evaluator 'train': momentum must be < 1 \(got 1\.5\)$"),
+        (
+            "evaluator.options.eval_batch_size=0",
+            r"^error: evaluator 'train': eval_batch_size must be >= 1 \(got 0\)$",
+        ),
+        (
+            "evaluator.options.momentom=0.8",
+            r"^error: evaluator 'train' options: unknown option 'momentom'; allowed: ",
+        ),
+        ("evaluator.options.flip=true", r"unknown option 'flip'; allowed: .*momentum"),  # data.flip sets it
+    ):
+        res = cli_in_process(
+            "run", str(base), "--run-dir", str(tmp_path / "run"), "--set", override, cwd=tmp_path, capfd=capfd
+        )
+        assert_one_error(res, 2, pattern)
+
+
+def test_train_evaluator_options_are_the_train_settings_and_docs_list_each_once() -> None:
+    """The options come from TrainSettings' fields (not a hand-written signature); docs/config.md's table of them
+    names each option once, with TrainSettings' default."""
+    from automl_kd.distill.settings import HOST_SET
+    from automl_kd.options import option_fields
+    from automl_kd.plugins.evaluators.train import TrainEvaluator
+
+    fields = option_fields(TrainEvaluator)
+    settings = {k: f.default for k, f in TrainSettings.model_fields.items() if k not in HOST_SET}
+    assert {k: fields[k][1] for k in settings} == settings
+    assert set(fields) == set(settings) | {"latency", "latency_batch_sizes"}
+    text = (Path(__file__).parents[1] / "docs" / "config.md").read_text()
+    table = text.split("## `train` evaluator options", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in table.splitlines() if line.startswith("| `")]
+    assert sorted(row.split("`")[1] for row in rows) == sorted(fields)  # each option once
+    for name, field in TrainSettings.model_fields.items():
+        if name not in HOST_SET:  # the settings' rows are their declaration: default and description
+            d = field.default
+            default = "none" if d is None else f"`{d}`" if isinstance(d, str) else str(d)
+            assert f"| `{name}` | {default} | {field.description} |" in rows, name
+
+
+def test_a_trial_resolves_its_precision_once_per_network() -> None:
+    """`precision: auto` on a CPU with fast bf16 kernels looks at the network once (a hooked batch-1 forward);
+    the training loop and every accuracy pass read the plan instead."""
+    from automl_kd.distill.fit import fit
+    from automl_kd.distill.plan import TrialPlan
+    from automl_kd.precision import network_decides
+
+    data = load_data(DataConfig(train_size=200, val_fraction=0.2, crop_padding=0, flip=False))
+    probes: list[int] = []
+
+    def build() -> torch.nn.Module:
+        model = _space().build(_space().sample(random.Random(0)))
+        model.register_forward_pre_hook(lambda _m, args: probes.append(1) if args[0].shape[0] == 1 else None)
+        return model
+
+    settings = TrainSettings(epochs=3, batch_size=50, crop_padding=0, flip=False, precision="auto")
+    cpu = torch.device("cpu")
+    plan = TrialPlan.make(settings, seed=0, device=cpu)
+    assert plan.pending == network_decides("auto", cpu)
+    fitted = fit(build, data, plan)
+    assert len(probes) == (1 if plan.pending else 0) and not fitted.plan.pending
+    assert fitted.result.precision == fitted.plan.precision
+    assert TrainSettings().precision == load_config({}).precision  # one default

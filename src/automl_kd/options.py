@@ -3,6 +3,10 @@
 A plugin's options come from the config as a plain mapping. Rather than each plugin checking its own keys, the host
 builds a pydantic model from the factory's typed signature, so every plugin gets the same clear messages
 ("space.options.widths: Input should be a valid list") without writing any validation code.
+
+A factory that takes ``**kwargs`` may name the options they stand for in a class attribute ``extra_options``
+(name -> (type, default)); those are options like the signature's, and no other keyword is accepted. The ``train``
+evaluator's are :class:`automl_kd.distill.settings.TrainSettings`' fields, so its options are the settings model.
 """
 
 from __future__ import annotations
@@ -26,6 +30,11 @@ def _signature_target(factory: Any) -> Any:
     return factory.__init__ if inspect.isclass(factory) else factory
 
 
+def extra_options(factory: Any) -> dict[str, tuple[Any, Any]]:
+    """The options ``factory`` declares besides its signature (its ``extra_options`` attribute)."""
+    return dict(getattr(factory, "extra_options", None) or {})
+
+
 def option_fields(factory: Any) -> dict[str, tuple[Any, Any]]:
     """The user-settable options of ``factory``: name -> (type, default)."""
     target = _signature_target(factory)
@@ -39,6 +48,7 @@ def option_fields(factory: Any) -> dict[str, tuple[Any, Any]]:
             continue
         default = ... if p.default is p.empty else p.default
         fields[p.name] = (hints.get(p.name, Any), default)
+    fields.update(extra_options(factory))
     return fields
 
 
@@ -48,7 +58,10 @@ def parameter_names(factory: Any) -> set[str]:
 
 
 def accepts_var_keywords(factory: Any) -> bool:
+    """Whether ``factory`` takes any keyword (``**kwargs`` that declares no ``extra_options``)."""
     target = _signature_target(factory)
+    if extra_options(factory):
+        return False
     return any(p.kind is p.VAR_KEYWORD for p in inspect.signature(target).parameters.values())
 
 

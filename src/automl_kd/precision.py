@@ -93,6 +93,11 @@ def dense_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     return total
 
 
+def network_decides(precision: str, device: torch.device) -> bool:
+    """Whether ``precision`` on ``device`` depends on the network (``auto`` on a CPU with fast bf16 kernels)."""
+    return precision == "auto" and device.type == "cpu" and cpu_has_fast_bf16()
+
+
 def autocast_dtype(
     precision: str,
     device: torch.device,

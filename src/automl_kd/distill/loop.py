@@ -30,6 +30,7 @@ from automl_kd.errors import TrainingDiverged, TrialInterrupted
 from automl_kd.precision import autocast, autocast_dtype, dtype_name, grad_scaler
 
 from .augmenter import Augmenter, Progress, StepBatch, call_losses
+from .plan import TrialPlan, as_plan
 from .settings import TrainSettings, check_train_fraction
 from .taps import forward
 from .teacher_info import Normalizer, teacher_normalizer
@@ -66,10 +67,12 @@ def accuracy(
     batch_size: int = 512,
     *,
     normalize: Normalizer | None = None,
-    precision: str = "fp32",
+    precision: str | torch.dtype | None = "fp32",
     should_stop: Callable[[], bool] | None = None,
 ) -> float:
-    """Top-1 accuracy in percent on a split, eval mode, in ``precision`` (:mod:`automl_kd.precision`).
+    """Top-1 accuracy in percent on a split, eval mode, under autocast to ``precision``: a resolved autocast dtype
+    (a plan's ``dtype``; None is fp32), or a precision name resolved here for ``model``
+    (:mod:`automl_kd.precision`).
 
     ``normalize`` turns [0, 1] images into the model's input (default: the training split's mean and std).
     """
@@ -77,7 +80,11 @@ def accuracy(
     model.eval()
     normalize = normalize or data.normalize
     device = split.x.device
-    dtype = autocast_dtype(precision, device, model, tuple(split.x.shape[1:]))
+    dtype = (
+        autocast_dtype(precision, device, model, tuple(split.x.shape[1:]))
+        if isinstance(precision, str)
+        else precision
+    )
     correct = 0
     for x, y, _ in batches(split, batch_size, shuffle=False):
         stop_now(should_stop)  # a stop request ends the pass at the next batch (TrialInterrupted)
@@ -117,9 +124,9 @@ def training_subset(train: Split, fraction: float, seed: int) -> Split:
 def train_student(
     model: nn.Module,
     data: DataSplits,
-    settings: TrainSettings,
+    plan: TrialPlan | TrainSettings,
     *,
-    seed: int,
+    seed: int | None = None,
     augmenters: Sequence[Augmenter] = (),
     teacher: nn.Module | None = None,
     report: Callable[[int, float], None] | None = None,
@@ -129,7 +136,8 @@ def train_student(
     cache: Any = None,
     normalize: Normalizer | None = None,
 ) -> TrainResult:
-    """Train ``model`` on ``data.train``; return validation accuracy after each epoch.
+    """Train ``model`` on ``data.train`` with ``plan`` (or bare settings and ``seed``, planned here for the data's
+    device); return validation accuracy after each epoch.
 
     ``report(epoch, val_acc)`` is called after every epoch (an Optuna pruner may raise ``TrialPruned`` there).
     ``data`` must already live on the training device. The test split is not touched here.
@@ -137,18 +145,19 @@ def train_student(
     ``cache`` overrides the artifact cache the teacher-output cache lives in (see
     :mod:`automl_kd.distill.teacher_outputs`). ``normalize`` turns [0, 1] images into ``model``'s input
     (default: the training split's mean and std); the teacher gets its own (``teacher.input``). Forward passes
-    run under autocast in ``settings.precision`` (:mod:`automl_kd.precision`); weights and losses stay fp32.
+    run under autocast to the plan's dtype (:mod:`automl_kd.precision`); weights and losses stay fp32.
     """
-    device = data.train.x.device
-    torch.manual_seed(seed)  # dropout and other module-level randomness
-    gen = torch.Generator().manual_seed(seed)
-    model.to(device).train()
-    dtype = autocast_dtype(settings.precision, device, model, data.input_shape)
+    plan = as_plan(plan, seed, data.train.x.device)
+    settings, device = plan.settings, plan.device
+    gen = plan.training_generator()  # dropout and other module-level randomness, the batch order, the draws
+    # on the plan's device (fit built it there: then only the layout changes); channels_last speeds up depthwise
+    # convolutions about 2x on CPUs too (measured on the 2-core CI machine)
+    model.to(device).to(memory_format=torch.channels_last).train()
+    plan = plan.for_network(model, data.input_shape)
+    dtype = plan.dtype
     scaler = grad_scaler(device, dtype)
     normalize = normalize or data.normalize
     t_normalize = teacher_normalizer(teacher, data) if teacher is not None else normalize
-    # channels_last speeds up depthwise convolutions about 2x on CPUs too (measured on the 2-core CI machine)
-    model.to(memory_format=torch.channels_last)
 
     teacher_layers = sorted({n for a in augmenters for n in a.teacher_layers()})
     student_layers = sorted({n for a in augmenters for n in a.student_layers()})
@@ -174,7 +183,7 @@ def train_student(
             precision=settings.precision,
         )
 
-    train = training_subset(data.train, settings.train_fraction, seed)
+    train = training_subset(data.train, settings.train_fraction, plan.seed)
     opt = make_optimizer(model, settings)
     steps_per_epoch = math.ceil(len(train) / settings.batch_size)
     if settings.max_steps_per_epoch:
@@ -261,7 +270,7 @@ def train_student(
             data,
             settings.eval_batch_size,
             normalize=normalize,
-            precision=settings.precision,
+            precision=dtype,
             should_stop=should_stop,
         )
         curve.append(val)

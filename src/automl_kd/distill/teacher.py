@@ -36,17 +36,33 @@ from automl_kd.config import Config, TeacherConfig
 from automl_kd.data import DataSplits, load_data
 from automl_kd.errors import ConfigError
 from automl_kd.manager import PluginManager, get_plugin_manager
-from automl_kd.metrics import resolve_device
-from automl_kd.precision import autocast_dtype, dtype_name
+from automl_kd.metrics import count_params, resolve_device
+from automl_kd.precision import autocast_dtype
 
 from .checkpoints import load_weights
 from .fit import fit
 from .loop import accuracy
+from .plan import TrialPlan
 from .settings import TrainSettings
 from .taps import model_fingerprint
-from .teacher_info import TeacherInfo, attach_info, check_input, input_normalizer, teacher_info
+from .teacher_info import (
+    TeacherInfo,
+    attach_info,
+    check_input,
+    input_normalizer,
+    teacher_info,
+    teacher_normalizer,
+)
 
-__all__ = ["TeacherInfo", "get_teacher", "teacher_cache_key", "teacher_for_config", "teacher_info"]
+__all__ = [
+    "TeacherInfo",
+    "get_teacher",
+    "teacher_cache_key",
+    "teacher_for_config",
+    "teacher_info",
+    "teacher_plan",
+    "teacher_record",
+]
 
 log = logging.getLogger("automl_kd")
 
@@ -133,18 +149,23 @@ def teacher_settings(cfg: TeacherConfig) -> TrainSettings:
     return TrainSettings(**cfg.train.model_dump(exclude={"seed"}))
 
 
+def teacher_plan(cfg: TeacherConfig, device: torch.device, precision: str) -> TrialPlan:
+    """The plan of the teacher's training: ``teacher.train``'s settings and seed, on ``device``, in ``precision``."""
+    settings = teacher_settings(cfg).model_copy(update={"precision": precision})
+    return TrialPlan.make(settings, seed=cfg.train.seed, device=device)
+
+
 def train_teacher(
     cfg: TeacherConfig,
     data: DataSplits,
-    device: torch.device,
+    plan: TrialPlan,
     pm: PluginManager | None = None,
-    precision: str = "fp32",
     start: nn.Module | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """Build and train the teacher on ``data.train`` with ``cfg.train`` (through :func:`automl_kd.distill.fit.fit`),
-    from ``start``'s weights when fine-tuning a checkpoint; return it and its metrics (validation accuracy, and test
-    accuracy for the report only)."""
+    """Build and train the teacher on ``data.train`` with its ``plan`` (:func:`teacher_plan`, through
+    :func:`automl_kd.distill.fit.fit`), from ``start``'s weights when fine-tuning a checkpoint; return it and its
+    metrics (validation accuracy, and test accuracy for the report only)."""
     normalize = input_normalizer(cfg.input, data)
 
     def build() -> nn.Module:
@@ -156,9 +177,7 @@ def train_teacher(
     fitted = fit(
         build,
         data,
-        teacher_settings(cfg).model_copy(update={"precision": precision}),
-        seed=cfg.train.seed,
-        device=device,
+        plan,
         normalize=normalize,
         log=lambda m: log.info("teacher: %s", m),
         should_stop=should_stop,  # a stop request (SIGTERM) ends it at the next batch: nothing is cached
@@ -167,7 +186,9 @@ def train_teacher(
     return model, {
         "val_acc": round(fitted.result.val_acc, 4),
         # report only, never used to select
-        "test_acc": round(accuracy(model, data.test, data, normalize=normalize, precision=precision), 4),
+        "test_acc": round(
+            accuracy(model, data.test, data, normalize=normalize, precision=fitted.plan.dtype), 4
+        ),
         "epochs": fitted.result.epochs_run,
         "steps": fitted.result.steps,
     }
@@ -205,8 +226,8 @@ def get_teacher(
             return _ready(model, info, device)
         start, start_fp = model, fingerprint
         model = build_teacher_model(teacher_cfg, data, pm)
-    dtype = autocast_dtype(precision, device, model, data.input_shape)
-    key = teacher_cache_key(teacher_cfg, data, start_fp, dtype_name(dtype))
+    plan = teacher_plan(teacher_cfg, device, precision).for_network(model, data.input_shape)
+    key = teacher_cache_key(teacher_cfg, data, start_fp, plan.precision)
     art = None if retrain else _load_cached(model, cache, key)
     if art is None:
         with cache.lock(CACHE_KIND, key):
@@ -216,7 +237,7 @@ def get_teacher(
             if art is None:
                 what = "fine-tuning the checkpoint" if start is not None else "training it"
                 log.info("teacher: no cached weights (key %s); %s now", key[:12], what)
-                model, metrics = train_teacher(teacher_cfg, data, device, pm, precision, start, should_stop)
+                model, metrics = train_teacher(teacher_cfg, data, plan, pm, start, should_stop)
                 meta = {"metrics": metrics, "config": teacher_cfg.model_dump(mode="json")}
                 cache.save(CACHE_KIND, key, model.state_dict(), meta)
                 info = TeacherInfo("trained", model_fingerprint(model), teacher_cfg, cache, key, metrics)
@@ -226,6 +247,22 @@ def get_teacher(
     info = TeacherInfo("cache", model_fingerprint(model), teacher_cfg, cache, key, metrics)
     log.info("teacher: reusing cached weights %s (val_acc=%s%%)", key[:12], metrics.get("val_acc"))
     return _ready(model, info, device)
+
+
+def teacher_record(teacher: nn.Module, data: DataSplits, precision: str) -> dict[str, Any]:
+    """What a finalize or CE-baseline run records about its teacher: where it came from, its weights' fingerprint,
+    its parameter count, its validation and (report only) test accuracy in ``precision``, resolved once for it."""
+    info = teacher_info(teacher)
+    normalize = teacher_normalizer(teacher, data)
+    dtype = autocast_dtype(precision, data.val.x.device, teacher, data.input_shape)
+    return {
+        "source": getattr(info, "source", None),
+        "fingerprint": getattr(info, "fingerprint", None),
+        "params": count_params(teacher),
+        "val_acc": round(accuracy(teacher, data.val, data, normalize=normalize, precision=dtype), 4),
+        # report only
+        "test_acc": round(accuracy(teacher, data.test, data, normalize=normalize, precision=dtype), 4),
+    }
 
 
 def _load_cached(model: nn.Module, cache: ArtifactCache, key: str) -> Any:

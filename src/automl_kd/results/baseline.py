@@ -30,11 +30,9 @@ from optuna.trial import FrozenTrial, TrialState
 from automl_kd.cache import ArtifactCache
 from automl_kd.config import Config, load_config
 from automl_kd.data import load_data
-from automl_kd.distill.fit import fit
-from automl_kd.distill.loop import accuracy
-from automl_kd.distill.settings import TrainSettings
-from automl_kd.distill.teacher import get_teacher, teacher_info
-from automl_kd.distill.teacher_info import teacher_normalizer
+from automl_kd.distill.fit import train_and_score
+from automl_kd.distill.plan import TrialPlan
+from automl_kd.distill.teacher import get_teacher, teacher_record
 from automl_kd.engine.trial import trial_seed
 from automl_kd.errors import ConfigError
 from automl_kd.manager import PluginManager, get_plugin_manager
@@ -88,11 +86,9 @@ def run_ce_baseline(
         )
     pm = pm or get_plugin_manager()
     device = resolve_device(cfg.device)
-    opts = dict(cfg.evaluator.options)
-    # exactly the train evaluator's settings (distill/settings.py), only without augmenters and teacher
-    settings = TrainSettings.from_options(
-        opts, crop_padding=cfg.data.crop_padding, flip=cfg.data.flip, precision=cfg.precision
-    )
+    # exactly the train evaluator's settings (distill/settings.py), only without augmenters and teacher; each
+    # retraining gets its trial's seed
+    plan = TrialPlan.for_config(cfg, seed=cfg.seed, device=device)
     data = load_data(cfg.data).to(device)
     space = build_space(cfg, pm, data.num_classes, data.in_chans, data.input_size)
     if cfg.teacher is not None and ATTR_TEACHER not in study.user_attrs:
@@ -100,39 +96,21 @@ def run_ce_baseline(
         teacher = get_teacher(
             cfg.teacher, data, device, ArtifactCache.default(), pm=pm, precision=cfg.precision
         )
-        info = teacher_info(teacher)
-        t_norm = teacher_normalizer(teacher, data)
-        study.set_user_attr(
-            ATTR_TEACHER,
-            {
-                "params": sum(p.numel() for p in teacher.parameters()),
-                "source": getattr(info, "source", None),
-                "fingerprint": getattr(info, "fingerprint", None),
-                "val_acc": round(
-                    accuracy(teacher, data.val, data, normalize=t_norm, precision=cfg.precision), 4
-                ),
-                # report only
-                "test_acc": round(
-                    accuracy(teacher, data.test, data, normalize=t_norm, precision=cfg.precision), 4
-                ),
-            },
-        )
+        study.set_user_attr(ATTR_TEACHER, teacher_record(teacher, data, cfg.precision))
         del teacher
     for t in todo:
         seed = int(t.user_attrs.get("seed", trial_seed(cfg.seed, t.number)))
         params = space.validate(t.params)
-        log.info("CE-alone baseline of trial %d: %d epochs, seed %d", t.number, settings.epochs, seed)
+        log.info("CE-alone baseline of trial %d: %d epochs, seed %d", t.number, plan.settings.epochs, seed)
         t0 = time.perf_counter()
-        fitted = fit(functools.partial(space.build, params), data, settings, seed=seed, device=device)
-        model = fitted.model
-        test = accuracy(model, data.test, data, settings.eval_batch_size, precision=settings.precision)
+        model, metrics = train_and_score(functools.partial(space.build, params), data, plan.with_seed(seed))
         distilled = t.user_attrs.get("val_acc")
         rec: dict[str, Any] = {
-            "val_acc": round(fitted.result.val_acc, 4),
-            "test_acc": round(test, 4),  # report only
-            "epochs": fitted.result.epochs_run,
+            "val_acc": round(metrics["val_acc"], 4),
+            "test_acc": round(metrics["test_acc"], 4),  # report only
+            "epochs": metrics["epochs"],
             "seed": seed,
-            "train_seconds": round(fitted.seconds, 3),
+            "train_seconds": metrics["train_seconds"],
             "wall_clock_s": round(time.perf_counter() - t0, 3),
         }
         rec["n_val"] = len(data.val)

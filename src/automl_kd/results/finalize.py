@@ -38,16 +38,15 @@ from automl_kd.cache import ArtifactCache, atomic_save
 from automl_kd.config import Config, load_config
 from automl_kd.data import load_data
 from automl_kd.distill.checkpoints import UnsafeFile, load_tensors
-from automl_kd.distill.fit import fit
-from automl_kd.distill.loop import accuracy
-from automl_kd.distill.settings import TrainSettings
-from automl_kd.distill.teacher import get_teacher, teacher_info
-from automl_kd.distill.teacher_info import teacher_normalizer
+from automl_kd.distill.fit import train_and_score
+from automl_kd.distill.plan import TrialPlan
+from automl_kd.distill.teacher import get_teacher
+from automl_kd.distill.teacher import teacher_record as teacher_record_of
 from automl_kd.engine.outcome import TrialOutcome
 from automl_kd.engine.trial import trial_seed
 from automl_kd.errors import AutomlKdError, ConfigError
 from automl_kd.manager import PluginManager, get_plugin_manager
-from automl_kd.metrics import count_macs, count_params, measure_latency, resolve_device
+from automl_kd.metrics import resolve_device
 from automl_kd.space import SearchSpace
 from automl_kd.storage.studies import load_study
 
@@ -214,16 +213,11 @@ def finalize(
     if epochs is not None and epochs < 1:
         raise ConfigError(f"--epochs must be at least 1, got {epochs}")
     # the search's own training settings, longer, over the whole training split and without the step cap
-    searched = TrainSettings.from_options(opts)
-    settings = searched.model_copy(
-        update={
-            "epochs": epochs or DEFAULT_EPOCH_FACTOR * searched.epochs,
-            "max_steps_per_epoch": None,
-            "train_fraction": 1.0,
-            "crop_padding": cfg.data.crop_padding,
-            "flip": cfg.data.flip,
-            "precision": cfg.precision,
-        }
+    searched = TrialPlan.for_config(cfg, seed=seed, device=device)
+    plan = searched.with_settings(
+        epochs=epochs or DEFAULT_EPOCH_FACTOR * searched.settings.epochs,
+        max_steps_per_epoch=None,
+        train_fraction=1.0,
     )
     data = load_data(cfg.data).to(device)
     space = build_space(cfg, pm, data.num_classes, data.in_chans, data.input_size)
@@ -238,34 +232,25 @@ def finalize(
         teacher = get_teacher(
             cfg.teacher, data, device, ArtifactCache.default(), pm=pm, precision=cfg.precision
         )
-        info = teacher_info(teacher)
-        t_norm = teacher_normalizer(teacher, data)
         teacher_record = {
             "config": cfg.teacher.model_dump(mode="json"),
-            "source": getattr(info, "source", None),
-            "fingerprint": getattr(info, "fingerprint", None),
-            "params": count_params(teacher),
-            "val_acc": round(accuracy(teacher, data.val, data, normalize=t_norm, precision=cfg.precision), 4),
-            # report only
-            "test_acc": round(
-                accuracy(teacher, data.test, data, normalize=t_norm, precision=cfg.precision), 4
-            ),
+            **teacher_record_of(teacher, data, cfg.precision),
         }
 
     log.info(
         "finalize trial %d: %d epochs, seed %d, augmenters %s",
         chosen.number,
-        settings.epochs,
+        plan.settings.epochs,
         seed,
         ", ".join(r["name"] for r in refs) or "none",
     )
     try:
-        fitted = fit(
+        model, metrics = train_and_score(
             lambda: space.build(params),
             data,
-            settings,
-            seed=seed,
-            device=device,
+            plan,
+            latency_batch_sizes=latency_batch_sizes or opts.get("latency_batch_sizes") or (1, 64),
+            plain_weights=True,  # saved as plain tensors
             augmenters=augmenters,
             teacher=teacher,
             cache=ArtifactCache.default(),
@@ -274,22 +259,8 @@ def finalize(
         )
     except ValueError as exc:  # e.g. an augmenter needs a teacher the config lacks
         raise ConfigError(f"finalize trial {chosen.number}: {exc}") from exc
-    model, result = fitted.model, fitted.result
-    model.eval().to(memory_format=torch.contiguous_format)  # training used channels_last; save plain tensors
-    shape = data.input_shape
-    metrics: dict[str, Any] = {
-        "val_acc": round(result.val_acc, 4),
-        # report only, never used to choose
-        "test_acc": round(accuracy(model, data.test, data, precision=settings.precision), 4),
-        "val_acc_curve": [round(v, 4) for v in result.val_curve],
-        "loss_terms": {k: round(v, 6) for k, v in result.loss_terms.items()},
-        "train_seconds": round(fitted.seconds, 3),
-        "params": count_params(model),
-        "macs": count_macs(model, shape),
-        **measure_latency(
-            model, shape, device, latency_batch_sizes or opts.get("latency_batch_sizes") or (1, 64)
-        ),
-    }
+    for key in ("val_acc", "test_acc"):
+        metrics[key] = round(metrics[key], 4)
 
     out = final_dir(run_dir, chosen.number)
     out.mkdir(parents=True, exist_ok=True)
@@ -318,7 +289,9 @@ def finalize(
             "fingerprint": data.fingerprint,
             "sizes": {"train": len(data.train), "val": len(data.val), "test": len(data.test)},
         },
-        "train": {k: getattr(settings, k) for k in ("epochs", "batch_size", "lr", "optimizer", "schedule")},
+        "train": {
+            k: getattr(plan.settings, k) for k in ("epochs", "batch_size", "lr", "optimizer", "schedule")
+        },
         "augmenters": refs,
         "teacher": teacher_record,
         "metrics": metrics,
