@@ -13,7 +13,9 @@ import gzip
 import hashlib
 import logging
 import pickle
+import re
 import tarfile
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -260,6 +262,50 @@ def _unpickle_meta(path: Path, key: str) -> list[str]:
 IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"})
 
 
+#: PIL modes of integer images deeper than 8 bits (a 16-bit PNG opens as ``I;16``; some readers give ``I``)
+_WIDE_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
+
+
+def _eight_bit(img: Image.Image, f: Path, where: str) -> Image.Image:
+    """``img`` with 8 bits per channel: a 16-bit image is scaled from 0..65535 to 0..255 (PIL's own conversion
+    clips at 255, so everything above is white); a floating-point image has no agreed range and is refused."""
+    if img.mode in _WIDE_MODES:
+        a = np.asarray(img).astype(np.int64)
+        if a.size and (a.min() < 0 or a.max() > 65535):
+            raise DataError(
+                f"{where}{f} holds values from {a.min()} to {a.max()}: more than 16 bits per pixel; "
+                "convert it to 8-bit"
+            )
+        return Image.fromarray(((a * 255 + 32767) // 65535).astype(np.uint8), "L")
+    if img.mode == "F":
+        raise DataError(f"{where}{f} is a floating-point image (mode F); convert it to 8-bit")
+    return img
+
+
+def _read_image(f: Path, image_size: int | None, mode: str, where: str) -> np.ndarray:
+    """One image as uint8 ``H x W x C`` in PIL ``mode``; a decompression bomb (more pixels than PIL's limit,
+    ``Image.MAX_IMAGE_PIXELS``) or an undecodable file is a :class:`DataError` naming the file."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(f) as opened:
+                img = _eight_bit(opened, f, where).convert(mode)
+        if image_size:
+            img = img.resize((image_size, image_size), Image.Resampling.BILINEAR)
+        arr = np.asarray(img, dtype=np.uint8)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        # PIL says it from the header alone, before decoding anything: "Image size (N pixels) exceeds limit ..."
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{int(found.group(1)):,} pixels" if found else "too many pixels"
+        raise DataError(
+            f"{where}{f} has {size}, over the limit of {Image.MAX_IMAGE_PIXELS:,} for one image "
+            "(a decompression bomb, or an image far too large to train on)"
+        ) from None
+    except (OSError, ValueError, SyntaxError) as exc:  # PIL raises all three for broken files
+        raise DataError(f"{where}cannot decode {f}: {exc}") from None
+    return arr[:, :, None] if arr.ndim == 2 else arr
+
+
 def read_class_folders(
     folder: Path, classes: list[str], image_size: int | None, mode: str = "RGB", where: str = ""
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -272,15 +318,7 @@ def read_class_folders(
         for f in sorted((folder / c).iterdir()) if (folder / c).is_dir() else []:
             if f.suffix.lower() not in IMAGE_EXTS:
                 continue
-            try:
-                with Image.open(f) as opened:
-                    img = opened.convert(mode)
-                if image_size:
-                    img = img.resize((image_size, image_size), Image.Resampling.BILINEAR)
-                arr = np.asarray(img, dtype=np.uint8)
-            except OSError as exc:
-                raise DataError(f"{where}cannot decode {f}: {exc}") from None
-            arr = arr[:, :, None] if arr.ndim == 2 else arr
+            arr = _read_image(f, image_size, mode, where)
             if xs and arr.shape != xs[0].shape:
                 raise DataError(
                     f"{where}{f} is {arr.shape[1]}x{arr.shape[0]} but earlier images are "
