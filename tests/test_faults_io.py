@@ -286,7 +286,9 @@ def hostile_study(run: Path) -> None:
     study = optuna.create_study(study_name=name, storage=f"sqlite:///{run / 'study.db'}")
     study.set_user_attr("config", {"name": name, "note": EVIL, "math": MATH})
     study.set_user_attr("objectives", ["val_acc"])
-    dist = {"op": optuna.distributions.CategoricalDistribution([EVIL, MATH])}
+    dist: dict[str, optuna.distributions.BaseDistribution] = {
+        "op": optuna.distributions.CategoricalDistribution([EVIL, MATH])
+    }
     for i, op in enumerate([EVIL, MATH, EVIL]):
         study.add_trial(
             optuna.trial.create_trial(
