@@ -117,6 +117,7 @@ def assert_went_on_without_the_cache(res: Result, cache: Path) -> None:
     assert summary["stop_reason"] == "target reached", summary
 
 
+@pytest.mark.slow
 def test_a_cache_path_that_is_a_file_warns_once_and_trains_without_it(tmp_path: Path) -> None:
     cache = tmp_path / "cache-file"
     cache.write_text("not a folder\n")
@@ -125,6 +126,7 @@ def test_a_cache_path_that_is_a_file_warns_once_and_trains_without_it(tmp_path: 
     assert cache.read_text() == "not a folder\n"
 
 
+@pytest.mark.slow
 def test_a_read_only_cache_folder_warns_once_and_trains_without_it(tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     cache.mkdir()
@@ -134,6 +136,7 @@ def test_a_read_only_cache_folder_warns_once_and_trains_without_it(tmp_path: Pat
     assert list(cache.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_a_full_cache_disk_warns_once_and_trains_without_it(tmp_path: Path) -> None:
     with nearly_full_disk(tmp_path / "small") as disk:
         cache = disk / "cache"
@@ -212,6 +215,7 @@ def test_a_run_dir_with_both_storages_is_one_line(tmp_path: Path, capfd: pytest.
     assert_one_error(res, 2, r"^error: .*study\.db and journal\.log.*--storage")
 
 
+@pytest.mark.slow
 def test_a_killed_worker_is_an_error_naming_it_and_a_rerun_resumes(tmp_path: Path) -> None:
     """kill -9 of one of three workers: the parent exits 1 with one ``error:`` line naming the dead worker; the
     study keeps its trials and a plain rerun finishes it."""
@@ -236,6 +240,7 @@ def test_a_killed_worker_is_an_error_naming_it_and_a_rerun_resumes(tmp_path: Pat
     assert not (run / "study.db").exists()
 
 
+@pytest.mark.slow
 def test_local_workers_share_the_cores(tmp_path: Path) -> None:
     """Each of N local workers runs with floor(cores / N) torch threads (at least 1), OMP and MKL alike; a
     user's own OMP_NUM_THREADS wins."""
@@ -306,7 +311,14 @@ def hostile_study(run: Path) -> None:
                     "val_acc_curve": [40.0, 50.0 + i],
                     "augmenters": [{"name": EVIL, "options": {MATH: 1}}],
                 },
-                system_attrs={"automl_kd:rationale": f"{EVIL} {MATH}"},
+                system_attrs={
+                    "automl_kd:rationale": f"{EVIL} {MATH}",
+                    "automl_kd:proposal_meta": {
+                        "model": EVIL,
+                        "rationale": f"because {EVIL}",
+                        "transcript": {"messages": [{"role": EVIL, "content": f"{EVIL} {MATH}"}]},
+                    },
+                },
             )
         )
     study.add_trial(
@@ -337,7 +349,7 @@ def test_report_text_is_literal_not_mathtext_nor_html(
     assert "script" not in page.tags, "hostile text became a tag"
     assert EVIL not in raw
     assert EVIL in page.text and MATH in page.text
-    for where in ("s " + EVIL, "window.pwned"):  # the study name and the config, as text
+    for where in ("s " + EVIL, "because " + EVIL):  # the study name, the proposer's rationale, as text
         assert where in page.text
 
 
