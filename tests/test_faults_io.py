@@ -165,6 +165,7 @@ def test_the_cache_api_reads_and_writes_nothing_through_a_file(tmp_path: Path) -
 
 
 # -- runs with local workers, and the commands after them ----------------------------------------------------------
+@pytest.mark.slow
 def test_every_command_finds_a_workers_run_from_its_run_dir(
     tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
@@ -617,6 +618,7 @@ def test_an_exclusively_locked_study_db_is_waited_for_then_read(tmp_path: Path) 
     assert last_json(res)["counts"] == {"complete": 1}
 
 
+@pytest.mark.slow
 def test_an_exclusive_lock_that_stays_is_exit_5_and_loses_nothing(tmp_path: Path) -> None:
     base = write_yaml(tmp_path / "synth.yaml", synthetic_config("synth", 1, sleep=0.0))
     run = tmp_path / "r"
