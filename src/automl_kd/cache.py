@@ -33,6 +33,7 @@ import os
 import shutil
 import struct
 import tempfile
+import weakref
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -147,10 +148,20 @@ def atomic_save(obj: Any, path: Path) -> None:
 
 class ArtifactCache:
     """A directory of content-addressed artifacts. Safe for several processes: writes are atomic renames, and
-    :meth:`lock` serialises the builders of one entry so that it is computed once."""
+    :meth:`lock` serialises the builders of one entry so that it is computed once.
+
+    A cache that cannot be used (its root is a file, a read-only folder, a full disk) is never an error: the first
+    failed write says so in one warning, and from then on this cache stores nothing, locks nothing and misses;
+    the pieces of a resumable build (:meth:`partial_dir`) go to a private scratch folder removed at exit. The
+    search goes on, computing what it would have reused.
+    """
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root).expanduser()
+        #: why this cache is not written to (set by the first failed write), or None while it works
+        self.unusable: str | None = None
+        self._scratch: Path | None = None
+        self._probed = False
 
     @classmethod
     def default(cls) -> ArtifactCache:
@@ -176,8 +187,50 @@ class ArtifactCache:
         return self.root / kind / f"{key.replace(':', '_')}.art"
 
     def partial_dir(self, kind: str, key: str) -> Path:
-        """A folder for the pieces of an artifact being built (resumable builds)."""
-        return self.path(kind, key).with_suffix(".partial")
+        """A folder for the pieces of an artifact being built (resumable builds); in a private scratch folder
+        when the cache cannot be written."""
+        path = self.path(kind, key).with_suffix(".partial")
+        if self.unusable is None and self._writable():
+            return path
+        if self._scratch is None:
+            self._scratch = Path(tempfile.mkdtemp(prefix="automl-kd-cache-"))
+            weakref.finalize(self, shutil.rmtree, self._scratch, True)
+        return self._scratch / kind / path.name
+
+    # -- an unusable cache -----------------------------------------------------------------------------------
+    def _writable(self) -> bool:
+        """Whether the root folder can be created and written (checked once, by writing a small probe file)."""
+        if self.unusable is not None:
+            return False
+        if self._probed:
+            return True
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(prefix=".probe.", dir=self.root)
+            try:
+                os.write(fd, b"automl-kd")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+                os.unlink(probe)
+        except OSError as exc:
+            self._give_up(exc)
+            return False
+        self._probed = True
+        return True
+
+    def _give_up(self, exc: OSError) -> None:
+        """Stop writing to this cache, with one warning naming it and why."""
+        if self.unusable is not None:
+            return
+        self.unusable = f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
+        log.warning(
+            "artifact cache %s cannot be written (%s); going on without caching: teacher weights, IG maps and "
+            "teacher outputs are computed again in every process (set %s to a writable folder)",
+            self.root,
+            self.unusable,
+            ENV_VAR,
+        )
 
     # -- read and write --------------------------------------------------------------------------------------
     def save(
@@ -189,7 +242,12 @@ class ArtifactCache:
     ) -> Path:
         """Store an artifact atomically; return its path."""
         path = self.path(kind, key)
-        atomic_write(path, encode_artifact(kind, key, tensors, meta or {}))
+        if not self._writable():
+            return path
+        try:
+            atomic_write(path, encode_artifact(kind, key, tensors, meta or {}))
+        except OSError as exc:  # a full disk: the temporary file is gone, the caller keeps its tensors
+            self._give_up(exc)
         return path
 
     def load(self, kind: str, key: str) -> Artifact | None:
@@ -198,7 +256,7 @@ class ArtifactCache:
         path = self.path(kind, key)
         try:
             data = path.read_bytes()
-        except FileNotFoundError:
+        except OSError:  # missing, or a root that is a file or cannot be read: a miss
             return None
         try:
             art = decode_artifact(data, kind, key)
@@ -215,7 +273,7 @@ class ArtifactCache:
         """Remove an entry that must not be used, with a warning saying why."""
         path = self.path(kind, key)
         log.warning("cache entry %s is unusable (%s); removing it, it will be rebuilt", path, reason)
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):
             path.unlink()
 
     def clear_partial(self, kind: str, key: str) -> None:
@@ -226,13 +284,22 @@ class ArtifactCache:
         """Hold an exclusive per-entry lock (POSIX ``flock``; a no-op where unavailable) while building it, so
         that concurrent workers compute an entry once and the others then load it."""
         path = self.path(kind, key).with_suffix(".lock")
-        path.parent.mkdir(parents=True, exist_ok=True)
         try:
             import fcntl  # POSIX only: imported here so that the cache still works without it
         except ImportError:  # Windows: atomic renames still keep readers safe
             yield
             return
-        with open(path, "a+b") as f:
+        f = None
+        if self._writable():
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                f = open(path, "a+b")  # noqa: SIM115 (closed below, after the lock is released)
+            except OSError as exc:
+                self._give_up(exc)
+        if f is None:  # nothing is stored, so there is nothing to serialise
+            yield
+            return
+        with f:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX)
             try:
                 yield

@@ -13,7 +13,6 @@ import gzip
 import hashlib
 import logging
 import pickle
-import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,10 +20,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
 from .config import DataConfig
 from .errors import DataError
+from .images import IMAGE_EXTS as IMAGE_EXTS
+from .images import load_imagefolder
+from .images import read_class_folders as read_class_folders
+from .images import unpack_imagefolder as unpack_imagefolder
 
 log = logging.getLogger("automl_kd")
 
@@ -254,88 +256,6 @@ def _unpickle_meta(path: Path, key: str) -> list[str]:
     if not isinstance(names, list | tuple) or not all(isinstance(n, str | bytes) for n in names):
         raise DataError(f"{path} is not a CIFAR meta file (no list of class names under {key!r})")
     return [n.decode("latin1") if isinstance(n, bytes) else n for n in names]
-
-
-#: the file extensions read as images
-IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"})
-
-
-def read_class_folders(
-    folder: Path, classes: list[str], image_size: int | None, mode: str = "RGB", where: str = ""
-) -> tuple[np.ndarray, np.ndarray]:
-    """Every image of ``folder/<class>/`` for ``classes`` (label = position in ``classes``; a missing class folder
-    has no images): uint8 ``N x C x H x W`` in PIL ``mode`` (``RGB`` or ``L``), resized to ``image_size`` when
-    given, and the labels. ``where`` prefixes every error message."""
-    xs: list[np.ndarray] = []
-    ys: list[int] = []
-    for ci, c in enumerate(classes):
-        for f in sorted((folder / c).iterdir()) if (folder / c).is_dir() else []:
-            if f.suffix.lower() not in IMAGE_EXTS:
-                continue
-            try:
-                with Image.open(f) as opened:
-                    img = opened.convert(mode)
-                if image_size:
-                    img = img.resize((image_size, image_size), Image.Resampling.BILINEAR)
-                arr = np.asarray(img, dtype=np.uint8)
-            except OSError as exc:
-                raise DataError(f"{where}cannot decode {f}: {exc}") from None
-            arr = arr[:, :, None] if arr.ndim == 2 else arr
-            if xs and arr.shape != xs[0].shape:
-                raise DataError(
-                    f"{where}{f} is {arr.shape[1]}x{arr.shape[0]} but earlier images are "
-                    f"{xs[0].shape[1]}x{xs[0].shape[0]}; set data.image_size to resize"
-                )
-            xs.append(arr)
-            ys.append(ci)
-    if not xs:
-        raise DataError(f"{where}no images in {folder}")
-    return np.stack(xs).transpose(0, 3, 1, 2).copy(), np.asarray(ys, dtype=np.int64)
-
-
-def unpack_imagefolder(archive: Path, dest: Path, per_class: dict[str, int] | None = None) -> Path:
-    """Unpack an image-folder archive (``.../train/<class>/*``, ``.../test/<class>/*``; any tar compression) into
-    ``dest`` and return the folder that holds ``train/``, usable as ``data.root``. ``per_class`` keeps only the
-    first N images of each class folder of a split (``{"train": 40, "test": 60}``); splits it does not name are
-    skipped. Member paths are filtered (no absolute paths, no links out of ``dest``)."""
-    seen: dict[str, int] = {}
-    try:
-        with tarfile.open(archive) as tar:
-            if per_class is None:
-                tar.extractall(dest, filter="data")
-            else:
-                for m in tar:
-                    parent = Path(m.name).parent
-                    if not m.isfile() or Path(m.name).suffix.lower() not in IMAGE_EXTS:
-                        continue
-                    if seen.get(str(parent), 0) >= per_class.get(parent.parent.name, 0):
-                        continue
-                    seen[str(parent)] = seen.get(str(parent), 0) + 1
-                    tar.extract(m, dest, filter="data")
-    except (OSError, EOFError, tarfile.TarError) as exc:
-        raise DataError(f"cannot unpack {archive}: {exc}") from None
-    found = sorted(p.parent for p in dest.rglob("train") if p.is_dir())
-    if not found:
-        raise DataError(f"{archive} has no train/ folder")
-    return found[0]
-
-
-def load_imagefolder(cfg: DataConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str]]:
-    """``root/train/<class>/*`` and ``root/test/<class>/*`` (or ``val/``), decoded once with PIL."""
-    if not cfg.root:
-        raise DataError("imagefolder: set data.root to a folder with train/ and test/ class folders")
-    root = Path(cfg.root)
-    test_dir = root / "test" if (root / "test").is_dir() else root / "val"
-    if not (root / "train").is_dir() or not test_dir.is_dir():
-        raise DataError(
-            f"imagefolder: {root} must contain train/ and test/ (or val/) folders of class folders"
-        )
-    classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
-    if not classes:
-        raise DataError(f"imagefolder: {root / 'train'} has no class folders")
-    xtr, ytr = read_class_folders(root / "train", classes, cfg.image_size, "RGB", "imagefolder: ")
-    xte, yte = read_class_folders(test_dir, classes, cfg.image_size, "RGB", "imagefolder: ")
-    return xtr, ytr, xte, yte, classes
 
 
 # -- splitting -------------------------------------------------------------------------------------------------

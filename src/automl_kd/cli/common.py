@@ -13,6 +13,7 @@ from rich.table import Table
 
 from automl_kd.config import default_run_dir
 from automl_kd.manager import PluginManager, get_plugin_manager
+from automl_kd.storage.studies import default_url, run_dir_url
 
 
 def plugin_manager(args: argparse.Namespace) -> PluginManager:
@@ -51,10 +52,17 @@ def run_dir_of(args: argparse.Namespace) -> Path:
     return Path(args.run_dir) if args.run_dir else default_run_dir(getattr(args, "study", None))
 
 
+def storage_of(args: argparse.Namespace, run_dir: Path) -> str:
+    """The storage a reading command uses: ``--storage``, else the run directory's own (its ``journal.log``
+    after a run with ``--workers``, else its ``study.db``)."""
+    return args.storage or run_dir_url(run_dir) or default_url(run_dir)
+
+
 def study_options(sp: argparse.ArgumentParser) -> None:
     """Options of the commands that read an existing study (show, report, finalize, export, evaluate)."""
     sp.add_argument(
-        "--run-dir", help="run directory holding study.db (default: runs/<study>, as `run` writes it)"
+        "--run-dir",
+        help="run directory holding study.db or journal.log (default: runs/<study>, as `run` writes it)",
     )
     sp.add_argument("--storage", help="Optuna storage URL (default: SQLite in the run directory)")
     sp.add_argument("--study", help="study name (default: the storage's only study)")

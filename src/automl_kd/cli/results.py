@@ -13,14 +13,14 @@ from automl_kd.results.html import write_report
 from automl_kd.results.transfer import evaluate_student, load_eval_config
 from automl_kd.storage.studies import load_study
 
-from .common import emit_json, plugin_manager, run_dir_of, study_options
+from .common import emit_json, plugin_manager, run_dir_of, storage_of, study_options
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     run_dir = run_dir_of(args)
     study = load_study(args.storage, run_dir, args.study)
     out = Path(args.out) if args.out else None
-    page = write_report(study, run_dir, out, source=args.storage or str(run_dir))
+    page = write_report(study, run_dir, out, source=storage_of(args, run_dir))
     if args.json:
         emit_json({"report": str(page), "pngs": sorted(str(p) for p in page.parent.glob("*.png"))})
     else:

@@ -28,10 +28,10 @@ from automl_kd.results.export import export_student
 from automl_kd.results.finalize import CHECKPOINT, FINAL_RECORD, final_dir, finalize
 from automl_kd.results.html import write_report
 from automl_kd.results.leaderboard import ATTR_TEACHER, ce_baselines, leaderboard, summary
-from automl_kd.storage.studies import default_url, load_study
-from automl_kd.storage.workers import config_of_study, default_parallel_storage, run_workers
+from automl_kd.storage.studies import default_url, load_study, run_dir_url
+from automl_kd.storage.workers import config_of_study, run_workers
 
-from .common import emit_json, plugin_manager, print_leaderboard, run_dir_of, study_options
+from .common import emit_json, plugin_manager, print_leaderboard, run_dir_of, storage_of, study_options
 
 log = logging.getLogger("automl_kd")
 #: the stop reason after the first Ctrl-C (exit code 130); "stopped": no CE baseline, the demo stops too
@@ -61,8 +61,8 @@ def _search(args: argparse.Namespace, cfg: Any) -> tuple[Search, Any, str, int]:
     """Run the search of ``cfg`` (or its workers); on an error the ``--json`` summary still ends stdout."""
     workers = getattr(args, "workers", 1) or 1
     storage_url = args.storage or cfg.storage.url
-    if workers > 1 and storage_url is None:
-        storage_url = default_parallel_storage(cfg.resolved_run_dir)
+    if storage_url is None:  # the run directory's own: study.db, or the journal.log of a run with workers
+        storage_url = run_dir_url(cfg.resolved_run_dir, workers)
     if getattr(args, "device", None):
         cfg = cfg.model_copy(update={"device": args.device})
     progress = make_progress(args.json)
@@ -363,10 +363,10 @@ def cmd_show(args: argparse.Namespace) -> int:
     run_dir = run_dir_of(args)
     study = load_study(args.storage, run_dir, args.study)
     if args.json:
-        emit_json(summary(study, args.storage or str(run_dir)))
+        emit_json(summary(study, storage_of(args, run_dir)))
         return 0
     print_leaderboard(leaderboard(study, top=args.top), study.study_name)
-    s = summary(study, args.storage or str(run_dir))
+    s = summary(study, storage_of(args, run_dir))
     print("trials: " + ", ".join(f"{k} {v}" for k, v in sorted(s["counts"].items())))
     if s.get("llm_tokens"):
         print(f"LLM tokens: {s['llm_tokens']}")

@@ -23,22 +23,59 @@ from automl_kd.errors import ConfigError, StorageError
 from .outage import retrying
 from .urls import DEFAULT_DB, default_url, display_url, rdb_url
 
-__all__ = ["DEFAULT_DB", "default_url", "load_study", "open_storage", "open_study"]
+__all__ = [
+    "DEFAULT_DB",
+    "DEFAULT_JOURNAL",
+    "default_url",
+    "journal_url",
+    "load_study",
+    "open_storage",
+    "open_study",
+    "run_dir_url",
+]
 
 log = logging.getLogger("automl_kd")
 
+#: the Journal file of a run directory: where ``run --workers N`` keeps its trials (one machine, many processes)
+DEFAULT_JOURNAL = "journal.log"
+
+
+def journal_url(run_dir: Path) -> str:
+    """The URL of the run directory's Journal file: safe for many processes on one machine, no server needed."""
+    return f"journal:{(run_dir / DEFAULT_JOURNAL).resolve()}"
+
+
+def run_dir_url(run_dir: Path, workers: int = 1) -> str | None:
+    """The storage a run directory holds, for every command given ``--run-dir`` and no ``--storage``: its
+    Journal file when it has one (a run with ``--workers``), else its SQLite ``study.db`` (None: the default).
+    A new run with ``workers > 1`` starts a Journal file; a run directory that holds both is a
+    :class:`ConfigError` (two studies side by side: the user picks one)."""
+    db, journal = run_dir / DEFAULT_DB, run_dir / DEFAULT_JOURNAL
+    if db.is_file() and journal.is_file():
+        raise ConfigError(
+            f"run directory {run_dir} holds two storages, {DEFAULT_DB} and {DEFAULT_JOURNAL}; pick one with "
+            f"--storage {default_url(run_dir)} or --storage {journal_url(run_dir)}"
+        )
+    if journal.is_file() or (workers > 1 and not db.is_file()):
+        return journal_url(run_dir)
+    return None
+
 
 def open_storage(url: str | None, run_dir: Path, cfg: StorageConfig, *, create: bool = True) -> BaseStorage:
-    """An Optuna storage for ``url`` (None: SQLite in ``run_dir``; ``journal:PATH`` or ``*.log``: a Journal file).
+    """An Optuna storage for ``url`` (None: the run directory's own, :func:`run_dir_url`: its Journal file if it
+    has one, else SQLite ``study.db``; ``journal:PATH`` or ``*.log``: a Journal file).
 
     The storage is opened under the outage rule (:func:`retrying`): an unreachable server is retried for
     ``cfg.retry_timeout`` seconds, then :class:`StorageUnavailable`; a corrupt or read-only database is a
     :class:`StorageError` at once.
     """
+    url = url or run_dir_url(run_dir)
     if url is None:
         path = run_dir / DEFAULT_DB
         if not create and not path.is_file():
-            raise ConfigError(f"no study database at {path}; pass --storage or --run-dir")
+            raise ConfigError(
+                f"no study database at {path} (nor a {DEFAULT_JOURNAL}); pass --storage or --run-dir"
+            )
         url = default_url(run_dir)
     if url.startswith("journal:") or url.endswith(".log") or url.endswith(".journal"):
         path = Path(url.removeprefix("journal:").removeprefix("//"))
@@ -117,7 +154,7 @@ def load_study(storage: str | None, run_dir: Path, study_name: str | None) -> op
     """Open an existing study for reading (``show``, ``report``); its only study if no name is given."""
     cfg = StorageConfig()
     st = open_storage(storage, run_dir, cfg, create=False)
-    url = storage or default_url(run_dir)
+    url = storage or run_dir_url(run_dir) or default_url(run_dir)
 
     def names_of() -> list[str]:
         return [s.study_name for s in optuna.get_all_study_summaries(st)]
