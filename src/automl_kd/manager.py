@@ -27,6 +27,7 @@ import pluggy
 from . import hookspecs
 from .errors import PluginError
 from .registry import Registry
+from .trial_attrs import metrics_of
 
 log = logging.getLogger("automl_kd")
 
@@ -249,7 +250,8 @@ class PluginManager:
             trial_number=trial_number,
             state=state,
             values=values,
-            attrs=attrs,
+            # the metrics' names (``params``), whatever name storage keeps them under
+            attrs=metrics_of(attrs),
         )
 
     def raise_errors(self) -> None:
