@@ -47,7 +47,7 @@ def test_run_records_every_trial(tmp_path: Path, pm: Any, proposer: dict[str, An
         for key in (
             "val_acc",
             "test_acc",
-            "params",
+            "n_params",
             "macs",
             "seed",
             "proposer",
