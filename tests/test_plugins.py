@@ -290,10 +290,24 @@ def test_a_name_from_a_disabled_plugin_says_the_plugin_is_disabled(
 
 def test_a_disabled_plugin_that_fails_to_load_is_named_by_its_own_name() -> None:
     pm = get_plugin_manager(entry_points=False)
-    pm.add_disabled("dkd", "automl-kd-dkd", lambda: 1 / 0)
+    pm.add_disabled("fancy-kd", "automl-kd-fancy", lambda: 1 / 0)
     with pytest.raises(
-        UnknownNameError, match=r"augmenter 'dkd' comes from plugin 'dkd' \(distribution automl-kd-dkd\)"
+        UnknownNameError,
+        match=r"augmenter 'fancy-kd' comes from plugin 'fancy-kd' \(distribution automl-kd-fancy\)",
     ):
-        pm.augmenters.get("dkd")
+        pm.augmenters.get("fancy-kd")
     with pytest.raises(UnknownNameError, match=r"^unknown augmenter 'other'"):
         pm.augmenters.get("other")
+
+
+def test_a_disable_name_that_matches_no_plugin_is_a_warning_with_the_module_name(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level("WARNING", logger="automl_kd"):
+        pm = get_plugin_manager(disable=["kd", "nasbench"])
+    assert "kd" in pm.augmenters and "nasbench" in pm.disabled
+    warned = [r.getMessage() for r in caplog.records if "matches no plugin" in r.getMessage()]
+    assert warned == [
+        "--disable-plugin 'kd' matches no plugin (see automl-kd plugins); built-ins are named by module: "
+        "automl_kd.plugins.augmenters.kd"
+    ]

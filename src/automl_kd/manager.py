@@ -327,7 +327,8 @@ def get_plugin_manager(
     """
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
-    for name in {*disable, *disabled_from_env()}:
+    blocked = {*disable, *disabled_from_env()}
+    for name in blocked:
         pm.set_blocked(name)
     manager = PluginManager(pm)
     for modname in BUILTIN_PLUGINS:
@@ -342,10 +343,16 @@ def get_plugin_manager(
         manager.add(module, modname)
     if entry_points:
         manager.load_entry_points()
-    for name, plugin in extra_plugins:
+    extra = list(extra_plugins)
+    for name, plugin in extra:
         manager.add(plugin, name)
     manager.check_pending()
     manager.collect()
     for failure in manager.errors:
         log.warning("%s", failure.message())
+    if entry_points:  # a name that blocks nothing is most likely a built-in's short name
+        for name in sorted(blocked - set(manager.disabled) - {n for n, _ in extra}):
+            like = [m for m in BUILTIN_PLUGINS if m.rsplit(".", 1)[-1] == name.replace("-", "_")]
+            hint = f"; built-ins are named by module: {like[0]}" if like else ""
+            log.warning("--disable-plugin %r matches no plugin (see automl-kd plugins)%s", name, hint)
     return manager
