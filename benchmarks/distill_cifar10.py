@@ -53,6 +53,7 @@ from automl_kd.metrics import measure_latency
 from automl_kd.precision import cpu_has_fast_bf16, cpu_name
 from automl_kd.results.leaderboard import trial_state
 from automl_kd.storage.heartbeat import fail_stale_trials
+from automl_kd.trial_attrs import metrics_of
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -268,9 +269,15 @@ def stage_nas(
         "completed": len(done),
         "train_fraction": fraction,
         "macs_cap": cap,
-        "best": {"arch": best.params, **{k: best.user_attrs.get(k) for k in ("val_acc", "params", "macs")}},
+        "best": {
+            "arch": best.params,
+            **{k: metrics_of(best.user_attrs).get(k) for k in ("val_acc", "params", "macs")},
+        },
         "all": [
-            {"number": t.number, **{k: t.user_attrs.get(k) for k in ("val_acc", "params", "macs")}}
+            {
+                "number": t.number,
+                **{k: metrics_of(t.user_attrs).get(k) for k in ("val_acc", "params", "macs")},
+            }
             for t in done
         ],
         "seconds": round(time.perf_counter() - t0, 1),
@@ -349,7 +356,7 @@ def run_cell(
         complete = [t for t in trials if trial_state(t) == "complete"]
         seen = {x["seed"] for x in recorded}  # a run of a surviving study may be in the JSON already
         runs = recorded + [
-            {k: t.user_attrs[k] for k in keys if k in t.user_attrs}
+            {k: metrics_of(t.user_attrs)[k] for k in keys if k in metrics_of(t.user_attrs)}
             for t in complete
             if t.user_attrs.get("seed") not in seen
         ]

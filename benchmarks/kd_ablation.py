@@ -49,6 +49,7 @@ from automl_kd.data import unpack_imagefolder
 from automl_kd.metrics import measure_latency, resolve_device
 from automl_kd.precision import cpu_name
 from automl_kd.results.leaderboard import trial_state
+from automl_kd.trial_attrs import metrics_of
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -164,7 +165,7 @@ def run_method(
             )
         records.append(
             {
-                k: t.user_attrs.get(k)
+                k: metrics_of(t.user_attrs).get(k)
                 for k in (
                     "val_acc",
                     "test_acc",

@@ -82,3 +82,30 @@ def test_llm_parse_prints_the_candidate_or_the_reason(tmp_path: Path) -> None:
     bad.write_text("I would use a transformer here.")
     out = cli("llm", "parse", "--space", "genius-imagenet", str(bad))
     assert out.returncode == 1 and "not usable:" in out.stderr
+
+
+def test_init_writes_the_packaged_example_config_that_check_accepts(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    import yaml
+    from fault_support import assert_one_error, cli_in_process
+
+    res = cli_in_process("init", cwd=tmp_path, capfd=capfd)
+    assert res.rc == 0 and "wrote quick.yaml" in res.out, res
+    written = yaml.safe_load((tmp_path / "quick.yaml").read_text())
+    assert written == yaml.safe_load((REPO / "examples" / "configs" / "quick.yaml").read_text())
+    res = cli_in_process("check", "quick.yaml", cwd=tmp_path, capfd=capfd)
+    assert res.rc == 0 and "quick.yaml: ok" in res.out, res
+    # an existing file is kept unless --force; a folder gets <example>.yaml
+    (tmp_path / "quick.yaml").write_text("# mine\n")
+    assert_one_error(cli_in_process("init", cwd=tmp_path, capfd=capfd), 1, r"quick.yaml exists; .*--force")
+    assert (tmp_path / "quick.yaml").read_text() == "# mine\n"
+    assert cli_in_process("init", "--force", cwd=tmp_path, capfd=capfd).rc == 0
+    assert yaml.safe_load((tmp_path / "quick.yaml").read_text()) == written
+    (tmp_path / "configs").mkdir()
+    res = cli_in_process("init", "configs", "--example", "demo", cwd=tmp_path, capfd=capfd)
+    assert (
+        res.rc == 0
+        and (tmp_path / "configs" / "demo.yaml").read_text()
+        == (REPO / "src" / "automl_kd" / "configs" / "demo.yaml").read_text()
+    )

@@ -209,3 +209,105 @@ def test_every_hook_is_exercised_by_a_test() -> None:
     tests = "".join(p.read_text() for p in (REPO / "tests").glob("test_*.py"))
     for name in hook_signatures():
         assert f"def {name}(" in tests, f"no test implements hook {name}"
+
+
+# -- what `automl-kd plugins` shows, and a disabled plugin's name in a config -------------------------------------
+def _plugins_text(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], columns: int) -> str:
+    monkeypatch.setenv("COLUMNS", str(columns))
+    assert main(["--disable-plugin", "automl_kd.plugins.proposers.llm", "plugins"]) == 0
+    return capsys.readouterr().out
+
+
+def test_plugins_shows_the_names_disable_plugin_takes_whole_at_80_columns(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = _plugins_text(monkeypatch, capsys, 80)
+    lines = out.splitlines()
+    assert max(len(line) for line in lines) <= 80, out
+    assert "--disable-plugin NAME" in lines[0]
+    pm = get_plugin_manager()
+    names = [*pm.infos, "automl_kd.plugins.proposers.llm"]
+    assert "nasbench" in names  # the entry-point name of the plugin in plugins/, not its distribution's
+    for name in names:  # each name whole at the start of its own line, as --disable-plugin takes it
+        assert any(line.split()[:1] == [name] for line in lines), name
+    assert "  automl_kd.plugins.proposers.llm  (built in, disabled)" in lines
+    assert "  nasbench  (automl-kd-nasbench 0.1.0)" in lines
+    # every registered name comes with its plugin's name, whole
+    assert "plugin: automl_kd.plugins.augmenters.kd" in out and "plugin: nasbench" in out
+
+
+def test_plugins_uses_a_wide_terminal_for_tables_that_cut_nothing(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = _plugins_text(monkeypatch, capsys, 160)
+    assert max(len(line) for line in out.splitlines()) <= 160
+    row = next(line for line in out.splitlines() if line.startswith("│ kd "))
+    assert "automl_kd.plugins.augmenters.kd" in row and "knowledge distillation" in row and "…" not in out
+
+
+def test_plugins_json_lists_plugins_with_their_names_and_the_disabled_ones(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["--disable-plugin", "nasbench", "plugins", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    rows = {p["name"]: p for p in data["plugins"]}
+    assert rows["nasbench"]["disabled"] and rows["nasbench"]["distribution"] == "automl-kd-nasbench"
+    kd = rows["automl_kd.plugins.augmenters.kd"]
+    assert not kd["disabled"] and kd["registers"] == {"augmenters": ["kd"]} and kd["distribution"] is None
+
+
+def test_a_name_from_a_disabled_plugin_says_the_plugin_is_disabled(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    from fault_support import assert_one_error, cli_in_process, synthetic_config, write_yaml
+
+    kd = synthetic_config("kd", 1)
+    kd["augmenters"] = [{"name": "kd"}]
+    write_yaml(tmp_path / "kd.yaml", kd)
+    res = cli_in_process(
+        "--disable-plugin", "automl_kd.plugins.augmenters.kd", "check", "kd.yaml", cwd=tmp_path, capfd=capfd
+    )
+    assert_one_error(
+        res,
+        2,
+        r"augmenter 'kd' comes from plugin 'automl_kd.plugins.augmenters.kd' \(built in\), which is disabled "
+        r"\(--disable-plugin or AUTOML_KD_DISABLE_PLUGINS\)",
+    )
+    # a third-party plugin, by its entry-point name; what it registers is read from it, whatever it is called
+    nb = {**synthetic_config("nb", 1), "space": {"name": "nasbench201"}}
+    write_yaml(tmp_path / "nb.yaml", nb)
+    res = cli_in_process("--disable-plugin", "nasbench", "check", "nb.yaml", cwd=tmp_path, capfd=capfd)
+    assert_one_error(
+        res,
+        2,
+        r"search space 'nasbench201' comes from plugin 'nasbench' \(distribution automl-kd-nasbench\), ",
+    )
+    # a name nobody provides is still unknown
+    write_yaml(tmp_path / "no.yaml", {**synthetic_config("no", 1), "space": {"name": "nosuch"}})
+    res = cli_in_process("--disable-plugin", "nasbench", "check", "no.yaml", cwd=tmp_path, capfd=capfd)
+    assert_one_error(res, 2, r"unknown search space 'nosuch'")
+
+
+def test_a_disabled_plugin_that_fails_to_load_is_named_by_its_own_name() -> None:
+    pm = get_plugin_manager(entry_points=False)
+    pm.add_disabled("fancy-kd", "automl-kd-fancy", lambda: 1 / 0)
+    with pytest.raises(
+        UnknownNameError,
+        match=r"augmenter 'fancy-kd' comes from plugin 'fancy-kd' \(distribution automl-kd-fancy\)",
+    ):
+        pm.augmenters.get("fancy-kd")
+    with pytest.raises(UnknownNameError, match=r"^unknown augmenter 'other'"):
+        pm.augmenters.get("other")
+
+
+def test_a_disable_name_that_matches_no_plugin_is_a_warning_with_the_module_name(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level("WARNING", logger="automl_kd"):
+        pm = get_plugin_manager(disable=["kd", "nasbench"])
+    assert "kd" in pm.augmenters and "nasbench" in pm.disabled
+    warned = [r.getMessage() for r in caplog.records if "matches no plugin" in r.getMessage()]
+    assert warned == [
+        "--disable-plugin 'kd' matches no plugin (see automl-kd plugins); built-ins are named by module: "
+        "automl_kd.plugins.augmenters.kd"
+    ]

@@ -47,7 +47,7 @@ def test_run_records_every_trial(tmp_path: Path, pm: Any, proposer: dict[str, An
         for key in (
             "val_acc",
             "test_acc",
-            "params",
+            "n_params",
             "macs",
             "seed",
             "proposer",
@@ -74,9 +74,9 @@ def test_constraints_reject_before_training(tmp_path: Path, pm: Any, formula_plu
     rejected = [t for t in study.get_trials() if trial_state(t) == "rejected"]
     complete = [t for t in study.get_trials() if trial_state(t) == "complete"]
     assert rejected and complete
-    assert all(t.user_attrs["params"] > 4_500 for t in rejected)
+    assert all(t.user_attrs["n_params"] > 4_500 for t in rejected)
     assert all("exceed the limit 4,500 by" in t.user_attrs["fail_reason"] for t in rejected)
-    assert all(t.user_attrs["params"] <= 4_500 for t in complete)
+    assert all(t.user_attrs["n_params"] <= 4_500 for t in complete)
     assert sum(ev.calls for ev in formula_plugin.built) == len(
         complete
     )  # the evaluator never saw the rejected
@@ -125,7 +125,7 @@ def test_multi_objective_gives_a_pareto_front(tmp_path: Path, pm: Any) -> None:
     front = summary(study, "x")["pareto_front"]
     assert front
     for t in study.get_trials():
-        assert t.values == [t.user_attrs["val_acc"], t.user_attrs["params"]]
+        assert t.values == [t.user_attrs["val_acc"], t.user_attrs["n_params"]]
 
 
 def test_median_pruner_stops_weak_trials(tmp_path: Path, pm: Any) -> None:

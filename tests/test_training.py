@@ -89,7 +89,7 @@ def test_train_evaluator_records_metrics_and_named_loss_terms(tmp_path: Path) ->
     for key in (
         "val_acc",
         "test_acc",
-        "params",
+        "n_params",
         "macs",
         "latency_ms_b1",
         "latency_ms_b8",

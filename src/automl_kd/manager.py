@@ -13,6 +13,7 @@ hook wrappers (``@hookimpl(wrapper=True)``) and ``pm.trace`` apply while one plu
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import importlib.metadata
 import logging
@@ -27,6 +28,7 @@ import pluggy
 from . import hookspecs
 from .errors import PluginError
 from .registry import Registry
+from .trial_attrs import metrics_of
 
 log = logging.getLogger("automl_kd")
 
@@ -122,8 +124,51 @@ class PluginManager:
         self.benchmarks: Registry[Any] = Registry("benchmark")
         self._dists: dict[str, str | None] = {}
         self._current = "<unknown>"  # the plugin whose hook runs now (register_* attribute names to it)
+        #: plugins that exist but are blocked (--disable-plugin, AUTOML_KD_DISABLE_PLUGINS): name -> distribution
+        self.disabled: dict[str, str | None] = {}
+        self._disabled_loaders: dict[str, Callable[[], Any]] = {}
+        self._disabled_names: dict[str, dict[str, list[str]]] = {}
+        for registry in self.registries().values():
+            registry.explain_unknown = self.explain_unknown
+
+    def registries(self) -> dict[str, Registry[Any]]:
+        return {
+            r.kind: r
+            for r in (self.spaces, self.proposers, self.evaluators, self.augmenters, self.benchmarks)
+        }
 
     # -- loading ---------------------------------------------------------------------------------------------
+    def add_disabled(self, name: str, distribution: str | None, load: Callable[[], Any]) -> None:
+        """Remember a blocked plugin, so that a name it registers is reported as disabled, not as unknown."""
+        self.disabled[name] = distribution
+        self._disabled_loaders[name] = load
+
+    def _names_of_disabled(self, plugin: str) -> dict[str, list[str]]:
+        """What a disabled plugin would register, by kind: loaded into a manager of its own, only to say so in
+        an error message (a plugin that fails to load there registers nothing)."""
+        if plugin not in self._disabled_names:
+            probe = PluginManager(pluggy.PluginManager(hookspecs.PROJECT))
+            probe.pm.add_hookspecs(hookspecs)
+            try:
+                if probe.add(self._disabled_loaders[plugin](), plugin):
+                    probe.collect()
+            except Exception:  # a broken disabled plugin: its own name is all we know
+                pass
+            self._disabled_names[plugin] = {k: r.names() for k, r in probe.registries().items()}
+        return self._disabled_names[plugin]
+
+    def explain_unknown(self, kind: str, name: str) -> str | None:
+        """Why ``name`` is not a registered ``kind`` when a disabled plugin provides it (or is called so)."""
+        for plugin, dist in self.disabled.items():
+            short = plugin.rsplit(".", 1)[-1].replace("_", "-")
+            if name in self._names_of_disabled(plugin).get(kind, []) or name in (plugin, short):
+                source = f"distribution {dist}" if dist else "built in"
+                return (
+                    f"{kind} {name!r} comes from plugin {plugin!r} ({source}), which is disabled "
+                    f"(--disable-plugin or {DISABLE_ENV}); enable it to use {name!r}"
+                )
+        return None
+
     def add(
         self, plugin: Any, name: str, distribution: str | None = None, version: str | None = None
     ) -> bool:
@@ -151,6 +196,7 @@ class PluginManager:
                 seen.add(ep.name)
                 dist_name = dist.metadata["Name"]
                 if self.pm.is_blocked(ep.name):
+                    self.add_disabled(ep.name, dist_name, ep.load)
                     continue
                 try:
                     plugin = ep.load()
@@ -250,7 +296,8 @@ class PluginManager:
             trial_number=trial_number,
             state=state,
             values=values,
-            attrs=attrs,
+            # the metrics' names (``params``), whatever name storage keeps them under
+            attrs=metrics_of(attrs),
         )
 
     def raise_errors(self) -> None:
@@ -281,11 +328,13 @@ def get_plugin_manager(
     """
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
-    for name in {*disable, *disabled_from_env()}:
+    blocked = {*disable, *disabled_from_env()}
+    for name in blocked:
         pm.set_blocked(name)
     manager = PluginManager(pm)
     for modname in BUILTIN_PLUGINS:
         if pm.is_blocked(modname):
+            manager.add_disabled(modname, None, functools.partial(importlib.import_module, modname))
             continue
         try:
             module = importlib.import_module(modname)
@@ -295,10 +344,16 @@ def get_plugin_manager(
         manager.add(module, modname)
     if entry_points:
         manager.load_entry_points()
-    for name, plugin in extra_plugins:
+    extra = list(extra_plugins)
+    for name, plugin in extra:
         manager.add(plugin, name)
     manager.check_pending()
     manager.collect()
     for failure in manager.errors:
         log.warning("%s", failure.message())
+    if entry_points:  # a name that blocks nothing is most likely a built-in's short name
+        for name in sorted(blocked - set(manager.disabled) - {n for n, _ in extra}):
+            like = [m for m in BUILTIN_PLUGINS if m.rsplit(".", 1)[-1] == name.replace("-", "_")]
+            hint = f"; built-ins are named by module: {like[0]}" if like else ""
+            log.warning("--disable-plugin %r matches no plugin (see automl-kd plugins)%s", name, hint)
     return manager

@@ -21,6 +21,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from .engine.outcome import TrialOutcome
 from .space import Candidate, SearchSpace
+from .trial_attrs import metrics_of
 
 #: trial system attributes written by the adapter
 ATTR_PROPOSER = "automl_kd:proposer"
@@ -60,7 +61,8 @@ def history_from_trials(trials: Sequence[FrozenTrial]) -> list[HistoryEntry]:
             state = TrialOutcome.REJECTED if outcome == TrialOutcome.REJECTED else TrialOutcome.FAILED
         else:
             continue
-        metrics = {k: t.user_attrs[k] for k in VISIBLE_METRICS if k in t.user_attrs}
+        attrs = metrics_of(t.user_attrs)
+        metrics = {k: attrs[k] for k in VISIBLE_METRICS if k in attrs}
         values = tuple(t.values) if t.values is not None else None
         reason = str(t.user_attrs.get("fail_reason") or t.system_attrs.get("fail_reason") or "")
         # searched augmenter weights (aug.<name>.<option>) are study parameters but not part of the architecture

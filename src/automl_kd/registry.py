@@ -42,6 +42,8 @@ class Registry(Generic[T]):
         self.kind = kind
         self._entries: dict[str, Entry[T]] = {}
         self._current_plugin = "<unknown>"
+        #: ``(kind, name) -> message`` for a name that a disabled plugin provides (set by the plugin manager)
+        self.explain_unknown: Callable[[str, str], str | None] | None = None
 
     def _set_current_plugin(self, plugin: str) -> None:
         self._current_plugin = plugin
@@ -71,6 +73,9 @@ class Registry(Generic[T]):
             return self._entries[name]
         except KeyError:
             known = ", ".join(sorted(self._entries)) or "none"
+            why = self.explain_unknown(self.kind, name) if self.explain_unknown else None
+            if why:
+                raise UnknownNameError(f"{why}; registered: {known}") from None
             raise UnknownNameError(f"unknown {self.kind} {name!r}; registered: {known}") from None
 
     def create(

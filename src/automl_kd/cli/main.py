@@ -1,8 +1,8 @@
 """``automl-kd``: the command line, thin over the Python API.
 
 A user error (bad config, missing data, unknown plugin) prints one line ``error: ...`` and exits with the error's
-code (2 for configs); never a traceback. The commands live in :mod:`.search`, :mod:`.results` and
-:mod:`.distill` (and ``compare`` in :mod:`automl_kd.compare.cli`); plugins add their own through the
+code (2 for configs); never a traceback. The commands live in :mod:`.search`, :mod:`.results`, :mod:`.distill`
+and :mod:`.starter` (and ``compare`` in :mod:`automl_kd.compare.cli`); plugins add their own through the
 ``register_commands`` hook.
 """
 
@@ -22,7 +22,7 @@ from automl_kd.compare.cli import add_compare_arguments, compare_main
 from automl_kd.errors import AutomlKdError, raised_by_ctrl_c
 from automl_kd.storage.outage import is_storage_error, storage_fault
 
-from . import distill, results, search
+from . import distill, results, search, starter
 from .common import plugin_manager
 
 log = logging.getLogger("automl_kd")
@@ -59,6 +59,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     sp.set_defaults(func=compare_main)
     results.add_commands(sub)
     distill.add_commands(sub)
+    starter.add_commands(sub)
     # the plugins' commands. Loading the plugins takes seconds (timm, entry points), so a host command starts
     # without them (a worker opens its storage first); any other word, or none (help, usage), loads them.
     # --disable-plugin is read first, so that a blocked plugin adds no command.

@@ -1,4 +1,4 @@
-"""Commands that run searches and look at them: ``run``, ``demo``, ``worker``, ``show``, ``plugins``, ``llm parse``."""
+"""Commands that run searches and look at them: ``run``, ``demo``, ``worker``, ``show``, ``llm parse``."""
 
 from __future__ import annotations
 
@@ -13,9 +13,6 @@ import time
 from importlib import resources
 from pathlib import Path
 from typing import Any
-
-from rich.console import Console
-from rich.table import Table
 
 from automl_kd.config import load_config
 from automl_kd.engine.check import check_config
@@ -314,51 +311,6 @@ def _demo_lines(f: dict[str, Any]) -> list[str]:
     return lines
 
 
-def cmd_plugins(args: argparse.Namespace) -> int:
-    pm = plugin_manager(args)
-    kinds = {
-        "spaces": pm.spaces,
-        "proposers": pm.proposers,
-        "evaluators": pm.evaluators,
-        "augmenters": pm.augmenters,
-    }
-    data: dict[str, Any] = {
-        "plugins": [
-            {"name": i.name, "distribution": i.distribution, "version": i.version, "hooks": list(i.hooks)}
-            for i in pm.infos.values()
-        ],
-        **{
-            k: [
-                {
-                    "name": e.name,
-                    "plugin": e.plugin,
-                    "distribution": pm.distribution_of(e.plugin),
-                    "description": e.description,
-                }
-                for e in reg
-            ]
-            for k, reg in kinds.items()
-        },
-        "errors": [{"name": f.name, "distribution": f.distribution, "error": f.error} for f in pm.errors],
-    }
-    if args.json:
-        emit_json(data)
-        return 0
-
-    console = Console()
-    for kind in kinds:
-        table = Table(title=kind, show_lines=False)
-        for col in ("name", "plugin", "description"):
-            table.add_column(col)
-        for e in data[kind]:
-            plugin = e["distribution"] or e["plugin"]
-            table.add_row(e["name"], plugin, e["description"])
-        console.print(table)
-    for f in pm.errors:
-        console.print(f"[red]error[/red]: {f.message()}")
-    return 0
-
-
 def cmd_show(args: argparse.Namespace) -> int:
     run_dir = run_dir_of(args)
     study = load_study(args.storage, run_dir, args.study)
@@ -432,10 +384,6 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     lp.add_argument("file", help="the answer: plain text, a chat-completion JSON, or a message list")
     lp.add_argument("--json", action="store_true")
     lp.set_defaults(func=cmd_llm_parse)
-
-    sp = sub.add_parser("plugins", help="list plugins and what they register")
-    sp.add_argument("--json", action="store_true")
-    sp.set_defaults(func=cmd_plugins)
 
     sp = sub.add_parser("show", help="the leaderboard of a study")
     study_options(sp)

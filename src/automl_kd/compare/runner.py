@@ -36,6 +36,7 @@ from automl_kd.errors import ConfigError, InfeasibleCandidate, InvalidCandidate
 from automl_kd.evaluator import TrialContext
 from automl_kd.manager import PluginManager, get_plugin_manager
 from automl_kd.proposer import ATTR_META, Proposer
+from automl_kd.trial_attrs import stored_name
 
 
 @dataclass(frozen=True)
@@ -181,7 +182,7 @@ def run_one(bench: BenchmarkSpec, prop: ProposerSpec, seed: int, budget: int) ->
             continue
         for k in ("val_acc", "params", "macs"):  # what a history-reading proposer may see (validation only)
             if k in rec:
-                trial.set_user_attr(k, rec[k])
+                trial.set_user_attr(stored_name(k), rec[k])
         study.tell(trial, float(rec["val_acc"]))
         observed.append(float(rec["val_acc"]))
         values.append(float(rec.get("table_value", rec["val_acc"])))

@@ -11,18 +11,18 @@ the traceback Optuna attaches to every failed trial. Other exceptions keep their
 
 from __future__ import annotations
 
-import enum
 import logging
 
 from optuna.trial import FrozenTrial, TrialState
 
+from automl_kd._compat import StrEnum
 from automl_kd.errors import AutomlKdError
 
 #: the user attribute the outcome is stored under
 ATTR_OUTCOME = "outcome"
 
 
-class TrialOutcome(enum.StrEnum):
+class TrialOutcome(StrEnum):
     """How a trial ended (or that it has not yet). A ``StrEnum``: it compares equal to its stored string."""
 
     COMPLETE = "complete"

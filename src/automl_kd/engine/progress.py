@@ -17,6 +17,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from automl_kd.trial_attrs import metrics_of
+
 from .outcome import TrialOutcome
 
 
@@ -73,12 +75,13 @@ class PlainProgress:
         outcome = TrialOutcome.of(t)
         if outcome.counts:
             self.done += 1
-        val = t.user_attrs.get("val_acc")
+        attrs = metrics_of(t.user_attrs)
+        val = attrs.get("val_acc")
         if outcome == TrialOutcome.COMPLETE and val is not None and (self.best is None or val > self.best):
             self.best = val
         detail = f" val_acc={val:.2f}%" if isinstance(val, int | float) else ""
-        if "params" in t.user_attrs:
-            detail += f" params={t.user_attrs['params']:,}"
+        if "params" in attrs:
+            detail += f" params={attrs['params']:,}"
         if t.user_attrs.get("fail_reason"):
             detail += f" reason: {t.user_attrs['fail_reason']}"
         best = f"{self.best:.2f}%" if self.best is not None else "-"

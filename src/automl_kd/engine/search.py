@@ -38,6 +38,7 @@ from automl_kd.space import Candidate, SearchSpace, suggest
 from automl_kd.storage.heartbeat import beating, fail_stale_trials, queue_trial, seed_origin
 from automl_kd.storage.outage import is_storage_error, retrying, storage_fault
 from automl_kd.storage.studies import default_url, open_storage, open_study
+from automl_kd.trial_attrs import stored_name
 
 from .constraints import Constraints
 from .outcome import ATTR_OUTCOME, TrialOutcome, is_claimed, is_finished
@@ -130,8 +131,7 @@ class Search:
 
     def _sampler_for(self, existing: int) -> optuna.samplers.BaseSampler:
         if existing:
-            # a resumed study: a sampler seeded as in the first run would replay the first run's proposals, so
-            # its seed derives from the study seed and the number of trials already there (still deterministic)
+            # a resumed study's sampler is seeded from the study seed and its trial count (no replayed proposals)
             self.sampler = self._make_sampler(seed=trial_seed(self.config.seed, existing))
         return self.sampler
 
@@ -214,7 +214,7 @@ class Search:
         try:
             candidate = self.space.candidate(params, rationale=str(system.get("automl_kd:rationale", "")))
             cost = self.space.cost(candidate.params)
-            trial.set_user_attr("params", cost.params)
+            trial.set_user_attr(stored_name("params"), cost.params)
             trial.set_user_attr("macs", cost.macs)
             reason = self.constraints.check(cost)
             if reason:
@@ -299,7 +299,7 @@ class Search:
         if ref_params and metrics.get("params"):
             metrics["compression_factor"] = round(ref_params / float(metrics["params"]), 4)
         for key, value in metrics.items():
-            trial.set_user_attr(key, jsonable(value))
+            trial.set_user_attr(stored_name(key), jsonable(value))
         return metrics
 
     def _budget_spent(self) -> str | None:

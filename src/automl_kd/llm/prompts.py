@@ -62,9 +62,7 @@ class Templates:
     def __init__(self, overrides: Mapping[str, str] | None = None) -> None:
         self.text: dict[str, str] = {}
         for name in TEMPLATES:
-            self.text[name] = (
-                resources.files("automl_kd").joinpath("prompts", f"{name}.md").read_text("utf-8")
-            )
+            self.text[name] = (resources.files("automl_kd") / "prompts" / f"{name}.md").read_text("utf-8")
         for name, path in (overrides or {}).items():
             if name not in TEMPLATES:
                 raise ConfigError(

@@ -49,6 +49,7 @@ from automl_kd.manager import PluginManager, get_plugin_manager
 from automl_kd.metrics import resolve_device
 from automl_kd.space import SearchSpace
 from automl_kd.storage.studies import load_study
+from automl_kd.trial_attrs import metrics_of
 
 log = logging.getLogger("automl_kd")
 
@@ -295,7 +296,10 @@ def finalize(
         "augmenters": refs,
         "teacher": teacher_record,
         "metrics": metrics,
-        "search": {k: chosen.user_attrs.get(k) for k in ("val_acc", "test_acc", "epochs", "params", "macs")},
+        "search": {
+            k: metrics_of(chosen.user_attrs).get(k)
+            for k in ("val_acc", "test_acc", "epochs", "params", "macs")
+        },
         "checkpoint": CHECKPOINT,
         "config": cfg.to_dict(),
         "versions": _versions(),

@@ -27,6 +27,7 @@ import yaml
 from automl_kd.proposer import ATTR_META
 from automl_kd.results.leaderboard import trial_state
 from automl_kd.storage.urls import display_url
+from automl_kd.trial_attrs import metrics_of
 
 from . import leaderboard, plots
 
@@ -169,7 +170,7 @@ def _leaderboard_section(study: optuna.Study) -> str:
     body = []
     for r in rows:
         t = trials[r["trial"]]
-        r = {**r, **{k: t.user_attrs.get(k) for k, _ in cols if k not in r}}
+        r = {**r, **{k: metrics_of(t.user_attrs).get(k) for k, _ in cols if k not in r}}
         augs = ", ".join(
             str(a.get("name")) for a in t.user_attrs.get("augmenters") or [] if isinstance(a, dict)
         )

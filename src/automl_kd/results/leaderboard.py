@@ -14,6 +14,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from automl_kd.engine.outcome import ATTR_OUTCOME, TrialOutcome
 from automl_kd.storage.urls import display_url
+from automl_kd.trial_attrs import metrics_of
 
 #: columns of the leaderboard, in order
 METRIC_KEYS = (
@@ -54,7 +55,7 @@ def trial_record(t: FrozenTrial) -> dict[str, Any]:
         "state": trial_state(t),
         "params": dict(t.params),
         "values": list(t.values) if t.values else None,
-        "metrics": {k: v for k, v in t.user_attrs.items() if k != ATTR_OUTCOME},
+        "metrics": {k: v for k, v in metrics_of(t.user_attrs).items() if k != ATTR_OUTCOME},
     }
     reason = t.user_attrs.get("fail_reason") or t.system_attrs.get("fail_reason")
     if reason:
@@ -76,7 +77,7 @@ def leaderboard(study: optuna.Study, top: int | None = None) -> list[dict[str, A
     baselines = ce_baselines(study)
     for rank, t in enumerate(done[:top] if top else done, start=1):
         row = {"rank": rank, "trial": t.number, "proposer": t.user_attrs.get("proposer", "")}
-        row.update({k: t.user_attrs.get(k) for k in METRIC_KEYS})
+        row.update({k: metrics_of(t.user_attrs).get(k) for k in METRIC_KEYS})
         if baselines:
             # the same architecture, seed and settings trained with cross-entropy alone (search.ce_baseline)
             base = baselines.get(t.number) or {}
@@ -166,7 +167,7 @@ def cost_points(study: optuna.Study, key: str) -> list[tuple[int, float, float]]
     """``(number, val_acc, cost)`` of completed trials that recorded the cost ``key``."""
     out = []
     for t in completed(study):
-        cost = finite_number(t.user_attrs.get(key))
+        cost = finite_number(metrics_of(t.user_attrs).get(key))
         if cost is not None:
             out.append((t.number, val_acc(t), cost))
     return out

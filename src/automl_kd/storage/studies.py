@@ -145,6 +145,10 @@ def open_study(
                 stored["storage"]["url"] = display_url(config.storage.url)
             study.set_user_attr("config", stored)
             study.set_user_attr("objectives", list(config.search.objectives))
+        if study.metric_names is None:  # optuna-dashboard and trials_dataframe() name the objectives
+            with warnings.catch_warnings():  # experimental in Optuna 4
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.set_metric_names([str(o) for o in config.search.objectives])
         return study
 
     return retrying(attempt, url, config.storage.retry_timeout, log.warning)
