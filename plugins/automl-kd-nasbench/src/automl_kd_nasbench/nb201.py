@@ -4,11 +4,11 @@ The cell is repeated in the benchmark's fixed skeleton: stem 3x3 conv to 16 chan
 16, 32 and 64 channels, joined by a ResNet basic block with stride 2; BN + ReLU, global average pool, linear.
 Node ``j`` sums the ops on its edges from every earlier node; node 3 is the cell's output.
 
-``build()`` gives that network, randomly initialised (:mod:`automl_kd_nasbench.nb201_net`); for training it
-or scoring it with a zero-cost proxy, since the table is the evaluator of a search. The analytic cost reproduces the table's model size for
-15,475 of the 15,625 architectures on each dataset; the other 150 table entries carry the size of a cell with
-one conv edge more or fewer (a quirk of the table as shipped; docs/nasbench.md). MACs count convs and the
-classifier.
+``build()`` gives that network, randomly initialised (:mod:`automl_kd_nasbench.nb201_net`), to train it or to
+score it with a zero-cost proxy; in a table search the table is the evaluator. The analytic cost, and the built
+network's parameter count, reproduce the table's model size for 15,475 of the 15,625 architectures on each
+dataset; the other 150 table entries carry the size of a cell with one conv edge more or fewer (a quirk of the
+table as shipped; docs/nasbench.md). MACs count convs and the classifier.
 """
 
 from __future__ import annotations
