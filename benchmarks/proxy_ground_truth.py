@@ -315,17 +315,20 @@ def run(args: argparse.Namespace) -> None:
     if Path(args.out).exists():
         old = json.loads(Path(args.out).read_text())
         result["standalone_cpu_s"] = old.get("standalone_cpu_s")
-    for name in names:
+    plans: dict[str, tuple[Table, list[str], dict[str, dict[str, Any]]]] = {}
+    for name in names:  # every table's plan and progress is in the JSON from the start
         table = tables[name]()
         planned = order(table.keys, 0)
         limit = args.nb201_archs if name == "nb201-cifar10" else args.macro_archs
         if limit:
             planned = planned[:limit]
+        records = read_store(run_dir / f"{name}.jsonl")
+        plans[name] = (table, planned, records)
+        result["tables"][name] = summarise(table, records, len(planned), len(planned) < len(table.keys))
+    write_result(result, Path(args.out))
+    for name, (table, planned, records) in plans.items():
         store = run_dir / f"{name}.jsonl"
-        records = read_store(store)
         sampled = len(planned) < len(table.keys)
-        result["tables"][name] = summarise(table, records, len(planned), sampled)
-        write_result(result, Path(args.out))
         todo = [k for k in planned if k not in records]
         print(f"{name}: {len(records)} done, {len(todo)} to go", flush=True)
         last_write = time.monotonic()
