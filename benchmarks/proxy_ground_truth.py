@@ -271,7 +271,11 @@ def portable_command(argv: list[str]) -> str:
     return " ".join(["python benchmarks/proxy_ground_truth.py", *out])
 
 
-def write_result(result: dict[str, Any], path: Path) -> None:
+def write_result(result: dict[str, Any], path: Path, run_dir: Path | None = None) -> None:
+    """Write the JSON, with the timing of each proxy alone (``--calibrate``) when the run directory has it."""
+    calibration = run_dir / "calibration.json" if run_dir is not None else None
+    if calibration is not None and calibration.exists():
+        result["standalone_cpu_s"] = json.loads(calibration.read_text())
     atomic_write(path, (json.dumps(result, indent=1) + "\n").encode())
 
 
@@ -312,9 +316,6 @@ def run(args: argparse.Namespace) -> None:
         "published": PUBLISHED,
         "tables": {},
     }
-    if Path(args.out).exists():
-        old = json.loads(Path(args.out).read_text())
-        result["standalone_cpu_s"] = old.get("standalone_cpu_s")
     plans: dict[str, tuple[Table, list[str], dict[str, dict[str, Any]]]] = {}
     for name in names:  # every table's plan and progress is in the JSON from the start
         table = tables[name]()
@@ -325,7 +326,7 @@ def run(args: argparse.Namespace) -> None:
         records = read_store(run_dir / f"{name}.jsonl")
         plans[name] = (table, planned, records)
         result["tables"][name] = summarise(table, records, len(planned), len(planned) < len(table.keys))
-    write_result(result, Path(args.out))
+    write_result(result, Path(args.out), run_dir)
     for name, (table, planned, records) in plans.items():
         store = run_dir / f"{name}.jsonl"
         sampled = len(planned) < len(table.keys)
@@ -342,7 +343,7 @@ def run(args: argparse.Namespace) -> None:
                 if i % args.stage_every == 0 or i == len(todo) or due:
                     last_write = time.monotonic()
                     result["tables"][name] = summarise(table, records, len(planned), sampled)
-                    write_result(result, Path(args.out))
+                    write_result(result, Path(args.out), run_dir)
                     done = result["tables"][name]
                     print(
                         f"{name}: {done['archs_done']}/{len(planned)}, {done.get('rate_archs_per_s')} archs/s",
@@ -352,11 +353,12 @@ def run(args: argparse.Namespace) -> None:
         n in result["tables"] and result["tables"][n]["archs_done"] == result["tables"][n]["archs_planned"]
         for n in TABLES
     )
-    write_result(result, Path(args.out))
+    write_result(result, Path(args.out), run_dir)
 
 
 def calibrate(args: argparse.Namespace) -> None:
-    """Each proxy alone (its own passes), on the first ``--calibrate`` architectures of each table's order."""
+    """Each proxy alone (its own passes), on the first ``--calibrate`` architectures of each table's order; written
+    to ``<run-dir>/calibration.json``, which the main run copies into its JSON as ``standalone_cpu_s``."""
     torch.set_num_threads(1)
     run_dir = Path(args.run_dir)
     root = prepare_data(Path(args.data), run_dir)
@@ -384,10 +386,8 @@ def calibrate(args: argparse.Namespace) -> None:
             "counted on the built network (the table's values cost nothing)",
         }
         print(name, out[name], flush=True)
-    path = Path(args.out)
-    result = json.loads(path.read_text()) if path.exists() else {"complete": False, "machine": cpu_name()}
-    result["standalone_cpu_s"] = out
-    write_result(result, path)
+    out["machine"] = cpu_name()
+    write_result(out, run_dir / "calibration.json")  # the run's JSON takes it in at its next write
 
 
 # -- markdown ------------------------------------------------------------------------------------------------------

@@ -115,8 +115,14 @@ class _HammingKernel:
 
     def _hook(self, _module: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
         # ReLU(x) > 0 exactly where x > 0 (also for ReLU6 and in-place ReLUs, whose input is overwritten)
-        code = (output.detach() > 0).flatten(1).double()
-        self.kernel.add_(code @ code.t() + (1.0 - code) @ (1.0 - code).t())
+        code = (output.detach() > 0).flatten(1).float()
+        # c c^T + (1 - c)(1 - c)^T = 2 c c^T - s_i - s_j + units, with s the codes' sums: one product, in
+        # float32, exact while a layer has fewer than 2^24 units (every partial sum is an integer)
+        if code.shape[1] >= 2**24:
+            code = code.double()
+        both = code @ code.t()
+        ones = code.sum(1)
+        self.kernel.add_(2.0 * both.double() - ones.double()[:, None] - ones.double()[None, :] + code.shape[1])
 
     def close(self) -> float:
         for h in self.handles:
