@@ -260,3 +260,63 @@ def test_an_unknown_proxy_is_one_config_error(tmp_path: Path, capfd: pytest.Capt
     write_yaml(tmp_path / "bad.yaml", cfg)
     res = cli_in_process("run", "bad.yaml", "--run-dir", "run", cwd=tmp_path, capfd=capfd)
     assert_one_error(res, 2, "zen")
+
+
+# -- the ground-truth benchmark ------------------------------------------------------------------------------------
+def _image_folder(root: Path, per_class: int = 4) -> Path:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for c in range(10):
+            folder = root / split / f"class{c}"
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    return root
+
+
+def test_the_ground_truth_benchmark_scores_resumes_and_prints_its_table(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from conftest import MACRO_JSON
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "proxy_ground_truth.py"
+    data, run_dir, out = _image_folder(tmp_path / "images"), tmp_path / "run", tmp_path / "gt.json"
+    args = [sys.executable, str(script), "--data", str(data), "--macro-table", str(MACRO_JSON)]
+    args += ["--run-dir", str(run_dir), "--out", str(out), "--macro-archs", "4", "--nb201-archs", "3"]
+    first = subprocess.run([*args, "--batch-size", "16"], capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr
+    result = json.loads(out.read_text())
+    assert result["complete"] and result["machine"] and result["torch_threads"] == 1
+    assert str(tmp_path) not in result["command"]  # no local path in the committed JSON
+    macro, nb201 = result["tables"]["nasbench-macro"], result["tables"]["nb201-cifar10"]
+    assert (macro["archs_done"], nb201["archs_done"]) == (4, 3)
+    assert "seeded random permutation" in nb201["sample"]
+    for table in (macro, nb201):
+        assert set(table["unconstrained"]) == {
+            "synflow",
+            "naswot",
+            "jacob_cov",
+            "snip",
+            "grad_norm",
+            "params",
+            "flops",
+        }
+        assert table["cpu_s_per_arch"]["all_proxies_mean"] > 0 and table["rate_archs_per_s"] > 0
+
+    # a torn last line (a killed run) is cut off and that architecture is scored again; nothing else is
+    store = run_dir / "nb201-cifar10.jsonl"
+    lines = store.read_text().splitlines()
+    store.write_text("\n".join(lines[:2]) + "\n" + lines[2][:40])
+    again = subprocess.run([*args, "--batch-size", "16"], capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert (
+        "nasbench-macro: 4 done, 0 to go" in again.stdout and "nb201-cifar10: 2 done, 1 to go" in again.stdout
+    )
+    assert [json.loads(line)["arch"] for line in store.read_text().splitlines()] == [
+        json.loads(line)["arch"] for line in lines
+    ]
+    table = subprocess.run([*args, "--markdown"], capture_output=True, text=True, timeout=120)
+    assert table.returncode == 0 and "| naswot |" in table.stdout and "| 0.74 |" in table.stdout
