@@ -142,7 +142,7 @@ def test_nb201_build_has_the_tables_parameter_count() -> None:
     table = load_nb201_table("cifar10")
     space = NASBench201Space()
     keys = sorted(table.entries)
-    sample = random.Random(0).sample(keys, 24) + ["333132", "000000", "111111", "444444", "222222"]
+    sample = [*random.Random(0).sample(keys, 24), "333132", "000000", "111111", "444444", "222222"]
     checked = 0
     for key in sample:
         params = dict(zip(EDGE_NAMES, (NB201_OPS[int(c)] for c in key), strict=True))

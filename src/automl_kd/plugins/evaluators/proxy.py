@@ -122,7 +122,9 @@ class _HammingKernel:
             code = code.double()
         both = code @ code.t()
         ones = code.sum(1)
-        self.kernel.add_(2.0 * both.double() - ones.double()[:, None] - ones.double()[None, :] + code.shape[1])
+        self.kernel.add_(
+            2.0 * both.double() - ones.double()[:, None] - ones.double()[None, :] + code.shape[1]
+        )
 
     def close(self) -> float:
         for h in self.handles:
