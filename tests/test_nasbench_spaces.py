@@ -133,9 +133,38 @@ def test_nb201_arch_string_round_trip_and_errors() -> None:
         space.decode(text.replace("nor_conv_1x1", "conv_5x5"))
     with pytest.raises(InvalidCandidate, match="arch string"):
         space.decode("|garbage|")
-    assert not space.buildable
-    with pytest.raises(NotImplementedError):
-        space.build(params)
+    assert space.buildable
+
+
+def test_nb201_build_has_the_tables_parameter_count() -> None:
+    from automl_kd_nasbench.tables import NB201_OPS, load_nb201_table
+
+    table = load_nb201_table("cifar10")
+    space = NASBench201Space()
+    keys = sorted(table.entries)
+    sample = [*random.Random(0).sample(keys, 24), "333132", "000000", "111111", "444444", "222222"]
+    checked = 0
+    for key in sample:
+        params = dict(zip(EDGE_NAMES, (NB201_OPS[int(c)] for c in key), strict=True))
+        model = space.build(params)
+        n = sum(p.numel() for p in model.parameters())
+        assert n == space.cost(params).params, key
+        # the 150 entries of the table's known size quirk (docs/nasbench.md) are the only ones that may differ
+        if n == round(table.entries[key].model_size_mb * 1e6):
+            checked += 1
+    assert checked >= len(sample) - 2
+
+
+def test_nb201_build_runs_and_shapes_its_output() -> None:
+    space = NASBench201Space(dataset="cifar100")
+    params = space.decode(
+        "|nor_conv_3x3~0|+|none~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_1x1~1|nor_conv_3x3~2|"
+    )
+    model = space.build(params)
+    with FlopCounterMode(display=False) as counter:
+        out = model(torch.randn(2, 3, 32, 32))
+    assert out.shape == (2, 100)
+    assert counter.get_total_flops() // 4 == space.cost(params).macs  # 2 images, 2 FLOPs per multiply-add
 
 
 # -- permuted variants --------------------------------------------------------------------------------------

@@ -40,6 +40,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "automl_kd.plugins.augmenters.dkd",
     "automl_kd.plugins.augmenters.ig_overlay",
     "automl_kd.plugins.augmenters.kd",
+    "automl_kd.plugins.evaluators.proxy",
     "automl_kd.plugins.evaluators.synthetic",
     "automl_kd.plugins.evaluators.train",
     "automl_kd.plugins.proposers.evolution",

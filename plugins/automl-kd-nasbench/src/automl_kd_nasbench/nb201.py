@@ -4,10 +4,11 @@ The cell is repeated in the benchmark's fixed skeleton: stem 3x3 conv to 16 chan
 16, 32 and 64 channels, joined by a ResNet basic block with stride 2; BN + ReLU, global average pool, linear.
 Node ``j`` sums the ops on its edges from every earlier node; node 3 is the cell's output.
 
-There is no ``build`` (the table is the evaluator). The analytic cost reproduces the table's model size for
-15,475 of the 15,625 architectures on each dataset; the other 150 table entries carry the size of a cell with
-one conv edge more or fewer (a quirk of the table as shipped; docs/nasbench.md). MACs count convs and the
-classifier.
+``build()`` gives that network, randomly initialised (:mod:`automl_kd_nasbench.nb201_net`), to train it or to
+score it with a zero-cost proxy; in a table search the table is the evaluator. The analytic cost, and the built
+network's parameter count, reproduce the table's model size for 15,475 of the 15,625 architectures on each
+dataset; the other 150 table entries carry the size of a cell with one conv edge more or fewer (a quirk of the
+table as shipped; docs/nasbench.md). MACs count convs and the classifier.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from optuna.distributions import BaseDistribution, CategoricalDistribution
 
@@ -23,6 +24,9 @@ from automl_kd.errors import InvalidCandidate
 from automl_kd.space import Cost, SearchSpace
 
 from .tables import NB201_OPS, nb201_dataset
+
+if TYPE_CHECKING:
+    from torch import nn
 
 #: edges in NAS-Bench-201's arch-string order: (to node, from node)
 EDGES: tuple[tuple[int, int], ...] = ((1, 0), (2, 0), (2, 1), (3, 0), (3, 1), (3, 2))
@@ -99,7 +103,7 @@ class NASBench201Space(SearchSpace):
     """
 
     name: ClassVar[str] = "nasbench201"
-    buildable: ClassVar[bool] = False
+    buildable: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -165,6 +169,12 @@ class NASBench201Space(SearchSpace):
 
     def cost(self, params: Mapping[str, Any]) -> Cost:
         return nb201_cost(self.ops(self.canonical(params)), self.dataset)
+
+    def build(self, params: Mapping[str, Any]) -> nn.Module:
+        """The benchmark's network for this cell on this space's dataset (3 input channels), untrained."""
+        from .nb201_net import build_nb201_network  # torch only when a network is built
+
+        return build_nb201_network(self.ops(self.canonical(params)), DATA_SHAPES[self.dataset][0])
 
     def reference(self) -> dict[str, Any]:
         """The largest cell (a 3x3 conv on every edge)."""
