@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import enum
 import logging
+import re
+from collections import Counter
+from collections.abc import Sequence
 
 from optuna.trial import FrozenTrial, TrialState
 
@@ -79,6 +82,28 @@ def is_finished(t: FrozenTrial) -> bool:
 def is_claimed(t: FrozenTrial) -> bool:
     """Counts toward ``n_trials`` once it ends well: finished, running, or waiting to run."""
     return is_finished(t) or t.state in (TrialState.RUNNING, TrialState.WAITING)
+
+
+def none_completed(trials: Sequence[FrozenTrial]) -> str | None:
+    """Why a study that has finished trials has no completed one, in one line, or None when a trial completed
+    (or none finished yet): the counts by outcome and the most common ``fail_reason`` (reasons that differ only in
+    their numbers count as one; the first of them is shown)."""
+    finished = [t for t in trials if is_finished(t)]
+    if not finished or any(TrialOutcome.of(t) == TrialOutcome.COMPLETE for t in finished):
+        return None
+    outcomes = Counter(str(TrialOutcome.of(t)) for t in finished)
+    if len(outcomes) == 1:
+        (kind, n), *_ = outcomes.items()
+        counts = f"{n} of {len(finished)} {kind}"
+    else:
+        counts = ", ".join(f"{n} {kind}" for kind, n in outcomes.most_common()) + f" of {len(finished)}"
+    reasons = [str(t.user_attrs.get("fail_reason") or "no reason recorded") for t in finished]
+    groups = Counter(re.sub(r"\d[\d.,]*", "#", r) for r in reasons)
+    key, n = groups.most_common(1)[0]
+    example = next(r for r in reasons if re.sub(r"\d[\d.,]*", "#", r) == key)
+    return (
+        f"no trial completed: {counts}; the most common reason ({n} trial{'s' if n != 1 else ''}): {example}"
+    )
 
 
 class OneLineTrialErrors(logging.Filter):

@@ -19,11 +19,13 @@ from optuna.trial import FrozenTrial, TrialState
 from automl_kd.config import Config
 from automl_kd.distill.checkpoints import read_state_dict
 from automl_kd.errors import (
+    AutomlKdError,
     BudgetExhausted,
     CandidateRejected,
     ConfigError,
     DataError,
     InvalidCandidate,
+    NoTrialCompleted,
     ProposerFailed,
     StorageError,
     TrainingDiverged,
@@ -40,7 +42,7 @@ from automl_kd.storage.outage import is_storage_error, retrying, storage_fault
 from automl_kd.storage.studies import default_url, open_storage, open_study
 
 from .constraints import Constraints
-from .outcome import ATTR_OUTCOME, TrialOutcome, is_claimed, is_finished
+from .outcome import ATTR_OUTCOME, TrialOutcome, is_claimed, is_finished, none_completed
 from .pruners import make_pruner
 from .resources import Resources
 from .search_space import make_space
@@ -178,6 +180,7 @@ class Search:
             raise
         except Exception as exc:  # the proposer failed (e.g. its endpoint is gone): stop with its reason
             if is_storage_error(exc) or storage_fault(exc):
+                self._abort = storage_fault(exc, self._url)  # a full disk, a corrupt file: stop now
                 raise  # the storage, not the proposer (it reads the history): the outage rule decides
             name = self.config.search.proposer.name
             why = f"the proposer {name!r} failed at trial {trial.number}: {failure_reason(exc)}"
@@ -239,10 +242,16 @@ class Search:
             raise
         except Exception as exc:
             if is_storage_error(exc) or storage_fault(exc):
+                self._abort = storage_fault(exc, self._url)  # a full disk, a corrupt file: stop now
                 raise  # the storage, not the candidate: the loop's outage rule decides
             trial.set_user_attr(ATTR_OUTCOME, TrialOutcome.FAILED)
             trial.set_user_attr("fail_reason", failure_reason(exc))
             raise
+        except SystemExit as exc:  # a plugin's sys.exit: this trial's failure, not the end of the process
+            trial.set_user_attr(ATTR_OUTCOME, TrialOutcome.FAILED)
+            why = f"the evaluator raised SystemExit({exc.code!r})"
+            trial.set_user_attr("fail_reason", why)
+            raise AutomlKdError(why) from None
         finally:
             trial.set_user_attr("wall_clock_s", round(time.perf_counter() - t0, 3))
         values = [float(metrics["val_acc"])]
@@ -367,6 +376,9 @@ class Search:
         A trial that fails (training error, infeasible) is recorded with its reason and the search goes on;
         ``MAX_CONSECUTIVE_FAILURES`` failures in a row stop it with an error. A spent proposer budget stops it
         cleanly. Each step is under the outage rule; ``stop_reason`` says "target reached" only when it was.
+        A search that ends with finished trials but not one completed (all failed or rejected) raises
+        :class:`~automl_kd.errors.NoTrialCompleted` (exit code 7), whose message, also the ``stop_reason``, counts
+        them and names the most common reason; the study is still ``self.study``.
         """
         target = n_trials or self.config.search.n_trials
         timeout = timeout if timeout is not None else self.config.search.timeout
@@ -381,6 +393,15 @@ class Search:
                 self.progress.started(self, target, done)
             while not retrying(lambda: self._step(target, start, timeout, should_stop), self._url, retry):
                 pass
+            if self.stop_reason in ("target reached", "timeout") or self.stop_reason.startswith(
+                "proposer budget"
+            ):
+                why = retrying(
+                    lambda: none_completed(self.study.get_trials(deepcopy=False)), self._url, retry
+                )
+                if why:  # every finished trial failed or was rejected: the search found nothing
+                    self.stop_reason = why
+                    raise NoTrialCompleted(why)
         except BaseException as exc:  # a Ctrl-C inside optuna's own bookkeeping can surface as another error
             if isinstance(exc, KeyboardInterrupt) or raised_by_ctrl_c(exc):
                 self.stop_reason = "interrupted by SIGINT (Ctrl-C)"
