@@ -214,3 +214,36 @@ def test_a_search_with_one_completed_trial_still_exits_0(
     res = cli_in_process("run", str(config), "--run-dir", str(tmp_path / "run"), cwd=tmp_path, capfd=capfd)
     assert_no_traceback(res)
     assert res.rc == 0 and not error_lines(res.err), res
+
+
+# -- the one table -----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("raised", "outcome", "state", "then"),
+    [
+        (None, "complete", "COMPLETE", "go on"),
+        (optuna.TrialPruned("epoch 1"), "pruned", "PRUNED", "go on"),
+        (automl_kd.errors.CandidateRejected("params 9 exceed the limit 1 by 8"), "rejected", "FAIL", "go on"),
+        (RuntimeError("CUDA error"), "failed", "FAIL", "go on"),
+        (SystemExit(7), "failed", "FAIL", "go on"),
+        (automl_kd.errors.TrialInterrupted("stopped by SIGTERM"), "interrupted", "FAIL", "go on"),
+        (automl_kd.errors.BudgetExhausted("max_requests=4"), "budget", "FAIL", "stop"),
+        (automl_kd.errors.ProposerFailed("the proposer 'llm' failed"), "proposer-failed", "FAIL", "error"),
+        (automl_kd.errors.DataError("no such file"), "failed", "FAIL", "error"),
+        (KeyboardInterrupt(), "interrupted", "FAIL", "error"),
+        (sqlite3.OperationalError("database or disk is full"), None, "FAIL", "error"),
+    ],
+)
+def test_every_way_a_trial_ends_is_one_row_of_the_table(
+    raised: BaseException | None, outcome: str | None, state: str, then: str
+) -> None:
+    from automl_kd.engine.run_trial import ending
+
+    end = ending(raised, "sqlite:////runs/x/study.db")
+    assert end.outcome == outcome and end.state == optuna.trial.TrialState[state]
+    assert then == ("error" if end.error is not None else "stop" if end.stop else "go on"), end
+    assert end.requeue == (outcome == "interrupted")
+    if outcome in ("failed", "rejected", "budget", "proposer-failed"):
+        assert end.reason  # the fail_reason a user reads
+    if isinstance(raised, sqlite3.Error):  # a full disk: exit 6 naming the file, not a failed candidate
+        assert isinstance(end.error, automl_kd.errors.StorageError)
+        assert "/runs/x/study.db cannot be written: No space left on device" in str(end.error)

@@ -3,23 +3,16 @@
 The engine stores the outcome as the trial's ``outcome`` user attribute (a plain string in storage, so any Optuna
 tool can read it); :meth:`TrialOutcome.of` reads it back from a :class:`~optuna.trial.FrozenTrial`, and
 :func:`is_finished` / :func:`is_claimed` say whether a trial counts toward the study's target.
-
-Importing this module also installs :class:`OneLineTrialErrors` on Optuna's trial logger: a trial that ends with one of
-our own errors (a rejected candidate, a diverged loss, an interrupted run) is logged by Optuna in one line, without
-the traceback Optuna attaches to every failed trial. Other exceptions keep theirs.
 """
 
 from __future__ import annotations
 
 import enum
-import logging
 import re
 from collections import Counter
 from collections.abc import Sequence
 
 from optuna.trial import FrozenTrial, TrialState
-
-from automl_kd.errors import AutomlKdError
 
 #: the user attribute the outcome is stored under
 ATTR_OUTCOME = "outcome"
@@ -104,21 +97,3 @@ def none_completed(trials: Sequence[FrozenTrial]) -> str | None:
     return (
         f"no trial completed: {counts}; the most common reason ({n} trial{'s' if n != 1 else ''}): {example}"
     )
-
-
-class OneLineTrialErrors(logging.Filter):
-    """Drops the traceback from Optuna's "Trial N failed" records when the error is an ``AutomlKdError``: the
-    engine has already recorded the reason in the trial (``fail_reason``) and the message says it in one line."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, AutomlKdError):
-            record.exc_info = None
-            record.exc_text = None
-        return True
-
-
-#: the logger Optuna reports failed trials on (a filter applies only to the records of its own logger)
-_OPTUNA_TRIALS = logging.getLogger("optuna.study._optimize")
-if not any(isinstance(f, OneLineTrialErrors) for f in _OPTUNA_TRIALS.filters):
-    _OPTUNA_TRIALS.addFilter(OneLineTrialErrors())
