@@ -65,9 +65,7 @@ def ending(exc: BaseException | None, url: str | None = None) -> Ending:
     if isinstance(exc, KeyboardInterrupt):  # a second Ctrl-C: record the trial, queue it again, stop now
         return Ending(TrialOutcome.INTERRUPTED, FAIL, str(exc) or "SIGINT (Ctrl-C)", requeue=True, error=exc)
     fault = storage_fault(exc, url)
-    if (
-        fault is not None
-    ):  # a full disk, a corrupt or read-only file: no retry helps, the search stops (exit 6)
+    if fault is not None:  # a full disk, a corrupt or read-only file: no retry helps (exit 6)
         return Ending(None, FAIL, error=fault)
     if is_storage_error(exc):  # an outage: the loop's outage rule retries, then gives up (exit 5)
         return Ending(None, FAIL, error=exc)
@@ -88,9 +86,7 @@ def ending(exc: BaseException | None, url: str | None = None) -> Ending:
         )
     if isinstance(exc, CandidateRejected | InvalidCandidate):
         return Ending(TrialOutcome.REJECTED, FAIL, f"rejected: {exc}")
-    if isinstance(
-        exc, TrialInterrupted
-    ):  # a stop request (SIGTERM, the first Ctrl-C): not the candidate's fault
+    if isinstance(exc, TrialInterrupted):  # SIGTERM or a first Ctrl-C: not the candidate's fault
         return Ending(TrialOutcome.INTERRUPTED, FAIL, str(exc), requeue=True)
     if isinstance(exc, ConfigError | DataError):  # the config or the data: every trial would fail alike
         return Ending(TrialOutcome.FAILED, FAIL, failure_reason(exc), error=exc)
