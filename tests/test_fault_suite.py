@@ -639,17 +639,18 @@ def test_a_ctrl_c_swallowed_by_a_del_still_stops_the_run(tmp_path: Path) -> None
     assert "interrupted (SIGINT)" in res.err, res
 
 
-#: a ``run`` whose Ctrl-C lands inside optuna's own bookkeeping of a finished trial (``_run_trial`` then raises
-#: ``UnboundLocalError`` from its ``finally``: what a loaded CI machine hit with two quick Ctrl-Cs)
+#: a ``run`` whose Ctrl-C lands inside optuna's own bookkeeping of a finished trial (``Study.tell``, which the engine
+#: calls; inside ``study.optimize`` it once surfaced as an ``UnboundLocalError`` from ``_run_trial``'s ``finally``:
+#: what a loaded CI machine hit with two quick Ctrl-Cs)
 _CTRL_C_IN_OPTUNA = """
 import sys
-import optuna.study._optimize as optimize
+import optuna.study.study as study
 from automl_kd.cli import main
 
 def tell(*args, **kwargs):
     raise KeyboardInterrupt
 
-optimize._tell_with_warning = tell
+study._tell_with_warning = tell
 sys.exit(main(sys.argv[1:]))
 """
 

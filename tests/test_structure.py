@@ -136,13 +136,6 @@ def test_the_cycle_finder_finds_one() -> None:
     assert find_cycle({"a": {"b"}, "b": set()}) is None
 
 
-def test_no_module_in_src_is_over_450_lines() -> None:
-    long = {
-        str(p.relative_to(SRC)): n for p in SRC.rglob("*.py") if (n := len(p.read_text().splitlines())) > 450
-    }
-    assert not long, f"modules over 450 lines: {long}"
-
-
 # -- public API -------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", PUBLIC_API)
 def test_every_public_name_of_before_still_imports(name: str) -> None:

@@ -10,7 +10,15 @@ import pytest
 import torch
 from conftest import small_mbv2_options
 
-from automl_kd import Augmenter, Search, StepBatch, get_plugin_manager, hookimpl, load_config
+from automl_kd import (
+    Augmenter,
+    NoTrialCompleted,
+    Search,
+    StepBatch,
+    get_plugin_manager,
+    hookimpl,
+    load_config,
+)
 from automl_kd.config import DataConfig
 from automl_kd.data import load_data
 from automl_kd.distill.loop import train_student
@@ -110,8 +118,10 @@ def test_train_evaluator_records_metrics_and_named_loss_terms(tmp_path: Path) ->
 
 def test_nan_loss_fails_the_trial_with_the_reason(tmp_path: Path) -> None:
     pm = get_plugin_manager(extra_plugins=[("aug", AugmenterPlugin())])
-    study = Search(_train_config(tmp_path, [{"name": "exploding"}]), pm=pm).run(n_trials=1)
-    t = study.get_trials()[0]
+    search = Search(_train_config(tmp_path, [{"name": "exploding"}]), pm=pm)
+    with pytest.raises(NoTrialCompleted, match="the most common reason"):  # its only trial diverged
+        search.run(n_trials=1)
+    t = search.study.get_trials()[0]
     assert trial_state(t) == "failed"
     assert t.user_attrs["fail_reason"].startswith("TrainingDiverged: loss is nan at epoch 0 step 0 (ce=")
 

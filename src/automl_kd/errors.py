@@ -89,6 +89,13 @@ class TrialInterrupted(AutomlKdError):
     """The running trial was stopped by a signal (SIGTERM, Ctrl-C) before it finished; it is retried later."""
 
 
+class NoTrialCompleted(AutomlKdError):
+    """The search ended (its target reached, a timeout, a spent budget) and not one trial of the study completed:
+    every finished trial failed or was rejected. The message counts them and names the most common reason."""
+
+    exit_code = 7
+
+
 class TrainingDiverged(AutomlKdError):
     """The loss became NaN or infinite; the trial fails with this reason."""
 

@@ -101,11 +101,22 @@ class Proposer:
         return ProposerSampler(self, space, seed=seed)
 
 
+@dataclass(frozen=True)
+class Proposal:
+    """The candidate a :class:`ProposerSampler` gave a trial, and the name of the proposer that made it."""
+
+    proposer: str
+    candidate: Candidate
+
+
 class ProposerSampler(BaseSampler):
     """Adapts a :class:`Proposer` to :class:`optuna.samplers.BaseSampler`.
 
     The whole candidate is sampled as one relative sample over the space's fixed distributions. Trials with
     fixed parameters (enqueued, or retried after a crash) are left to Optuna and cost the proposer nothing.
+    The proposer's name, the candidate's rationale and :meth:`Proposer.proposal_meta` are stored as the trial's
+    system attributes (any Optuna tool, and the report, reads them there); the engine takes the proposal in
+    memory (:meth:`proposal`).
     """
 
     def __init__(self, proposer: Proposer, space: SearchSpace, seed: int | None = None) -> None:
@@ -113,6 +124,11 @@ class ProposerSampler(BaseSampler):
         self.space = space
         self._rng = random.Random(seed)
         self._queue: deque[Candidate] = deque()
+        self._proposals: dict[int, Proposal] = {}
+
+    def proposal(self, trial_id: int) -> Proposal | None:
+        """The proposal this sampler gave trial ``trial_id`` (once; None for a trial with fixed parameters)."""
+        return self._proposals.pop(trial_id, None)
 
     def reseed_rng(self) -> None:
         self._rng = random.Random()
@@ -138,6 +154,7 @@ class ProposerSampler(BaseSampler):
         if not self._queue:
             raise RuntimeError(f"proposer {self.proposer.name!r} returned no candidate")
         cand = self._queue.popleft()
+        self._proposals[trial._trial_id] = Proposal(self.proposer.name, cand)
         storage = study._storage
         storage.set_trial_system_attr(trial._trial_id, ATTR_PROPOSER, self.proposer.name)
         if cand.rationale:

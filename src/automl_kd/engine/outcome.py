@@ -3,20 +3,17 @@
 The engine stores the outcome as the trial's ``outcome`` user attribute (a plain string in storage, so any Optuna
 tool can read it); :meth:`TrialOutcome.of` reads it back from a :class:`~optuna.trial.FrozenTrial`, and
 :func:`is_finished` / :func:`is_claimed` say whether a trial counts toward the study's target.
-
-Importing this module also installs :class:`OneLineTrialErrors` on Optuna's trial logger: a trial that ends with one of
-our own errors (a rejected candidate, a diverged loss, an interrupted run) is logged by Optuna in one line, without
-the traceback Optuna attaches to every failed trial. Other exceptions keep theirs.
 """
 
 from __future__ import annotations
 
-import logging
+import re
+from collections import Counter
+from collections.abc import Sequence
 
 from optuna.trial import FrozenTrial, TrialState
 
 from automl_kd._compat import StrEnum
-from automl_kd.errors import AutomlKdError
 
 #: the user attribute the outcome is stored under
 ATTR_OUTCOME = "outcome"
@@ -81,19 +78,23 @@ def is_claimed(t: FrozenTrial) -> bool:
     return is_finished(t) or t.state in (TrialState.RUNNING, TrialState.WAITING)
 
 
-class OneLineTrialErrors(logging.Filter):
-    """Drops the traceback from Optuna's "Trial N failed" records when the error is an ``AutomlKdError``: the
-    engine has already recorded the reason in the trial (``fail_reason``) and the message says it in one line."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, AutomlKdError):
-            record.exc_info = None
-            record.exc_text = None
-        return True
-
-
-#: the logger Optuna reports failed trials on (a filter applies only to the records of its own logger)
-_OPTUNA_TRIALS = logging.getLogger("optuna.study._optimize")
-if not any(isinstance(f, OneLineTrialErrors) for f in _OPTUNA_TRIALS.filters):
-    _OPTUNA_TRIALS.addFilter(OneLineTrialErrors())
+def none_completed(trials: Sequence[FrozenTrial]) -> str | None:
+    """Why a study that has finished trials has no completed one, in one line, or None when a trial completed
+    (or none finished yet): the counts by outcome and the most common ``fail_reason`` (reasons that differ only in
+    their numbers count as one; the first of them is shown)."""
+    finished = [t for t in trials if is_finished(t)]
+    if not finished or any(TrialOutcome.of(t) == TrialOutcome.COMPLETE for t in finished):
+        return None
+    outcomes = Counter(str(TrialOutcome.of(t)) for t in finished)
+    if len(outcomes) == 1:
+        (kind, n), *_ = outcomes.items()
+        counts = f"{n} of {len(finished)} {kind}"
+    else:
+        counts = ", ".join(f"{n} {kind}" for kind, n in outcomes.most_common()) + f" of {len(finished)}"
+    reasons = [str(t.user_attrs.get("fail_reason") or "no reason recorded") for t in finished]
+    groups = Counter(re.sub(r"\d[\d.,]*", "#", r) for r in reasons)
+    key, n = groups.most_common(1)[0]
+    example = next(r for r in reasons if re.sub(r"\d[\d.,]*", "#", r) == key)
+    return (
+        f"no trial completed: {counts}; the most common reason ({n} trial{'s' if n != 1 else ''}): {example}"
+    )

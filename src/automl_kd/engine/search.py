@@ -22,8 +22,7 @@ from automl_kd.errors import (
     BudgetExhausted,
     CandidateRejected,
     ConfigError,
-    DataError,
-    InvalidCandidate,
+    NoTrialCompleted,
     ProposerFailed,
     StorageError,
     TrainingDiverged,
@@ -33,17 +32,18 @@ from automl_kd.errors import (
 from automl_kd.evaluator import Evaluator, TrialContext
 from automl_kd.manager import PluginManager, get_plugin_manager
 from automl_kd.metrics import resolve_device
-from automl_kd.proposer import ATTR_PROPOSER, Proposer, ProposerSampler
+from automl_kd.proposer import Proposer, ProposerSampler
 from automl_kd.space import Candidate, SearchSpace, suggest
-from automl_kd.storage.heartbeat import beating, fail_stale_trials, queue_trial, seed_origin
+from automl_kd.storage.heartbeat import fail_stale_trials, queue_trial, seed_origin
 from automl_kd.storage.outage import is_storage_error, retrying, storage_fault
 from automl_kd.storage.studies import default_url, open_storage, open_study
 from automl_kd.trial_attrs import stored_name
 
 from .constraints import Constraints
-from .outcome import ATTR_OUTCOME, TrialOutcome, is_claimed, is_finished
+from .outcome import TrialOutcome, is_claimed, is_finished, none_completed
 from .pruners import make_pruner
 from .resources import Resources
+from .run_trial import Drawn, run_trial
 from .search_space import make_space
 from .searched_options import augmenter_distributions, resolve_augmenter_options
 from .trial import TrialSurplus, failure_reason, jsonable, trial_seed
@@ -86,8 +86,6 @@ class Search:
         self._stop = False
         self._consecutive_failures = 0
         self.stop_reason = ""
-        self._proposer_error = ""
-        self._abort: BaseException | None = None
         self._stop_request = ""
         self._waiting_logged = False
         self._target: int | None = None
@@ -160,45 +158,36 @@ class Search:
         return self.resources(name)
 
     # -- one trial -------------------------------------------------------------------------------------------
-    def _objective(self, trial: optuna.Trial) -> float | list[float]:
-        # the heartbeat covers the whole trial, the proposer's call included (an LLM round can take a while)
-        with beating(self.study, trial._trial_id, self.config.storage.heartbeat_interval):
-            return self._trial(trial)
-
-    def _trial(self, trial: optuna.Trial) -> float | list[float]:
+    def _trial(self, trial: optuna.Trial, drawn: Drawn) -> float | list[float]:
+        """The body of one trial: draw, check, evaluate, return the objective values. How it ends (whatever it
+        raises) is decided in one place, ``run_trial.ending``."""
         t0 = time.perf_counter()
         try:  # Optuna samples lazily: the proposer runs inside the first suggest call
             params = {name: suggest(trial, name, d) for name, d in self.space.distributions().items()}
-        except BudgetExhausted as exc:
-            trial.set_user_attr(ATTR_OUTCOME, TrialOutcome.BUDGET)
-            trial.set_user_attr("fail_reason", f"proposer budget spent: {exc}")
-            self._stop = True
-            self.stop_reason = f"proposer budget spent: {exc}"
+        except BudgetExhausted:
             raise
-        except TrialInterrupted:  # a stop request cut the proposer's call short: nothing to queue again
-            trial.set_user_attr(ATTR_OUTCOME, TrialOutcome.INTERRUPTED)
+        except TrialInterrupted:  # a stop cut the proposer's call short: nothing drawn, nothing to queue
             raise
-        except Exception as exc:  # the proposer failed (e.g. its endpoint is gone): stop with its reason
+        except Exception as exc:  # the proposer, unless the storage (it reads the history) failed under it
             if is_storage_error(exc) or storage_fault(exc):
-                raise  # the storage, not the proposer (it reads the history): the outage rule decides
+                raise
             name = self.config.search.proposer.name
-            why = f"the proposer {name!r} failed at trial {trial.number}: {failure_reason(exc)}"
-            trial.set_user_attr(ATTR_OUTCOME, TrialOutcome.PROPOSER_FAILED)
-            trial.set_user_attr("fail_reason", why)
-            self._proposer_error = why
-            raise
-        # Optuna 5 keeps system attributes (proposer, rationale, retry origin) off the public Trial API
-        system = self.study._storage.get_trial_system_attrs(trial._trial_id)
-        origin = seed_origin(system, trial.number)
-        seed = trial_seed(self.config.seed, origin)
+            raise ProposerFailed(
+                f"the proposer {name!r} failed at trial {trial.number}: {failure_reason(exc)}"
+            ) from exc
+        take = getattr(self.sampler, "proposal", None)
+        proposal = take(trial._trial_id) if callable(take) else None
+        # the retry origin is the queued trial's own record (a system attribute; Optuna 5 keeps those off Trial)
+        origin = seed_origin(self.study._storage.get_trial_system_attrs(trial._trial_id), trial.number)
         if self._is_surplus(trial):
-            trial.set_user_attr(ATTR_OUTCOME, TrialOutcome.SURPLUS)
             raise TrialSurplus(
                 f"the study already has its {self._target} trials (another worker started one first)"
             )
+        seed = trial_seed(self.config.seed, origin)
         trial.set_user_attr("seed", seed)
-        trial.set_user_attr("proposer", system.get(ATTR_PROPOSER, self.config.search.proposer.name))
+        trial.set_user_attr("proposer", proposal.proposer if proposal else self.config.search.proposer.name)
         aug_values = {name: suggest(trial, name, d) for name, d in self.aug_distributions.items()}
+        drawn.params, drawn.seed_of = {**params, **aug_values}, origin
         aug_options = [
             resolve_augmenter_options(a.name, a.options, aug_values) for a in self.config.augmenters
         ]
@@ -212,7 +201,8 @@ class Search:
         if self.progress:
             self.progress.trial_started(trial.number)
         try:
-            candidate = self.space.candidate(params, rationale=str(system.get("automl_kd:rationale", "")))
+            rationale = proposal.candidate.rationale if proposal else ""
+            candidate = self.space.candidate(params, rationale=rationale)
             cost = self.space.cost(candidate.params)
             trial.set_user_attr(stored_name("params"), cost.params)
             trial.set_user_attr("macs", cost.macs)
@@ -220,44 +210,17 @@ class Search:
             if reason:
                 raise CandidateRejected(reason)
             metrics = self._evaluate(trial, candidate, seed, aug_options)
-        except (CandidateRejected, InvalidCandidate) as exc:
-            trial.set_user_attr(ATTR_OUTCOME, TrialOutcome.REJECTED)
-            trial.set_user_attr("fail_reason", f"rejected: {exc}")
-            raise
-        except optuna.TrialPruned:
-            trial.set_user_attr(ATTR_OUTCOME, TrialOutcome.PRUNED)
-            raise
-        except (TrialInterrupted, KeyboardInterrupt) as exc:
-            # not the candidate's fault: record it as interrupted and queue the same parameters (and seed) again
-            trial.set_user_attr(ATTR_OUTCOME, TrialOutcome.INTERRUPTED)
-            trial.set_user_attr("interrupted_by", str(exc) or "SIGINT (Ctrl-C)")
-            queue_trial(self.study, {**params, **aug_values}, self._distributions(), seed_of=origin)
-            raise
-        except (ConfigError, DataError) as exc:
-            # the config or the data, not the candidate: every trial would fail alike, so the search stops
-            trial.set_user_attr(ATTR_OUTCOME, TrialOutcome.FAILED)
-            trial.set_user_attr("fail_reason", failure_reason(exc))
-            self._abort = exc
-            raise
-        except Exception as exc:
-            if is_storage_error(exc) or storage_fault(exc):
-                raise  # the storage, not the candidate: the loop's outage rule decides
-            trial.set_user_attr(ATTR_OUTCOME, TrialOutcome.FAILED)
-            trial.set_user_attr("fail_reason", failure_reason(exc))
-            raise
         finally:
             trial.set_user_attr("wall_clock_s", round(time.perf_counter() - t0, 3))
         values = [float(metrics["val_acc"])]
         for obj in self.config.search.objectives[1:]:
             key = "latency_ms_b1" if obj == "latency" else obj
             if key not in metrics:
-                trial.set_user_attr(ATTR_OUTCOME, TrialOutcome.FAILED)
                 raise ConfigError(
                     f"objective {obj!r} needs metric {key!r}, which evaluator "
                     f"{self.config.evaluator.name!r} does not report"
                 )
             values.append(float(metrics[key]))
-        trial.set_user_attr(ATTR_OUTCOME, TrialOutcome.COMPLETE)
         return values[0] if len(values) == 1 else values
 
     def _evaluate(
@@ -326,12 +289,8 @@ class Search:
         except ValueError as exc:  # a parameter the search does not have, or a value outside its distribution
             raise ConfigError(f"enqueue: {exc}") from None
 
-    def _after_trial(self, study: optuna.Study, frozen: FrozenTrial) -> None:
-        outcome = TrialOutcome.of(frozen)
-        # a failure before any outcome was recorded (the proposer raised) counts as a failure of the search too
-        if outcome == TrialOutcome.FAILED or (
-            frozen.state == TrialState.FAIL and ATTR_OUTCOME not in frozen.user_attrs
-        ):
+    def _after_trial(self, frozen: FrozenTrial, outcome: TrialOutcome) -> None:
+        if outcome == TrialOutcome.FAILED:
             self._consecutive_failures += 1
         elif outcome != TrialOutcome.REJECTED:
             self._consecutive_failures = 0
@@ -339,11 +298,9 @@ class Search:
             self.progress.trial_finished(frozen)
         if outcome == TrialOutcome.SURPLUS:  # never evaluated: nothing for observers
             return
-        # observers get the outcome's name; a failure with no recorded outcome keeps Optuna's state name ("fail")
-        state = (
-            str(outcome) if ATTR_OUTCOME in frozen.user_attrs or frozen.state != TrialState.FAIL else "fail"
+        self.pm.on_trial_end(
+            self.study_name, frozen.number, str(outcome), frozen.values, dict(frozen.user_attrs)
         )
-        self.pm.on_trial_end(self.study_name, frozen.number, state, frozen.values, dict(frozen.user_attrs))
 
     # -- the loop --------------------------------------------------------------------------------------------
     def finished_count(self) -> int:
@@ -367,13 +324,15 @@ class Search:
         A trial that fails (training error, infeasible) is recorded with its reason and the search goes on;
         ``MAX_CONSECUTIVE_FAILURES`` failures in a row stop it with an error. A spent proposer budget stops it
         cleanly. Each step is under the outage rule; ``stop_reason`` says "target reached" only when it was.
+        A search that ends with finished trials but not one completed (all failed or rejected) raises
+        :class:`~automl_kd.errors.NoTrialCompleted` (exit code 7), whose message, also the ``stop_reason``, counts
+        them and names the most common reason; the study is still ``self.study``.
         """
         target = n_trials or self.config.search.n_trials
         timeout = timeout if timeout is not None else self.config.search.timeout
         start = time.monotonic()
         self._consecutive_failures = 0
         self.stop_reason = self._stop_request if self._stop else ""
-        self._abort = None
         retry = self.config.storage.retry_timeout
         try:
             done = retrying(self.finished_count, self._url, retry, log.warning)
@@ -381,6 +340,15 @@ class Search:
                 self.progress.started(self, target, done)
             while not retrying(lambda: self._step(target, start, timeout, should_stop), self._url, retry):
                 pass
+            if self.stop_reason in ("target reached", "timeout") or self.stop_reason.startswith(
+                "proposer budget"
+            ):
+                why = retrying(
+                    lambda: none_completed(self.study.get_trials(deepcopy=False)), self._url, retry
+                )
+                if why:  # every finished trial failed or was rejected: the search found nothing
+                    self.stop_reason = why
+                    raise NoTrialCompleted(why)
         except BaseException as exc:  # a Ctrl-C inside optuna's own bookkeeping can surface as another error
             if isinstance(exc, KeyboardInterrupt) or raised_by_ctrl_c(exc):
                 self.stop_reason = "interrupted by SIGINT (Ctrl-C)"
@@ -423,28 +391,25 @@ class Search:
             time.sleep(min(1.0, float(self.config.storage.heartbeat_interval)))
             return False
         self._target = target
-        try:
-            self.study.optimize(
-                self._objective,
-                n_trials=1,
-                catch=(Exception,),
-                callbacks=[self._after_trial],
-                gc_after_trial=False,
-            )
-        except BudgetExhausted as exc:
-            self.stop_reason = f"proposer budget spent: {exc}"
-            log.warning("search stopped: %s", exc)
+        frozen, end = run_trial(
+            self.study,
+            self._trial,
+            url=self._url,
+            heartbeat_interval=self.config.storage.heartbeat_interval,
+            distributions=self._distributions,
+        )
+        if frozen is not None and end.outcome is not None:
+            self._after_trial(frozen, end.outcome)
+        if end.stop:
+            self.stop_reason = end.stop
+        if end.error is not None:
+            raise end.error
+        if end.stop:
+            log.warning("search stopped: %s", end.stop)
             return True
-        if self._abort is not None:
-            raise self._abort
-        if self._proposer_error:
-            self.stop_reason = self._proposer_error
-            raise ProposerFailed(f"search stopped: {self._proposer_error}")
         if self._consecutive_failures >= MAX_CONSECUTIVE_FAILURES:
-            last = self.study.get_trials(deepcopy=False)[-1]
-            reason = last.user_attrs.get("fail_reason") or last.system_attrs.get("fail_reason")
             raise TrainingDiverged(
                 f"{MAX_CONSECUTIVE_FAILURES} trials failed in a row; the last failed with: "
-                f"{reason or 'no reason recorded'}"
+                f"{end.reason or 'no reason recorded'}"
             )
         return False

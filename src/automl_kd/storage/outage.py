@@ -51,7 +51,7 @@ SQLITE_FAULTS = {
     "readonly database": "is read-only",
     "unable to open database file": "cannot be opened",
     "disk i/o error": "cannot be read or written (disk I/O error)",
-    "database or disk is full": "cannot be written: the disk is full",
+    "database or disk is full": "cannot be written: No space left on device",
 }
 
 
