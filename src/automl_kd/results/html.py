@@ -1,8 +1,13 @@
 """``automl-kd report``: one self-contained HTML page for a study, with its PNGs written beside it.
 
 The page embeds every image as a ``data:`` URI, so the HTML file alone can be mailed or attached to an issue; the
-same PNGs are written next to it for slides and papers. Every section has a stable id (:data:`SECTIONS`) and all
-text from the study (configs, LLM answers, failure reasons) is HTML-escaped: a transcript may hold anything.
+same PNGs are written next to it for slides and papers. The page leads with the answer (the best student, beside
+its teacher and its cross-entropy-alone twin, its size, latency, KD gain and ONNX file) and ends with the config.
+
+Its sections are the report panels of :data:`PANELS`, in order: each a stable id, a title and a render function
+that takes the :class:`ReportContext` and returns the section's HTML. A new panel is one entry there (and its
+render function); the nav, the sections and :data:`SECTIONS` follow from it. All text from the study (configs, LLM
+answers, failure reasons) is HTML-escaped: a transcript may hold anything.
 
 Example::
 
@@ -16,33 +21,24 @@ import base64
 import datetime
 import html
 import json
+import re
 import shutil
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
 import yaml
 
+from automl_kd.manager import PluginManager, get_plugin_manager
 from automl_kd.proposer import ATTR_META
 from automl_kd.results.leaderboard import trial_state
 from automl_kd.storage.urls import display_url
 from automl_kd.trial_attrs import metrics_of
 
 from . import leaderboard, plots
-
-#: section ids of the page, in order
-SECTIONS = ("config", "leaderboard", "pareto", "curves", "gallery", "loss-terms", "llm-transcripts", "final")
-TITLES = {
-    "config": "Configuration",
-    "leaderboard": "Leaderboard",
-    "pareto": "Pareto front",
-    "curves": "Search curves",
-    "gallery": "Integrated-gradients gallery",
-    "loss-terms": "Loss terms",
-    "llm-transcripts": "LLM transcripts",
-    "final": "Finalized students",
-}
+from .best_student import best_student
 
 CSS = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 0 auto; max-width: 1200px; padding: 0 1.5em 3em;
@@ -60,6 +56,16 @@ img { max-width: 100%; border: 1px solid #eee; }
 .msg.system { border-color: #8e8e93; } .msg.user { border-color: #0a84ff; } .msg.assistant { border-color: #30d158; }
 .role { font-weight: 600; font-size: 12px; text-transform: uppercase; color: #555; }
 .muted { color: #777; }
+#summary { border: 2px solid #0a84ff; border-radius: 8px; background: #f5f9ff; padding: 0 1.2em 0.8em; }
+#summary h2 { margin-top: 0.6em; }
+#summary .answer { font-size: 17px; margin: 0.3em 0 0.4em; }
+#summary .pair { display: flex; flex-wrap: wrap; gap: 0.2em 2em; align-items: flex-start; }
+#summary .arch { flex: 1; min-width: 18em; } #summary .arch pre { margin: 0.2em 0 0; }
+#summary dl { display: grid; grid-template-columns: 8em 1fr; gap: 0.2em 1em; margin: 0.4em 0 0; }
+#summary dt { font-weight: 600; color: #333; } #summary dd { margin: 0; }
+#summary pre { background: #fff; padding: 0.4em 0.7em; }
+#summary table { background: #fff; }
+.hint { color: #8a5a00; }
 """
 
 
@@ -117,6 +123,29 @@ def find_messages(obj: Any) -> list[list[dict[str, Any]]]:
     return found
 
 
+# -- what every panel renders from ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ReportContext:
+    """What a panel's render function gets: the study, its run directory (finalized students, IG galleries), the
+    folder the page and its PNGs are written to, and the plugin manager (to name architectures in their space's
+    own text form)."""
+
+    study: optuna.Study
+    run_dir: Path
+    out: Path
+    pm: PluginManager
+
+
+@dataclass(frozen=True)
+class Panel:
+    """One section of the page: a stable ``id`` (the anchor ``index.html#id``), its title, and ``render``, which
+    returns the section's HTML (every study-provided text escaped with :func:`esc`)."""
+
+    id: str
+    title: str
+    render: Callable[[ReportContext], str]
+
+
 # -- sections ---------------------------------------------------------------------------------------------------
 def _table(headers: Iterable[str], rows: Iterable[Iterable[str]], left: Iterable[int] = ()) -> str:
     """A table whose cells are already-escaped HTML; ``left`` are the indices of left-aligned columns."""
@@ -139,7 +168,8 @@ def _img(path: Path, alt: str) -> str:
     )
 
 
-def _config_section(study: optuna.Study) -> str:
+def _config_section(ctx: ReportContext) -> str:
+    study = ctx.study
     cfg = study.user_attrs.get("config")
     if not isinstance(cfg, dict):
         return '<p class="muted">this study stored no config</p>'
@@ -148,7 +178,8 @@ def _config_section(study: optuna.Study) -> str:
     return f"<p>objectives: {esc(objectives)}</p><pre>{esc(text)}</pre>"
 
 
-def _leaderboard_section(study: optuna.Study) -> str:
+def _leaderboard_section(ctx: ReportContext) -> str:
+    study = ctx.study
     rows = leaderboard.leaderboard(study)
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     front = set(leaderboard.pareto_numbers(study))
@@ -241,7 +272,9 @@ def _latency_key(key: str) -> bool:
     return key.startswith("latency_ms_b") and key[len("latency_ms_b") :].isdigit()
 
 
-def _pareto_section(study: optuna.Study, png: Path) -> str:
+def _pareto_section(ctx: ReportContext) -> str:
+    study = ctx.study
+    png = plots.plot_pareto(study, ctx.out / "pareto.png")
     parts = [_img(png, "validation accuracy against params, MACs and latency")]
     rows = []
     for key, label, _ in leaderboard.COST_AXES:
@@ -256,7 +289,24 @@ def _pareto_section(study: optuna.Study, png: Path) -> str:
     return "".join(parts)
 
 
-def _loss_terms_section(study: optuna.Study, png: Path | None) -> str:
+def _curves_section(ctx: ReportContext) -> str:
+    png = plots.plot_curves(ctx.study, ctx.out / "curves.png")
+    return _img(png, "best validation accuracy so far per proposer, and per-trial curves")
+
+
+def _gallery_section(ctx: ReportContext) -> str:
+    gallery = []
+    for src in find_gallery(ctx.run_dir):
+        dst = ctx.out / src.name
+        if src.resolve() != dst.resolve():
+            shutil.copyfile(src, dst)
+        gallery.append(_img(dst, f"integrated-gradients overlays: {src.name}"))
+    return "".join(gallery) or '<p class="muted">no IG overlay in this study</p>'
+
+
+def _loss_terms_section(ctx: ReportContext) -> str:
+    study = ctx.study
+    png = plots.plot_loss_terms(study, ctx.out / "loss_terms.png")
     names, rows = leaderboard.loss_term_rows(study)
     if not rows:
         return '<p class="muted">no trial recorded loss terms (only training evaluators do)</p>'
@@ -300,9 +350,9 @@ def _transcript(meta: dict[str, Any]) -> str:
     return "".join(parts)
 
 
-def _llm_section(study: optuna.Study) -> str:
+def _llm_section(ctx: ReportContext) -> str:
     parts = []
-    for t in study.get_trials(deepcopy=False):
+    for t in ctx.study.get_trials(deepcopy=False):
         meta = t.system_attrs.get(ATTR_META)
         if not isinstance(meta, dict) or not meta:
             continue
@@ -323,9 +373,9 @@ def _llm_section(study: optuna.Study) -> str:
     )
 
 
-def _final_section(run_dir: Path) -> str:
+def _final_section(ctx: ReportContext) -> str:
     rows = []
-    for rec_path in sorted((run_dir / "final").glob("trial-*/final.json")):
+    for rec_path in sorted((ctx.run_dir / "final").glob("trial-*/final.json")):
         try:
             rec = json.loads(rec_path.read_text())
         except (OSError, ValueError):
@@ -350,40 +400,88 @@ def _final_section(run_dir: Path) -> str:
     return _table(heads, rows)
 
 
+# -- the answer first ------------------------------------------------------------------------------------------
+def _summary_section(ctx: ReportContext) -> str:
+    """The card a reader came for (:mod:`automl_kd.results.best_student`): the best student beside its teacher and
+    its cross-entropy-alone twin, its architecture, and one line per fact (a hint where a fact is not known)."""
+    best = best_student(ctx.study, ctx.run_dir, ctx.pm)
+    if best is None:
+        return '<p class="muted">no completed trial yet: the best student appears here once a trial completes</p>'
+    size = f", {best.params:,} parameters" if best.params is not None else ""
+    acc = f"{best.val_acc:.2f} %" if best.val_acc is not None else "not measured"
+    headline = (
+        f'<p class="answer">Trial <b>{best.trial}</b> (proposer {esc(best.proposer)}) is the best of '
+        f"{best.completed} completed trial(s) by validation accuracy: <b>{esc(acc)}</b> on the validation "
+        f"split{esc(size)}.</p>"
+    )
+    rows = [
+        [esc(s.label), _score(s.val_acc), _score(s.test_acc), esc(fmt(s.params, "params"))]
+        for s in best.scores
+    ]
+    # test accuracy for the report only: the search and this ranking never saw it
+    scores = _table(["", "val %", "test % (report only)", "params"], rows, left=(0,))
+    arch = f'<div class="arch"><b>Architecture</b><pre>{esc(best.architecture)}</pre></div>'
+    facts = "".join(
+        f"<dt>{esc(f.label)}</dt><dd>{_marked(f.text) if f.known else _hint(_marked(f.text))}</dd>"
+        for f in best.facts
+    )
+    return f'{headline}<div class="pair">{scores}{arch}</div><dl>{facts}</dl>'
+
+
+def _score(v: float | None) -> str:
+    return esc("not measured" if v is None else fmt(v))
+
+
+def _marked(text: str) -> str:
+    """Escaped ``text`` with its backtick-quoted commands and config keys as code."""
+    return re.sub(r"`([^`]*)`", r"<code>\1</code>", esc(text))
+
+
+def _hint(html_text: str) -> str:
+    """An already-escaped hint: what is missing and the command that gives it."""
+    return f'<span class="hint">{html_text}</span>'
+
+
 # -- the page ---------------------------------------------------------------------------------------------------
+#: the page's panels, in order: the answer first, the configuration last. A new panel is one entry here.
+PANELS: tuple[Panel, ...] = (
+    Panel("summary", "Best student", _summary_section),
+    Panel("leaderboard", "Leaderboard", _leaderboard_section),
+    Panel("pareto", "Pareto front", _pareto_section),
+    Panel("curves", "Search curves", _curves_section),
+    Panel("gallery", "Integrated-gradients gallery", _gallery_section),
+    Panel("loss-terms", "Loss terms", _loss_terms_section),
+    Panel("llm-transcripts", "LLM transcripts", _llm_section),
+    Panel("final", "Finalized students", _final_section),
+    Panel("config", "Configuration", _config_section),
+)
+#: section ids of the page, in order (from :data:`PANELS`)
+SECTIONS = tuple(p.id for p in PANELS)
+#: section titles by id (from :data:`PANELS`)
+TITLES = {p.id: p.title for p in PANELS}
+
+
 def write_report(
-    study: optuna.Study, run_dir: Path, out_dir: Path | None = None, *, source: str | None = None
+    study: optuna.Study,
+    run_dir: Path,
+    out_dir: Path | None = None,
+    *,
+    source: str | None = None,
+    pm: PluginManager | None = None,
 ) -> Path:
     """Write ``index.html`` and its PNGs into ``out_dir`` (default ``run_dir/report``); return the page's path."""
     out = out_dir or run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
-    pareto_png = plots.plot_pareto(study, out / "pareto.png")
-    curves_png = plots.plot_curves(study, out / "curves.png")
-    loss_png = plots.plot_loss_terms(study, out / "loss_terms.png")
-
-    gallery = []
-    for src in find_gallery(run_dir):
-        dst = out / src.name
-        if src.resolve() != dst.resolve():
-            shutil.copyfile(src, dst)
-        gallery.append(_img(dst, f"integrated-gradients overlays: {src.name}"))
-    gallery_html = "".join(gallery) or '<p class="muted">no IG overlay in this study</p>'
+    ctx = ReportContext(study=study, run_dir=run_dir, out=out, pm=pm or get_plugin_manager())
+    body = {p.id: p.render(ctx) for p in PANELS}
 
     counts: dict[str, int] = {}
     for t in study.get_trials(deepcopy=False):
         counts[trial_state(t)] = counts.get(trial_state(t), 0) + 1
-    body = {
-        "config": _config_section(study),
-        "leaderboard": _leaderboard_section(study),
-        "pareto": _pareto_section(study, pareto_png),
-        "curves": _img(curves_png, "best validation accuracy so far per proposer, and per-trial curves"),
-        "gallery": gallery_html,
-        "loss-terms": _loss_terms_section(study, loss_png),
-        "llm-transcripts": _llm_section(study),
-        "final": _final_section(run_dir),
-    }
-    nav = "".join(f'<a href="#{s}">{esc(TITLES[s])}</a>' for s in SECTIONS)
-    sections = "".join(f'<section id="{s}"><h2>{esc(TITLES[s])}</h2>{body[s]}</section>' for s in SECTIONS)
+    nav = "".join(f'<a href="#{esc(p.id)}">{esc(p.title)}</a>' for p in PANELS)
+    sections = "".join(
+        f'<section id="{esc(p.id)}"><h2>{esc(p.title)}</h2>{body[p.id]}</section>' for p in PANELS
+    )
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     shown = display_url(source) if source else str(run_dir)  # never the storage's password
     counts_text = ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "no trials"

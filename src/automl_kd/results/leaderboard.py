@@ -80,11 +80,42 @@ def leaderboard(study: optuna.Study, top: int | None = None) -> list[dict[str, A
         row.update({k: metrics_of(t.user_attrs).get(k) for k in METRIC_KEYS})
         if baselines:
             # the same architecture, seed and settings trained with cross-entropy alone (search.ce_baseline)
-            base = baselines.get(t.number) or {}
-            row["ce_val_acc"] = base.get("val_acc")
-            row["kd_gain"] = base.get("kd_gain")
+            kd = kd_result(baselines, t.number)
+            row["ce_val_acc"] = kd["ce_val_acc"]
+            row["kd_gain"] = kd["kd_gain"]
         rows.append(row)
     return rows
+
+
+def kd_result(baselines: dict[int, dict[str, Any]], number: int) -> dict[str, Any]:
+    """What distillation gave trial ``number``, from :func:`ce_baselines`: ``ce_val_acc`` (the CE-alone
+    retraining's validation accuracy), ``ce_test_acc`` (report only), ``kd_gain`` (distilled minus CE alone,
+    points), ``noise_band`` (two standard errors of that difference, points) and ``n_val`` (validation images);
+    each None when not stored."""
+    base = baselines.get(number) or {}
+    return {
+        "ce_val_acc": base.get("val_acc"),
+        "ce_test_acc": base.get("test_acc"),
+        "kd_gain": base.get("kd_gain"),
+        "noise_band": base.get("noise_band"),
+        "n_val": base.get("n_val"),
+    }
+
+
+def kd_verdict(gain: float, band: float | None) -> str:
+    """What a KD gain shows beside its noise band: ``KD helped``, ``KD hurt`` or ``no difference shown``."""
+    band = band or 0.0
+    if gain > band:
+        return "KD helped"
+    if gain < -band:
+        return "KD hurt"
+    return "no difference shown"
+
+
+def teacher_record(study: optuna.Study) -> dict[str, Any] | None:
+    """The teacher's params and validation/test accuracy stored with the CE-alone baselines (None without)."""
+    teacher = study.user_attrs.get(ATTR_TEACHER)
+    return teacher if isinstance(teacher, dict) else None
 
 
 def pareto_numbers(study: optuna.Study) -> list[int]:
