@@ -129,7 +129,7 @@ def small_space() -> dict[str, Any]:
 
 
 def base_config(name: str = "base", **top: Any) -> dict[str, Any]:
-    """issue 12's base.yaml: quick.yaml, 1000 training and 500 test images, one trial of one epoch."""
+    """The fault suite's base.yaml: quick.yaml, 1000 training and 500 test images, one trial of one epoch."""
     cfg: dict[str, Any] = {
         "name": name,
         "seed": 0,

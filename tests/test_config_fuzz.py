@@ -1,4 +1,4 @@
-"""A bounded fuzz of the config loader (issue 12): random mutations of examples/configs/*.yaml.
+"""A bounded fuzz of the config loader: random mutations of examples/configs/*.yaml.
 
 Each mutation (a wrong type, a deleted or added key, a huge or negative number, an odd string, or a damaged line
 of the YAML text) goes through the command line's own entry point, ``automl-kd check CONFIG``, in this process so

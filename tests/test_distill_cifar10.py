@@ -23,7 +23,9 @@ from automl_kd.engine.trial import trial_seed
 from automl_kd.storage.heartbeat import ATTR_BEAT
 
 ARCHIVE = SHARED_DATA / "cifar-10-jpeg" / "cifar-10-jpeg.tar.gz"
-pytestmark = pytest.mark.skipif(not ARCHIVE.is_file(), reason="needs ../shared/data/cifar-10-jpeg")
+pytestmark = pytest.mark.skipif(
+    not ARCHIVE.is_file(), reason="needs the CIFAR-10 (JPEG) archive beside the checkout"
+)
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""KD and attention-transfer losses equal the formulas of METHODS.md A on fixed tensors."""
+"""KD and attention-transfer losses equal the IG-KD paper's formulas (Hernandez et al. 2025) on fixed tensors."""
 
 from __future__ import annotations
 

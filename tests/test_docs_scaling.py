@@ -1,4 +1,4 @@
-"""docs/scaling.md's commands, run as written, against a real PostgreSQL server (issue 12, item 2).
+"""docs/scaling.md's commands, run as written, against a real PostgreSQL server.
 
 The commands are read from the page itself. Only what names the reader's own machine is replaced: the
 database URL's user, password, host and database (the scheme stays ``postgresql://`` as written), the config

@@ -1,4 +1,4 @@
-"""The fault suite (issue 12): every fault a user can meet, through the real command line, on real resources.
+"""The fault suite: every fault a user can meet, through the real command line, on real resources.
 
 Each row of ``FAULTS`` is one fault: its set-up (real files: a truncated SQLite database, a read-only run
 directory, an unsafe pickle, random bytes as YAML), the command as a user types it, the exit code (2 for bad
@@ -134,7 +134,7 @@ class Ctx:
 @dataclass(frozen=True)
 class Fault:
     id: str
-    #: the item of issue 12 this row reproduces
+    #: the group of faults this row belongs to (the numbers of the comments above the rows)
     item: int
     args: tuple[str, ...]
     code: int
@@ -264,10 +264,10 @@ FAULTS = [
         setup=Ctx.unsafe_model,
         absent=("weights_only=False", "WeightsUnpickler"),
     ),
-    # a CIFAR file is plain data: a crafted one is refused before it can run code, a broken one is a data error
+    # 11: a CIFAR file is plain data: a crafted one is refused before it can run code, a broken one a data error
     Fault(
         "cifar-meta-runs-code",
-        24,
+        11,
         (*RUN, "--set", "data.dataset=cifar10", "--set", "data.root={w}/c"),
         4,
         r"^error: cannot read CIFAR meta file .*batches\.meta: UnpicklingError: refused to load posix\.system",
@@ -276,7 +276,7 @@ FAULTS = [
     ),
     Fault(
         "cifar-meta-random-bytes",
-        24,
+        11,
         (*RUN, "--set", "data.dataset=cifar10", "--set", "data.root={w}/c"),
         4,
         r"^error: cannot read CIFAR meta file .*batches\.meta",

@@ -39,7 +39,7 @@ def test_kd_ablation_script_writes_every_part_and_its_tables(tmp_path: Path) -> 
     assert mc["train_fraction"] == 0.8 and len(mc["monte_carlo"]["runs"]["student"]) == 2
     sweep = json.loads((tmp_path / "kd_ablation_fmnist_sweep.json").read_text())
     assert sweep["sweep"]["17"]["student"]["params"] < sweep["sweep"]["15"]["student"]["params"]
-    assert sweep["sweep"]["17"]["student"]["cf"] > 1000  # METHODS.md: CF 1122 for k = 17
+    assert sweep["sweep"]["17"]["student"]["cf"] > 1000  # the IG-KD paper: compression factor 1122 for k = 17
     assert sweep["sweep"]["15"]["kd"]["n"] == 2
     # a recipe added later keeps the runs already there
     merge = [*cmd[: cmd.index("--recipes")], "--recipes", "ours", *cmd[cmd.index("--methods") :]]

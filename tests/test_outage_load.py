@@ -1,4 +1,4 @@
-"""The storage-outage rule under load (issue 12, item 9): wherever the database goes away (while the process
+"""The storage-outage rule under load: wherever the database goes away (while the process
 starts, while a trial runs and beats, when it asks for a trial or tells its result) the process retries for
 ``storage.retry_timeout`` seconds, then stops with one line ``error: storage ... unreachable for N s`` and exit 5;
 never a traceback, from the main thread or the heartbeat's. CPU hogs run beside it, as another CI job would.

@@ -28,7 +28,7 @@ pytestmark = pytest.mark.skipif(not RELEASED.is_file(), reason=f"{RELEASED} is n
 
 @pytest.fixture(scope="module")
 def cifar(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The first 40 training and 60 test images of each class of ../shared/data/cifar-10-jpeg, unpacked."""
+    """The first 40 training and 60 test images of each class of the CIFAR-10 (JPEG) archive, unpacked."""
     archive = SHARED / "cifar-10-jpeg" / "cifar-10-jpeg.tar.gz"
     return unpack_imagefolder(archive, tmp_path_factory.mktemp("cifar-jpeg"), {"train": 40, "test": 60})
 

@@ -86,7 +86,7 @@ def test_paper_teacher_structure_and_macs() -> None:
     assert isinstance(model.features[1], DepthwiseSeparableConv)  # torchvision's t=1 block
     assert all(isinstance(m, InvertedResidual) for m in list(model.features)[2:18])
     assert conv_of(model, "features.18.conv").out_channels == 1280
-    # METHODS.md: 88.0M multiply-adds for the teacher, 58.7M for the CF=4.12 student
+    # the IG-KD paper: 88.0M multiply-adds for the teacher, 58.7M for the CF=4.12 student
     assert round(space.cost({"removed": 0}).macs / 1e6, 1) == 88.0
     assert round(space.cost({"removed": 5}).macs / 1e6, 1) == 58.7
     for removed in (0, 5, 16, 18):
