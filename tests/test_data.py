@@ -109,7 +109,8 @@ def test_cifar_errors_are_clear(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def cifar_jpeg_subset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Unpack the first 30 images per class and split of the CIFAR-10 (JPEG) archive beside the checkout (the real JPEG files)."""
+    """Unpack the first 30 images per class and split of the CIFAR-10 (JPEG) archive beside the checkout (the real
+    JPEG files)."""
     archive = SHARED_DATA / "cifar-10-jpeg" / "cifar-10-jpeg.tar.gz"
     return unpack_imagefolder(archive, tmp_path_factory.mktemp("cifar-jpeg"), {"train": 30, "test": 30})
 

@@ -1,4 +1,5 @@
-"""Caches are aligned with the images they were computed from (the IG-KD paper's code computed maps, crops and flips out of step; Hernandez et al. 2025). Runs in CI.
+"""Caches are aligned with the images they were computed from (the IG-KD paper's code,
+Hernandez et al. 2025, computed maps, crops and flips out of step). Runs in CI.
 
 Each test here would fail on the original paper's code: its maps and soft labels were computed in the order of a
 shuffled, augmented loader and read back by dataset index; its maps were blended after crop and flip without being
