@@ -12,7 +12,7 @@ recorded: 429, 408, 409 and 5xx answers, timeouts and connection errors are retr
 host's stop flag) abandons a request or a backoff at once (:mod:`automl_kd.llm.transport`). An answer longer
 than the request's ``max_tokens`` allows is cut before anything stores it (:mod:`automl_kd.llm.bounds`).
 
-Structured output comes in the form each kind of server accepts (:data:`FORMS`): OpenAI's ``json_schema``
+Structured output comes in the form each kind of server accepts (one table, :mod:`.forms`): OpenAI's ``json_schema``
 (strict; also vLLM, Ollama >= 0.5 and the C++ ``llama-server``), llama.cpp's ``json_object`` with a ``schema``
 (``llama-cpp-python``'s server, which answers ``json_schema`` with HTTP 500), vLLM's ``guided_json`` and
 Ollama's ``format``. In ``auto`` mode they are tried in that order: an answer that rejects the form, in any
@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from automl_kd.errors import AutomlKdError
@@ -39,19 +39,9 @@ from automl_kd.errors import AutomlKdError
 from . import replies
 from .bounds import cut_answer
 from .cache import ResponseCache, cache_key
+from .forms import BY_NAME, FORMS, STRUCTURED_MODES, StructuredMode
 from .transport import DeadlineExceeded, Requests
 
-StructuredMode = Literal[
-    "auto", "json_schema", "json_object_schema", "guided_json", "ollama_format", "json_object", "off"
-]
-#: structured-output forms, in the order ``auto`` tries them, and the servers that take each
-FORMS: dict[str, str] = {
-    "json_schema": "OpenAI response_format json_schema, strict (OpenAI, Azure, vLLM, Ollama >= 0.5, llama-server)",
-    "json_object_schema": "response_format json_object with a schema (llama-cpp-python's server)",
-    "guided_json": "guided_json request field (vLLM)",
-    "ollama_format": "format request field (Ollama)",
-}
-STRUCTURED_MODES: tuple[str, ...] = ("auto", *FORMS, "json_object", "off")
 # words by which an error answer says it rejects the structured-output request (any status)
 API_KEY_ENV = "OPENAI_API_KEY"
 BASE_URL_ENV = "OPENAI_BASE_URL"
@@ -215,25 +205,11 @@ class ChatClient:
         return mode
 
     def _format_fields(self, schema: dict[str, Any] | None) -> tuple[str | None, dict[str, Any]]:
-        """The form to use and the request fields that carry ``schema`` in it."""
+        """The form to use and the request fields that carry ``schema`` in it (:mod:`.forms`)."""
         form = self.structured_form if schema is not None else None
-        if form is None:
+        if form is None or schema is None:
             return None, {}
-        if form == "json_schema":
-            strict = replies.strict_schema(schema or {})
-            return form, {
-                "response_format": {
-                    "type": "json_schema",
-                    "json_schema": {"name": "answer", "schema": strict, "strict": True},
-                }
-            }
-        if form == "json_object_schema":
-            return form, {"response_format": {"type": "json_object", "schema": schema}}
-        if form == "guided_json":
-            return form, {"extra_body": {"guided_json": schema}}
-        if form == "ollama_format":
-            return form, {"extra_body": {"format": schema}}
-        return form, {"response_format": {"type": "json_object"}}
+        return form, BY_NAME[form].fields(schema)
 
     def complete(
         self,
@@ -336,7 +312,7 @@ class ChatClient:
             except openai.APIStatusError as exc:
                 status = exc.status_code
                 detail = self._scrub(str(exc))
-                if form is not None and replies.rejects_form(form, status, detail):
+                if form is not None and replies.rejects_form(BY_NAME[form].word, status, detail):
                     if self.structured_output != "auto":
                         raise LLMUnavailable(
                             f"the endpoint {self.endpoint} rejected structured_output={form} (HTTP {status}: "

@@ -25,7 +25,8 @@ from automl_kd.space import Candidate, Cost, SearchSpace, sample_value
 
 from .accounting import Accountant, Usage
 from .cache import ResponseCache
-from .client import ChatClient, ContextOverflow, StructuredMode
+from .client import ChatClient, ContextOverflow
+from .forms import StructuredMode
 from .parser import ParseResult, parse_answer
 from .prompts import STRATEGIES, RoundContext, Templates, max_tokens_for, params_schema
 
@@ -74,9 +75,7 @@ class LLMProposer(Proposer):
         metric: str = "validation accuracy",
         templates: dict[str, str] | None = None,
         max_reasks: int = 3,
-        structured_output: Literal[
-            "auto", "json_schema", "json_object_schema", "guided_json", "ollama_format", "json_object", "off"
-        ] = "auto",
+        structured_output: StructuredMode = "auto",
         timeout_s: float = 60.0,
         max_retries: int = 4,
         backoff_s: float = 1.0,
@@ -127,7 +126,6 @@ class LLMProposer(Proposer):
             Path(transcript_log) if transcript_log else (run / "llm_transcripts.jsonl" if run else None)
         )
         self.accountant = Accountant(model, prices or {}, max_total_tokens, max_cost_usd, max_requests)
-        mode: StructuredMode = structured_output
         self.client = ChatClient(
             model,
             base_url=base_url,
@@ -135,7 +133,7 @@ class LLMProposer(Proposer):
             max_retries=max_retries,
             backoff_s=backoff_s,
             backoff_max_s=backoff_max_s,
-            structured_output=mode,
+            structured_output=structured_output,
             cache=self.cache,
             extra_body=extra_body,
             jitter_seed=seed,

@@ -8,7 +8,6 @@ import os
 from typing import Any
 
 FORM_WORDS = ("response_format", "json_schema", "json_object", "schema", "grammar")
-FORM_FIELD = {"guided_json": "guided_json", "ollama_format": "format"}  # a form's own request field
 
 
 def cause(exc: BaseException) -> str:
@@ -38,13 +37,14 @@ def one_line(text: str, limit: int = 200) -> str:
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
-def rejects_form(form: str, status: int, detail: str) -> bool:
-    """Whether an error answer rejects the structured-output request ``form``, judged by what it says, in any
-    status: llama-cpp-python answers 500 ("Input should be 'text' or 'json_object'"), others 400 or 422."""
+def rejects_form(word: str | None, status: int, detail: str) -> bool:
+    """Whether an error answer rejects a structured-output request, judged by what it says, in any status:
+    llama-cpp-python answers 500 ("Input should be 'text' or 'json_object'"), others 400 or 422. ``word`` is the
+    form's own request field (``guided_json``), which a rejection may name instead of the usual words."""
     if status in (401, 403, 404, 408, 409, 429):
         return False
     text = detail.lower()
-    words = (*FORM_WORDS, FORM_FIELD[form]) if form in FORM_FIELD else FORM_WORDS
+    words = (*FORM_WORDS, word) if word else FORM_WORDS
     return any(word in text for word in words)
 
 
