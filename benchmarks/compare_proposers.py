@@ -390,14 +390,13 @@ def llm_merge(args: argparse.Namespace) -> int:
     """Add the finished LLM runs in ``args.llm_merge`` to the result files (the "LLM rows" section)."""
     import json
 
-    from automl_kd.compare import BENCHMARKS
+    from automl_kd.compare import BENCHMARKS, bench_info, plugin_manager
     from automl_kd.compare.report import write_outputs
-    from automl_kd.compare.runner import _bench_info, _plugin_manager
 
     root = Path(args.llm_merge)
     path = Path(args.out) / f"{args.name}.json"
     results = json.loads(path.read_text())
-    pm = _plugin_manager()
+    pm = plugin_manager()
     section: dict[str, Any] = {
         "runs_dir": str(root),
         "candidates_per_call": json.loads(args.llm_options).get("candidates_per_call", 4),
@@ -412,7 +411,7 @@ def llm_merge(args: argparse.Namespace) -> int:
             if not runs:
                 continue
             bench = _with_path(BENCHMARKS[bench_name], args.macro_path)
-            info = _bench_info(bench, pm)
+            info = bench_info(bench, pm)
             rows[label] = _llm_row(info, sorted(runs, key=lambda r: r["seed"]), root, bench_name, strategy)
         if not rows:
             continue

@@ -41,7 +41,7 @@ import torch
 
 from automl_kd import Search, get_plugin_manager, load_config
 from automl_kd.cache import ArtifactCache, atomic_write
-from automl_kd.compare.stats import bootstrap_ci, holm, welch
+from automl_kd.compare.stats import holm, welch
 from automl_kd.config import TeacherConfig
 from automl_kd.data import load_data, unpack_imagefolder
 from automl_kd.distill.ig.attribution import IGSettings, attribution_maps
@@ -49,17 +49,21 @@ from automl_kd.distill.ig.inference import inference_copy
 from automl_kd.distill.loop import accuracy
 from automl_kd.distill.teacher import get_teacher
 from automl_kd.distill.teacher_info import teacher_info, teacher_normalizer
+from automl_kd.engine.repeat import run_index
 from automl_kd.metrics import measure_latency
 from automl_kd.precision import cpu_has_fast_bf16, cpu_name
 from automl_kd.results.leaderboard import trial_state
-from automl_kd.storage.heartbeat import fail_stale_trials
 from automl_kd.trial_attrs import metrics_of
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+import common as helpers  # noqa: E402  (beside this script: the benchmarks' shared helpers)
+
 SHARED = REPO.parent / "shared" / "data"
 RELEASED = SHARED / "igkd-students" / "CIFAR10_KD_IG_AT_T2.5_alpha0.01_p0.1_gamma0.8_TestAcc92.42.pt"
 RESULT = REPO / "benchmarks" / "results" / "distill_cifar10.json"
 TEACHER_REMOVED = 5  # the released network: paper-truncated with its last 5 modules removed
+PLACEHOLDER = "placeholder: this run is in distill_cifar10.json (study lost)"  # a run of a lost study
 STUDENT_REMOVED = 15  # the deepest truncation within a quarter of the teacher's MACs (25.4 %, 16,042 params)
 #: priority order of the grid (the issue's): NAS vs truncated at equal MACs with CE and KD+IG+AT, then the rest
 METHODS = ["ce", "kd+ig+at", "kd", "kd+at", "kd+ig"]
@@ -132,16 +136,6 @@ def teacher_block(finetune_epochs: int) -> dict[str, Any]:
     return block
 
 
-def portable(cfg: dict[str, Any]) -> dict[str, Any]:
-    """A config as the JSON records it: the temporary data folder and the shared weights named by origin."""
-    out = json.loads(json.dumps(cfg))
-    if "data" in out:
-        out["data"]["root"] = "CIFAR-10 (JPEG) archive, extracted"
-    if "teacher" in out and "checkpoint" in out["teacher"]:
-        out["teacher"]["checkpoint"] = f"the IG-KD authors' released network, {RELEASED.name}"
-    return out
-
-
 def cached_teacher(data: Any, finetune_epochs: int) -> torch.nn.Module:
     """The teacher of ``teacher_block(finetune_epochs)`` on the CPU, from the cache or trained now; always
     ``precision: auto``, as in every cell, so each stage reuses the same cached weights."""
@@ -174,7 +168,10 @@ def stage_teacher(root: Path, finetune_epochs: int, r: dict[str, Any]) -> dict[s
             "test_acc": accuracy(teacher, data.test, data, normalize=norm, precision="fp32"),  # report only
             "source": info.source if info else None,
             "seconds": round(time.perf_counter() - t0, 1),
-            "config": portable({"teacher": teacher_block(epochs)})["teacher"],
+            "config": helpers.portable(
+                {"teacher": teacher_block(epochs)},
+                checkpoint=f"the IG-KD authors' released network, {RELEASED.name}",
+            )["teacher"],
         }
         out["candidates"][label] = row
         r["teacher_partial"] = out
@@ -293,15 +290,7 @@ def stage_nas(
 
 # -- stage 4: the grid --------------------------------------------------------------------------------------------
 def augmenters(method: str, ig_steps: int) -> list[dict[str, Any]]:
-    parts = [] if method == "ce" else method.split("+")
-    out: list[dict[str, Any]] = []
-    if "kd" in parts:
-        out.append({"name": "kd", "options": KD})
-    if "ig" in parts:
-        out.append({"name": "ig-overlay", "options": {**IG, "steps": ig_steps}})
-    if "at" in parts:
-        out.append({"name": "attention", "options": AT})
-    return out
+    return helpers.augmenters(method, KD, {**IG, "steps": ig_steps}, AT)
 
 
 def run_cell(
@@ -321,8 +310,9 @@ def run_cell(
 
     ``recorded`` holds the runs the JSON already has; ``save(runs)`` is called after every run, so a stop loses at
     most the run in progress. A study lost with its machine (``--work`` gone) is started again with one placeholder
-    per recorded run, so trial numbers continue where the JSON stopped; the k-th run of a cell always has the seed
-    of trial k (a killed run is queued again with its own seed).
+    per recorded run, so trial numbers continue where the JSON stopped, and those runs are not run again. The runs
+    are ``Search.repeat``'s: the k-th run of a cell always has the seed of trial k (a killed run is queued again with
+    its own seed).
     """
     name = f"{student}-{method.replace('+', '_')}-e{epochs}"
     if len(recorded) >= seeds:
@@ -348,34 +338,36 @@ def run_cell(
         search.study.add_trial(
             optuna.trial.create_trial(
                 state=optuna.trial.TrialState.FAIL,
-                user_attrs={"fail_reason": "placeholder: this run is in distill_cifar10.json (study lost)"},
+                user_attrs={"fail_reason": PLACEHOLDER},
             )
         )
-    while True:
-        trials = search.study.get_trials()
-        complete = [t for t in trials if trial_state(t) == "complete"]
-        seen = {x["seed"] for x in recorded}  # a run of a surviving study may be in the JSON already
-        runs = recorded + [
-            {k: metrics_of(t.user_attrs)[k] for k in keys if k in metrics_of(t.user_attrs)}
-            for t in complete
-            if t.user_attrs.get("seed") not in seen
-        ]
-        if runs:
-            save(runs[:seeds])
-        if len(runs) >= seeds:
-            return runs[:seeds]
-        # a run left RUNNING by a killed process is failed here and queued again with its own seed; the next run
-        # is queued only when nothing waits, and it takes the seed of its place in the cell (the engine seeds a
-        # trial by its retry origin), so every cell runs the same seeds whatever was interrupted
-        fail_stale_trials(search.study, search.config.storage.grace_period)
-        if not search.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
-            search.enqueue(params, seed_of=len(runs))
+    # runs recorded only in the JSON (their study lost) are not run again: the study goes on from the next one
+    first = sum(t.user_attrs.get("fail_reason") == PLACEHOLDER for t in search.study.get_trials())
+    seen = {x["seed"] for x in recorded}  # a run of a surviving study may be in the JSON already
+
+    def runs_of(trials: list[optuna.trial.FrozenTrial]) -> list[dict[str, Any]]:
+        new = [metrics_of(t.user_attrs) for t in trials if t.user_attrs.get("seed") not in seen]
+        return (recorded + [{k: m[k] for k in keys if k in m} for m in new])[:seeds]
+
+    def complete() -> list[optuna.trial.FrozenTrial]:
+        trials = search.study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+        return sorted((t for t in trials if run_index(t) >= first), key=run_index)
+
+    t0 = time.perf_counter()
+
+    def on_run(_trial: optuna.trial.FrozenTrial) -> None:
+        nonlocal t0
+        runs = runs_of(complete())
+        save(runs)
+        log(f"  {name}: run {len(runs)}/{seeds} in {time.perf_counter() - t0:.0f} s")
         t0 = time.perf_counter()
-        search.run(n_trials=search.finished_count() + 1)  # the engine's count leaves interrupted trials out
-        # a run killed in another process while this one ran is queued again, so one call may finish two
-        done = sum(trial_state(t) == "complete" for t in search.study.get_trials()) - len(complete)
-        runs_now = f"run {len(runs) + 1}" if done == 1 else f"{done} runs, to {len(runs) + done}"
-        log(f"  {name}: {runs_now}/{seeds} in {time.perf_counter() - t0:.0f} s")
+
+    runs = runs_of(complete())
+    if runs:
+        save(runs)
+    # run k of the cell has the seed of trial k whatever was interrupted (a killed run is queued again with its
+    # own seed), so every cell runs the same seeds
+    return runs_of(search.repeat(params, seeds, first=first, on_run=on_run))
 
 
 def grid_teacher(root: Path, teacher_epochs: int, r: dict[str, Any]) -> None:
@@ -404,26 +396,7 @@ def grid_teacher(root: Path, teacher_epochs: int, r: dict[str, Any]) -> None:
 
 
 def summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    rng = np.random.default_rng(0)
-    base = np.array([x["test_acc"] for x in runs["ce"]]) if "ce" in runs else None
-    out: dict[str, Any] = {}
-    for method, recs in runs.items():
-        test = np.array([x["test_acc"] for x in recs])
-        lo, hi = bootstrap_ci(test, rng)
-        row: dict[str, Any] = {
-            "n": len(recs),
-            "test_mean": float(test.mean()),
-            "test_std": float(test.std(ddof=1)) if len(test) > 1 else 0.0,
-            "test_ci95": [lo, hi],
-            "val_mean": float(np.mean([x["val_acc"] for x in recs])),
-        }
-        if base is not None and method != "ce":
-            row["welch_vs_ce"] = welch(test, base)
-        out[method] = row
-    tested = [m for m in out if "welch_vs_ce" in out[m] and not np.isnan(out[m]["welch_vs_ce"]["p"])]
-    for m, adj in zip(tested, holm([out[m]["welch_vs_ce"]["p"] for m in tested]), strict=True):
-        out[m]["welch_vs_ce"]["p_holm"] = adj
-    return out
+    return helpers.summarise(runs, "ce")
 
 
 def compare_students(grid: dict[str, Any]) -> dict[str, Any]:

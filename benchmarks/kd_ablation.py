@@ -39,19 +39,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import optuna
 import torch
 
 from automl_kd import Search, load_config
-from automl_kd.compare.stats import bootstrap_ci, holm, welch
 from automl_kd.data import unpack_imagefolder
 from automl_kd.metrics import measure_latency, resolve_device
 from automl_kd.precision import cpu_name
-from automl_kd.results.leaderboard import trial_state
 from automl_kd.trial_attrs import metrics_of
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+import common as helpers  # noqa: E402  (beside this script: the benchmarks' shared helpers)
+
 SHARED = REPO.parent / "shared" / "data"
 SWEEP_DEPTHS = [3, 5, 7, 9, 11, 13, 15, 17]
 METHODS = ["student", "kd", "ig", "at", "kd+ig", "kd+at", "ig+at", "kd+ig+at"]
@@ -114,15 +114,8 @@ SCALES: dict[str, dict[str, Any]] = {
 
 
 def augmenters(method: str, recipe: dict[str, Any], ig_steps: int) -> list[dict[str, Any]]:
-    parts = [] if method == "student" else method.split("+")
-    out: list[dict[str, Any]] = []
-    if "kd" in parts:
-        out.append({"name": "kd", "options": {"alpha": recipe["alpha"], "temperature": recipe["T"]}})
-    if "ig" in parts:
-        out.append({"name": "ig-overlay", "options": {"steps": ig_steps, "p": 0.1, "w": 0.5}})
-    if "at" in parts:
-        out.append({"name": "attention", "options": {"gamma": 0.8}})
-    return out
+    kd = {"alpha": recipe["alpha"], "temperature": recipe["T"]}
+    return helpers.augmenters(method, kd, {"steps": ig_steps, "p": 0.1, "w": 0.5}, {"gamma": 0.8})
 
 
 def run_method(
@@ -152,17 +145,14 @@ def run_method(
         train_fraction=train_fraction,
     )
     search = Search(load_config(raw))
-    for _ in range(seeds):
-        search.study.enqueue_trial({"removed": removed})
     t0 = time.perf_counter()
-    study = search.run()
+    # run k has the seed of trial k, also when a run was interrupted and is run again
+    trials = search.repeat({"removed": removed}, seeds)
+    if len(trials) < seeds:  # a stop request ended the runs early
+        raise RuntimeError(f"{raw['name']}: stopped after {len(trials)} of {seeds} runs")
     print(f"  {raw['name']}: {seeds} runs in {time.perf_counter() - t0:.0f} s", flush=True)
     records = []
-    for t in study.get_trials():
-        if trial_state(t) != "complete":
-            raise RuntimeError(
-                f"{raw['name']} trial {t.number}: {trial_state(t)} {t.user_attrs.get('fail_reason')}"
-            )
+    for t in trials:
         records.append(
             {
                 k: metrics_of(t.user_attrs).get(k)
@@ -182,30 +172,8 @@ def run_method(
 
 
 def summarise(records: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    rng = np.random.default_rng(0)
-    base = np.array([r["test_acc"] for r in records["student"]]) if "student" in records else None
-    out = {}
-    for method, recs in records.items():
-        test = np.array([r["test_acc"] for r in recs])
-        val = np.array([r["val_acc"] for r in recs])
-        lo, hi = bootstrap_ci(test, rng)
-        row = {
-            "n": len(recs),
-            "test_mean": float(test.mean()),
-            "test_std": float(test.std(ddof=1)) if len(test) > 1 else 0.0,
-            "test_ci95": [lo, hi],
-            "val_mean": float(val.mean()),
-        }
-        if base is not None and method != "student":
-            row["welch_vs_student"] = welch(test, base)
-        out[method] = row
     # Holm-Bonferroni over the methods compared with the student alone (one family per recipe or mode)
-    tested = [
-        m for m in out if "welch_vs_student" in out[m] and not np.isnan(out[m]["welch_vs_student"]["p"])
-    ]
-    for m, adj in zip(tested, holm([out[m]["welch_vs_student"]["p"] for m in tested]), strict=True):
-        out[m]["welch_vs_student"]["p_holm"] = adj
-    return out
+    return helpers.summarise(records, "student")
 
 
 def resummarise(path: Path) -> None:
@@ -305,7 +273,7 @@ def main() -> None:
             "torch_threads": torch.get_num_threads(),
             "machine": f"{platform.machine()} {cpu_name()}",
             "command": "python benchmarks/kd_ablation.py " + " ".join(sys.argv[1:]),
-            "config": _portable(base),
+            "config": helpers.portable(base),
             "paper_cifar10_means": PAPER_MEANS,
             "recipes": RECIPES,
         }
@@ -370,14 +338,6 @@ def main() -> None:
             path.write_text(json.dumps(results, indent=1) + "\n")
             print(f"{part}: {results['wall_clock_s']:.0f} s, wrote {path}", flush=True)
     print(markdown(out_dir, args.scale))
-
-
-def _portable(base: dict[str, Any]) -> dict[str, Any]:
-    """The base config with the temporary data folder replaced by where it comes from."""
-    out = json.loads(json.dumps(base))
-    if out["data"].get("dataset") == "imagefolder":
-        out["data"]["root"] = "CIFAR-10 (JPEG) archive, extracted"
-    return out
 
 
 def teacher_accuracy(base: dict[str, Any]) -> dict[str, Any]:

@@ -68,7 +68,7 @@ class _RegisteredBenchmarks(Mapping[str, BenchmarkSpec]):
     """The table benchmarks that plugins register (``register_benchmarks``), read on first use."""
 
     def _specs(self) -> dict[str, BenchmarkSpec]:
-        return benchmarks_of(_plugin_manager())
+        return benchmarks_of(plugin_manager())
 
     def __getitem__(self, name: str) -> BenchmarkSpec:
         return self._specs()[name]
@@ -101,7 +101,8 @@ PROPOSERS: dict[str, ProposerSpec] = {
 _WORKER_CACHE: dict[str, Any] = {}
 
 
-def _plugin_manager() -> PluginManager:
+def plugin_manager() -> PluginManager:
+    """This process's plugin manager, built once (the comparison's worker processes each build their own)."""
     if "pm" not in _WORKER_CACHE:  # one manager per process: entry points are scanned once
         _WORKER_CACHE["pm"] = get_plugin_manager()
     return _WORKER_CACHE["pm"]
@@ -145,7 +146,7 @@ def _context(space: Any, number: int, seed: int) -> Any:
 def run_one(bench: BenchmarkSpec, prop: ProposerSpec, seed: int, budget: int) -> dict[str, Any]:
     """One search of ``budget`` proposals; returns per-trial table values and proposal statistics."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    pm = _plugin_manager()
+    pm = plugin_manager()
     space = pm.spaces.create(bench.space, bench.space_options)
     evaluator = pm.evaluators.create(bench.evaluator, bench.evaluator_options)
     made = pm.proposers.create(prop.proposer, prop.options, space=space, seed=seed, directions=["maximize"])
@@ -237,7 +238,9 @@ def skip_reason(
 
 
 # -- the comparison -----------------------------------------------------------------------------------------
-def _bench_info(bench: BenchmarkSpec, pm: Any) -> dict[str, Any]:
+def bench_info(bench: BenchmarkSpec, pm: Any) -> dict[str, Any]:
+    """What a benchmark's table holds: its size, optimum, top-1 % threshold, mean and the split its accuracy is
+    (``_table``: every accuracy, best first), from ``pm``'s space and table evaluator."""
     space = pm.spaces.create(bench.space, bench.space_options)
     evaluator = pm.evaluators.create(bench.evaluator, bench.evaluator_options)
     if not callable(getattr(evaluator, "table_values", None)):
@@ -292,7 +295,7 @@ def compare(
     """
     if budget < 1 or seeds < 1:
         raise ConfigError("compare: seeds and budget must be >= 1")
-    pm = _plugin_manager()
+    pm = plugin_manager()
     out: dict[str, Any] = {"benchmarks": {}}
     tasks: list[tuple[BenchmarkSpec, ProposerSpec, int, int]] = []
     for bench in benchmarks:
@@ -301,7 +304,7 @@ def compare(
                 raise ConfigError(
                     f"benchmark {bench.name!r} needs {name!r}: pip install -e plugins/automl-kd-nasbench"
                 )
-        info = _bench_info(bench, pm)
+        info = bench_info(bench, pm)
         rows: dict[str, Any] = {}
         for prop in proposers:
             reason = skip_reason(prop, bench, pm)

@@ -289,6 +289,20 @@ class Search:
         except ValueError as exc:  # a parameter the search does not have, or a value outside its distribution
             raise ConfigError(f"enqueue: {exc}") from None
 
+    def repeat(
+        self,
+        params: dict[str, Any],
+        runs: int,
+        *,
+        first: int = 0,
+        on_run: Callable[[FrozenTrial], Any] | None = None,
+    ) -> list[FrozenTrial]:
+        """Run one fixed candidate ``runs`` times, run k with the seed of trial k, resumable after an interruption;
+        return the complete trials in run order (see :func:`automl_kd.engine.repeat.repeat`)."""
+        from .repeat import repeat
+
+        return repeat(self, params, runs, first=first, on_run=on_run)
+
     def _after_trial(self, frozen: FrozenTrial, outcome: TrialOutcome) -> None:
         if outcome == TrialOutcome.FAILED:
             self._consecutive_failures += 1
