@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -16,11 +21,15 @@ from automl_kd.errors import AutomlKdError, ConfigError
 from automl_kd.storage.heartbeat import ATTR_BEAT
 
 
-def search(tmp_path: Path, name: str = "rep") -> Search:
-    raw = synthetic_config(name, 1, sleep=0.0)
+def raw_config(tmp_path: Path, name: str = "rep", sleep: float = 0.0) -> dict[str, Any]:
+    raw = synthetic_config(name, 1, sleep=sleep)
     raw["run_dir"] = str(tmp_path / name)
     raw["seed"] = 7
-    return Search(load_config(raw))
+    return raw
+
+
+def search(tmp_path: Path, name: str = "rep") -> Search:
+    return Search(load_config(raw_config(tmp_path, name)))
 
 
 def fixed(s: Search) -> dict[str, Any]:
@@ -89,3 +98,34 @@ def test_a_run_that_fails_on_its_own_merits_stops_the_repetition(tmp_path: Path)
     with pytest.raises(AutomlKdError, match=r"run 1 of 'rep' \(trial 1\) ended rejected"):
         strict.repeat(params, 3, on_run=seen.append)
     assert not seen and len(strict.study.get_trials()) == 2  # not queued again: it would fail again
+
+
+def test_a_run_whose_process_was_killed_mid_trial_is_run_again_with_its_seed_and_counted_once(
+    tmp_path: Path,
+) -> None:
+    s = search(tmp_path)
+    params = fixed(s)
+    slow = tmp_path / "slow.json"  # the same study, trials that last long enough to be killed in
+    slow.write_text(json.dumps({"raw": raw_config(tmp_path, sleep=60.0), "params": params}))
+    code = (
+        "import json, sys; from automl_kd import Search, load_config; a = json.load(open(sys.argv[1])); "
+        "Search(load_config(a['raw'])).repeat(a['params'], 3)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code, str(slow)], env=os.environ.copy())
+    try:
+        deadline = time.monotonic() + 120
+        while not any(  # run 0 is training in the other process: claimed, its heartbeat written
+            ATTR_BEAT in t.system_attrs for t in s.study.get_trials(states=(TrialState.RUNNING,))
+        ):
+            assert proc.poll() is None and time.monotonic() < deadline, "the run never started"
+            time.sleep(0.1)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    seen: list[FrozenTrial] = []
+    trials = s.repeat(params, 3, on_run=seen.append)
+    assert [t.user_attrs["seed"] for t in trials] == [trial_seed(7, k) for k in range(3)]
+    assert sorted(t.number for t in seen) == sorted(t.number for t in trials)  # once per run
+    states = [t.state for t in s.study.get_trials()]
+    assert states.count(TrialState.COMPLETE) == 3 and states.count(TrialState.RUNNING) == 0
+    assert states.count(TrialState.FAIL) == 1  # the killed run, failed by the heartbeat rule

@@ -15,7 +15,7 @@ from optuna.trial import FrozenTrial, TrialState
 from automl_kd.errors import AutomlKdError
 from automl_kd.storage.heartbeat import fail_stale_trials, seed_origin
 
-from .outcome import TrialOutcome
+from .outcome import TrialOutcome, is_claimed
 
 if TYPE_CHECKING:
     from .search import Search
@@ -65,7 +65,9 @@ def repeat(
             if free:  # else the missing runs are running in other processes: run() waits for them
                 search.enqueue(params, seed_of=free[0])
         ids = {t._trial_id for t in trials}
-        search.run(n_trials=search.finished_count() + 1)  # the engine's count leaves interrupted trials out
+        # the target counts the runs of other processes too (the engine's count leaves interrupted trials out):
+        # the queued run is not surplus to a run still RUNNING elsewhere, and a dead one's retry is waited for
+        search.run(n_trials=sum(is_claimed(t) for t in study.get_trials(deepcopy=False)))
         for t in study.get_trials(deepcopy=False):
             outcome = TrialOutcome.of(t)
             if t._trial_id not in ids and outcome.counts and outcome != TrialOutcome.COMPLETE:
