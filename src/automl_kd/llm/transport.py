@@ -63,7 +63,7 @@ class Requests:
             self._client = self._openai.AsyncOpenAI(**self._connect)
         try:
             return await asyncio.wait_for(self._client.chat.completions.create(**request), deadline_s)
-        except TimeoutError:
+        except asyncio.TimeoutError:  # on Python 3.10 not yet the builtin TimeoutError
             raise DeadlineExceeded(f"no whole answer within {deadline_s:g} s") from None
 
     def stopped(self) -> bool:
