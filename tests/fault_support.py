@@ -185,6 +185,22 @@ class Payload:
         return (os.system, (f"touch {self.marker}",))
 
 
+def finished_run(w: Path) -> Path:
+    """A real one-trial run of base.yaml in ``w/run`` and its finalized trial 0, through the CLI's entry point."""
+    from automl_kd.cli import main
+
+    base = write_yaml(w / "base.yaml", base_config())
+    run = w / "run"
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        assert main(["run", str(base), "--run-dir", str(run)]) == 0
+        assert main(["finalize", "--run-dir", str(run), "--trial", "0", "--epochs", "1"]) == 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert (run / "final" / "trial-0" / "check_images.pt").is_file()
+    return run
+
+
 def write_cifar10(root: Path, meta: bytes | None = None, n_train: int = 250, n_test: int = 500) -> Path:
     """A small CIFAR-10 in the torchvision (python pickle) layout under ``root/cifar-10-batches-py``; ``meta``
     replaces the bytes of ``batches.meta`` (a crafted or broken file)."""

@@ -35,6 +35,7 @@ from fault_support import (
     cli_env,
     cli_in_process,
     closed_port,
+    finished_run,
     read_only,
     synthetic_config,
     wait_until_stale,
@@ -355,19 +356,7 @@ FAULTS = [
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real run of base.yaml (one trial) and its finalized trial 0, through the CLI's entry point."""
-    from automl_kd.cli import main
-
-    w = tmp_path_factory.mktemp("finished")
-    base = write_yaml(w / "base.yaml", base_config())
-    run = w / "run"
-    previous = signal.getsignal(signal.SIGTERM)
-    try:
-        assert main(["run", str(base), "--run-dir", str(run)]) == 0
-        assert main(["finalize", "--run-dir", str(run), "--trial", "0", "--epochs", "1"]) == 0
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    assert (run / "final" / "trial-0" / "check_images.pt").is_file()
-    return run
+    return finished_run(tmp_path_factory.mktemp("finished"))
 
 
 @pytest.fixture

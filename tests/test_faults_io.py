@@ -36,6 +36,7 @@ from fault_support import (
     cli_env,
     cli_in_process,
     error_lines,
+    finished_run,
     read_only,
     synthetic_config,
     write_unsafe_pickle,
@@ -495,18 +496,7 @@ def test_a_damaged_teacher_checkpoint_is_one_config_line(
 @pytest.fixture(scope="module")
 def finalized(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real one-trial run of base.yaml and its finalized trial 0."""
-    from automl_kd.cli import main
-
-    w = tmp_path_factory.mktemp("finalized")
-    base = write_yaml(w / "base.yaml", base_config())
-    run = w / "run"
-    previous = signal.getsignal(signal.SIGTERM)
-    try:
-        assert main(["run", str(base), "--run-dir", str(run)]) == 0
-        assert main(["finalize", "--run-dir", str(run), "--trial", "0", "--epochs", "1"]) == 0
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    return run
+    return finished_run(tmp_path_factory.mktemp("finalized"))
 
 
 def damage_file(path: Path, how: str, marker: Path) -> None:
