@@ -305,6 +305,7 @@ def run_cell(
     ig_steps: int,
     recorded: list[dict[str, Any]],
     save: Any,
+    precision: str = "auto",
 ) -> list[dict[str, Any]]:
     """``seeds`` runs of one fixed student with one method, in one resumable study.
 
@@ -318,7 +319,8 @@ def run_cell(
     if len(recorded) >= seeds:
         return recorded[:seeds]
     raw = base_config(root, work, name, teacher_epochs, epochs)
-    if student == "nas":
+    raw["precision"] = precision
+    if student == "nas" or student.startswith("random"):
         raw["space"] = NAS_SPACE
     raw["augmenters"] = augmenters(method, ig_steps)
     search = Search(load_config(raw))
@@ -415,6 +417,93 @@ def compare_students(grid: dict[str, Any]) -> dict[str, Any]:
     for m, adj in zip(tested, holm([out[m]["p"] for m in tested]), strict=True):
         out[m]["p_holm"] = adj
     return out
+
+
+# -- stage 6: the search's pick against random students of the same space under the same MACs cap -------------
+FIDELITY = REPO / "benchmarks" / "results" / "fidelity_mbv2.json"
+RANDOM_METHODS = ("ce", "kd")
+
+
+def random_students(k: int) -> list[dict[str, Any]]:
+    """The first ``k`` candidates of the fidelity study (``fidelity_mbv2.py``): drawn uniformly from the NAS space
+    under the same MACs cap, with their full-recipe CE run (the grid's CE recipe in fp32) when it is there."""
+    f = json.loads(FIDELITY.read_text()) if FIDELITY.exists() else {}
+    return f.get("candidates", [])[:k]
+
+
+def mean_diff_ci(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
+    """Mean of ``a`` minus mean of ``b`` with its 95 % Welch (Satterthwaite) interval and Welch's t-test."""
+    from scipy import stats
+
+    diff = float(a.mean() - b.mean())
+    if len(a) < 2 or len(b) < 2:
+        return {"diff": diff, "ci95": [float("nan"), float("nan")], **welch(a, b)}
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    se = float(np.sqrt(va + vb))
+    dof = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1)) if se > 0 else float("inf")
+    half = float(stats.t.ppf(0.975, dof)) * se
+    return {"diff": diff, "ci95": [diff - half, diff + half], **welch(a, b)}
+
+
+def search_vs_random(r: dict[str, Any]) -> dict[str, Any]:
+    """Per method, the NAS pick's test accuracy (its seeds) against the random students' (one run each)."""
+    pick = r.get("grid", {}).get("nas", {}).get("runs", {})
+    rand = r.get("random_students", {}).get("students", [])
+    out: dict[str, Any] = {}
+    for m in RANDOM_METHODS:
+        a = np.array([x["test_acc"] for x in pick.get(m, [])])
+        b = np.array([s["runs"][m][0]["test_acc"] for s in rand if s.get("runs", {}).get(m)])
+        if len(a) and len(b):
+            out[m] = {"n": [len(a), len(b)], **mean_diff_ci(a, b)}
+    return out
+
+
+def stage_random(
+    root: Path, work: Path, r: dict[str, Any], k: int, epochs: int, teacher_epochs: int, ig_steps: int
+) -> None:
+    """``k`` random students with CE (the fidelity study's full-recipe run) and KD (one run each, fp32, the KD
+    cells' recipe and teacher), then the comparison with the NAS pick."""
+    chosen = random_students(k)
+    if len(chosen) < k:
+        raise SystemExit(f"random: the fidelity study has {len(chosen)} candidates, {k} wanted")
+    block = r.setdefault("random_students", {"students": []})
+    block["source"] = "the first candidates of fidelity_mbv2.json (uniform draws under the MACs cap)"
+    for i, c in enumerate(chosen):
+        if i >= len(block["students"]):
+            block["students"].append(
+                {"arch": c["arch"], "params": c["params"], "macs": c["macs"], "runs": {}}
+            )
+        s = block["students"][i]
+        full = c.get("runs", {}).get("full")
+        if full and "ce" not in s["runs"]:
+            s["runs"]["ce"] = [{**full[0], "precision": "fp32", "from": "fidelity_mbv2.json"}]
+        for m in RANDOM_METHODS:
+            if m == "ce" and "ce" in s["runs"]:
+                continue
+            if m != "ce":
+                grid_teacher(root, teacher_epochs, r)
+
+            def save(runs: list[dict[str, Any]], s: dict[str, Any] = s, m: str = m) -> None:
+                s["runs"][m] = runs
+                r["search_vs_random"] = search_vs_random(r)
+                save_result(r)
+
+            run_cell(
+                root,
+                work,
+                f"random{i}",
+                c["arch"],
+                m,
+                1,
+                epochs,
+                teacher_epochs,
+                ig_steps,
+                s["runs"].get(m, []),
+                save,
+                precision="fp32",
+            )
+    r["search_vs_random"] = search_vs_random(r)
+    save_result(r)
 
 
 # -- stage 5: cost of the students: params, MACs, latency in PyTorch and ONNX Runtime ------------------------------
@@ -627,6 +716,23 @@ def markdown(r: dict[str, Any]) -> str:
             lines.append(
                 f"| NAS (mbv2) | {n['params']:,} | {n['macs'] / 1e6:.2f} M | {n['macs'] / t_macs:.1%} |"
             )
+    svr = r.get("search_vs_random")
+    if svr:
+        k = len(r.get("random_students", {}).get("students", []))
+        lines += [
+            "",
+            f"The NAS pick against {k} random students of the same space under the same MACs cap (test accuracy, "
+            "pick minus random; the pick's seeds against one run per random student; 95 % Welch interval):",
+            "",
+            "| method | runs (pick, random) | difference, points | 95 % CI | Welch's t / p |",
+            "|---|---|---|---|---|",
+        ]
+        for m, v in svr.items():
+            lo, hi = v["ci95"]
+            lines.append(
+                f"| {m} | {v['n'][0]}, {v['n'][1]} | {v['diff']:+.2f} | [{lo:+.2f}, {hi:+.2f}] "
+                f"| {v['t']:.2f} / {v['p']:.3f} |"
+            )
     return "\n".join(lines)
 
 
@@ -645,7 +751,12 @@ def main() -> None:
     ap.add_argument("--nas-trials", type=int, default=16)
     ap.add_argument("--nas-fraction", type=float, default=0.2)
     ap.add_argument("--priority", type=int, default=1, help="0: only NAS vs truncated with CE and KD+IG+AT")
-    ap.add_argument("--stages", default="teacher,ig,nas,costs,grid")
+    ap.add_argument(
+        "--stages",
+        default="teacher,ig,nas,costs,grid",
+        help="random: the NAS pick against --random-students random students (after the fidelity study)",
+    )
+    ap.add_argument("--random-students", type=int, default=3)
     ap.add_argument(
         "--cells",
         default="",
@@ -760,6 +871,8 @@ def main() -> None:
                 save,
             )
             log(f"{student} {method}: {len(runs)} runs, {time.perf_counter() - t0:.0f} s")
+    if "random" in stages:
+        stage_random(root, work, r, args.random_students, args.epochs, t_epochs, ig["chosen"])
     print(markdown(r))
 
 
