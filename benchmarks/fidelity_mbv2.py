@@ -24,12 +24,16 @@ an interrupted study, on this machine or (from the JSON) on another. Candidates 
 fidelity of one before the next, so a partial study is a smaller study of the same kind.
 
     OMP_NUM_THREADS=1 nohup python benchmarks/fidelity_mbv2.py --work ../runs/fidelity --threads 1 &
+    # two cores: one process per shard (each runs only its own candidates; start both with --shard k/2)
+    OMP_NUM_THREADS=1 nohup python benchmarks/fidelity_mbv2.py --work ../runs/fidelity --shard 0/2 &
+    OMP_NUM_THREADS=1 nohup python benchmarks/fidelity_mbv2.py --work ../runs/fidelity --shard 1/2 &
     python benchmarks/fidelity_mbv2.py --markdown      # the docs table from the JSON
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import math
 import platform
@@ -74,9 +78,26 @@ def load_result() -> dict[str, Any]:
     return json.loads(RESULT.read_text()) if RESULT.exists() else {}
 
 
+#: (k, n) of ``--shard k/n``: this process runs the candidates whose index is k modulo n
+SHARD = (0, 1)
+
+
+def mine(c: dict[str, Any]) -> bool:
+    return c["index"] % SHARD[1] == SHARD[0]
+
+
 def save_result(r: dict[str, Any]) -> None:
-    r["summary"] = summarise(r)
-    atomic_write(RESULT, (json.dumps(r, indent=1) + "\n").encode())
+    """Write the JSON, under a lock: the candidates of other shards are taken from the file as it is now (another
+    process may have added runs to them), this process's own from ``r``."""
+    with open(RESULT.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        disk = load_result().get("candidates", [])
+        r["candidates"] = [
+            disk[i] if i < len(disk) and not mine(c) else c for i, c in enumerate(r["candidates"])
+        ]
+        r["summary"] = summarise(r)
+        r["complete"] = all(c.get("runs", {}).get("full") for c in r["candidates"])
+        atomic_write(RESULT, (json.dumps(r, indent=1) + "\n").encode())
 
 
 def space() -> Any:
@@ -263,6 +284,11 @@ def main() -> None:
     ap.add_argument("--candidates", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0, help="the seed of the candidates' draw")
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
+    ap.add_argument(
+        "--shard",
+        default="0/1",
+        help="k/n: run the candidates whose index is k modulo n (n processes side by side)",
+    )
     ap.add_argument("--markdown", action="store_true")
     ap.add_argument(
         "--smoke", action="store_true", help="3 candidates on 600 images into /tmp: checks the script"
@@ -279,6 +305,9 @@ def main() -> None:
         return
     if args.work is None:
         ap.error("--work is needed to run the study")
+    global SHARD
+    k, _, n = args.shard.partition("/")
+    SHARD = (int(k), int(n or 1))
     torch.set_num_threads(args.threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     cap = int(headline.load_result().get("nas", {}).get("macs_cap") or 0)
@@ -311,11 +340,11 @@ def main() -> None:
     root = headline.unpack(args.work)
     save_result(r)
     stage_proxies(root, r)
-    for c in r["candidates"]:
-        for fid_name in FIDELITIES:
-            stage_runs(root, args.work, r, c, fid_name)
-        log(f"candidate {c['index']} done")
-    r["complete"] = True
+    for c in list(r["candidates"]):
+        if mine(c):
+            for fid_name in FIDELITIES:
+                stage_runs(root, args.work, r, c, fid_name)
+            log(f"candidate {c['index']} done")
     save_result(r)
 
 
