@@ -199,6 +199,23 @@ def summarise(r: dict[str, Any]) -> dict[str, Any]:
     have both; the mean CPU seconds per candidate; the seed-to-seed correlation of the two ``e1_f20`` runs."""
     done = [c for c in r.get("candidates", []) if c.get("runs", {}).get("full")]
     out: dict[str, Any] = {"candidates_with_full": len(done)}
+    paired = [
+        c["runs"]["e1_f20"][:2]
+        for c in r.get("candidates", [])
+        if len(c.get("runs", {}).get("e1_f20", [])) >= 2
+    ]
+    if paired:
+        # the NAS stage's fidelity: how far two seeds of one candidate are apart, against the spread of candidates
+        first = [p[0]["val_acc"] for p in paired]
+        out["e1_f20_seed_noise"] = {
+            "candidates": len(paired),
+            "mean_abs_seed_difference": round(
+                float(np.mean([abs(a["val_acc"] - b["val_acc"]) for a, b in paired])), 2
+            ),
+            "std_across_candidates_one_seed": round(float(np.std(first, ddof=1)), 2)
+            if len(first) > 1
+            else None,
+        }
     if len(done) < 3:
         return out
     full = np.array([c["runs"]["full"][0]["val_acc"] for c in done])
@@ -246,13 +263,26 @@ def summarise(r: dict[str, Any]) -> dict[str, Any]:
 
 
 def markdown(r: dict[str, Any]) -> str:
-    s = r.get("summary", {})
+    s = summarise(r)  # from the runs, whichever version of the script wrote the JSON
     n, planned = s.get("candidates_with_full", 0), len(r.get("candidates", []))
+    noise = s.get("e1_f20_seed_noise")
+    noise_line = (
+        [
+            f"The NAS stage's fidelity (`e1_f20`, 1 epoch on 20 %): two seeds of the same candidate differ by "
+            f"{noise['mean_abs_seed_difference']:.2f} points of validation accuracy on average "
+            f"({noise['candidates']} candidates); one seed's values vary by a standard deviation of "
+            f"{noise['std_across_candidates_one_seed']} points across candidates.",
+            "",
+        ]
+        if noise and noise["std_across_candidates_one_seed"] is not None
+        else []
+    )
     lines = [
         f"{n} of {planned} candidates have the full recipe's result"
         + ("" if n >= planned else " (the study is still running; the figures below are over those)")
         + f"; CPU: {r.get('machine', '?')}, {r.get('torch_threads', '?')} torch thread(s), fp32.",
         "",
+        *noise_line,
     ]
     if "fidelities" not in s:
         return "\n".join([*lines, "Too few candidates have the full recipe's result for a rank correlation."])
