@@ -20,8 +20,9 @@ others, and a study that spans machines must not mix them).
 
 Every run goes through the product's own engine (one resumable study per candidate and fidelity in ``--work``),
 and each finished run is written to ``benchmarks/results/fidelity_mbv2.json`` at once: the same command continues
-an interrupted study, on this machine or (from the JSON) on another. Candidates are done one at a time, every
-fidelity of one before the next, so a partial study is a smaller study of the same kind.
+an interrupted study, on this machine or (from the JSON) on another. ``e1_f20`` runs first for every candidate
+(its seed noise needs no full run); then candidates are done one at a time, every fidelity of one before the next,
+so a partial study is a smaller study of the same kind.
 
     OMP_NUM_THREADS=1 nohup python benchmarks/fidelity_mbv2.py --work ../runs/fidelity --threads 1 &
     # two cores: one process per shard (each runs only its own candidates; start both with --shard k/2)
@@ -370,6 +371,10 @@ def main() -> None:
     root = headline.unpack(args.work)
     save_result(r)
     stage_proxies(root, r)
+    # the NAS stage's own fidelity first, for every candidate (its seed noise needs no full run), then the rest
+    for c in list(r["candidates"]):
+        if mine(c):
+            stage_runs(root, args.work, r, c, "e1_f20")
     for c in list(r["candidates"]):
         if mine(c):
             for fid_name in FIDELITIES:
