@@ -280,7 +280,7 @@ def markdown(r: dict[str, Any]) -> str:
     )
     lines = [
         f"{n} of {planned} candidates have the full recipe's result"
-        + ("" if n >= planned else " (the study is still running; the figures below are over those)")
+        + ("" if n >= planned else " (a partial study; the figures below are over those)")
         + f"; CPU: {r.get('machine', '?')}, {r.get('torch_threads', '?')} torch thread(s), fp32.",
         "",
         *noise_line,
