@@ -1,4 +1,5 @@
-"""What the distillation benchmarks share: the augmenters of a method, the summary of its runs, a portable config.
+"""What the distillation benchmarks share: the augmenters of a method, the summary of its runs, a portable config,
+and the cells of their markdown tables (the tables themselves: :func:`automl_kd.compare.report.markdown_table`).
 
 ``distill_cifar10.py`` and ``kd_ablation.py`` import it from beside them (a benchmark runs as a script, so its own
 folder is on ``sys.path``).
@@ -11,7 +12,10 @@ from typing import Any
 
 import numpy as np
 
+from automl_kd.compare.report import markdown_table
 from automl_kd.compare.stats import bootstrap_ci, holm, welch
+
+__all__ = ["augmenters", "markdown_table", "mean_ci", "portable", "summarise", "welch_cell"]
 
 JPEG_ROOT = "CIFAR-10 (JPEG) archive, extracted"
 
@@ -61,3 +65,19 @@ def portable(cfg: dict[str, Any], checkpoint: str | None = None) -> dict[str, An
     if checkpoint is not None and "checkpoint" in out.get("teacher", {}):
         out["teacher"]["checkpoint"] = checkpoint
     return out
+
+
+def mean_ci(row: dict[str, Any]) -> str:
+    """A summary row's test accuracy: ``mean ± std [95 % CI]``, or the single run's value."""
+    if row["n"] < 2:
+        return f"{row['test_mean']:.2f} (one run: no spread yet)"
+    lo, hi = row["test_ci95"]
+    return f"{row['test_mean']:.2f} ± {row['test_std']:.2f} [{lo:.2f}, {hi:.2f}]"
+
+
+def welch_cell(w: dict[str, Any] | None, holm_digits: int = 3, missing: str = "—") -> str:
+    """A Welch test as ``t / p / p Holm`` (``t / p`` before Holm's adjustment), ``missing`` without a test."""
+    if not w or np.isnan(w["p"]):
+        return missing
+    cell = f"{w['t']:+.2f} / {w['p']:.3f}"
+    return cell + (f" / {w['p_holm']:.{holm_digits}f}" if "p_holm" in w else "")

@@ -58,6 +58,7 @@ from automl_kd.trial_attrs import metrics_of
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 import common as helpers  # noqa: E402  (beside this script: the benchmarks' shared helpers)
+from common import markdown_table, mean_ci, welch_cell  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
 RELEASED = SHARED / "igkd-students" / "CIFAR10_KD_IG_AT_T2.5_alpha0.01_p0.1_gamma0.8_TestAcc92.42.pt"
@@ -637,34 +638,23 @@ def markdown(r: dict[str, Any]) -> str:
         ]
     grid = r.get("grid", {})
     if grid:
-        lines += [
-            f"Students ({r.get('epochs')} epochs each, {r.get('seeds')} seeds; test accuracy %: mean ± std "
-            "[95 % bootstrap CI]; Welch's t / p / Holm-adjusted p against CE alone of the same student):",
-            "",
-            "| student | method | runs | test % | t / p / p Holm vs CE | teacher of each run |",
-            "|---|---|---|---|---|---|",
-        ]
+        rows = []
         for student, block in grid.items():
             for m in METHODS:
                 row = block.get("summary", {}).get(m)
                 if not row:
-                    lines.append(f"| {student} | {m} | 0 | not run yet | — | — |")
+                    rows.append([student, m, "0", "not run yet", "—", "—"])
                     continue
-                lo, hi = row["test_ci95"]
-                w = row.get("welch_vs_ce")
-                p = (
-                    f"{w['t']:+.2f} / {w['p']:.3f} / {w.get('p_holm', float('nan')):.3f}"
-                    if w and not np.isnan(w["p"])
-                    else "—"
-                )
-                acc = (
-                    f"{row['test_mean']:.2f} ± {row['test_std']:.2f} [{lo:.2f}, {hi:.2f}]"
-                    if row["n"] > 1
-                    else f"{row['test_mean']:.2f} (one run: no spread yet)"
-                )
-                lines.append(
-                    f"| {student} | {m} | {row['n']} | {acc} | {p} | {run_teachers(m, block['runs'][m])} |"
-                )
+                cells = [mean_ci(row), welch_cell(row.get("welch_vs_ce")), run_teachers(m, block["runs"][m])]
+                rows.append([student, m, str(row["n"]), *cells])
+        lines += [
+            f"Students ({r.get('epochs')} epochs each, {r.get('seeds')} seeds; test accuracy %: mean ± std "
+            "[95 % bootstrap CI]; Welch's t / p / Holm-adjusted p against CE alone of the same student):",
+            "",
+            *markdown_table(
+                ["student", "method", "runs", "test %", "t / p / p Holm vs CE", "teacher of each run"], rows
+            ),
+        ]
     vs = compare_students(grid)
     if vs:
         lines += [
@@ -672,67 +662,82 @@ def markdown(r: dict[str, Any]) -> str:
             "NAS against truncated student at equal MACs (test accuracy, NAS minus truncated; Welch's t / p / "
             "Holm-adjusted p over the methods):",
             "",
-            "| method | runs (NAS, truncated) | difference, points | t / p / p Holm |",
-            "|---|---|---|---|",
+            *markdown_table(
+                ["method", "runs (NAS, truncated)", "difference, points", "t / p / p Holm"],
+                [
+                    [
+                        m,
+                        f"{c['n'][0]}, {c['n'][1]}",
+                        f"{c['diff']:+.2f}",
+                        welch_cell(c, missing="— (needs 2 runs of each)"),
+                    ]
+                    for m, c in vs.items()
+                ],
+            ),
         ]
-        for m, c in vs.items():
-            test = (
-                f"{c['t']:+.2f} / {c['p']:.3f} / {c.get('p_holm', float('nan')):.3f}"
-                if not np.isnan(c["p"])
-                else "— (needs 2 runs of each)"
-            )
-            lines.append(f"| {m} | {c['n'][0]}, {c['n'][1]} | {c['diff']:+.2f} | {test} |")
     costs = r.get("costs")
     if costs:
         lines += [
             "",
-            "| network | params | MACs | PyTorch ms b1 / b64 | ONNX Runtime ms b1 / b64 |",
-            "|---|---|---|---|---|",
+            *markdown_table(
+                ["network", "params", "MACs", "PyTorch ms b1 / b64", "ONNX Runtime ms b1 / b64"],
+                [
+                    [
+                        k,
+                        f"{c['params']:,}",
+                        f"{c['macs'] / 1e6:.2f} M",
+                        f"{c['latency_ms_b1']:.2f} / {c['latency_ms_b64']:.1f}",
+                        f"{c['ort_ms_b1']:.2f} / {c['ort_ms_b64']:.1f}",
+                    ]
+                    for k, c in ((k, costs[k]) for k in ("teacher", "truncated", "nas"))
+                ],
+            ),
         ]
-        for k in ("teacher", "truncated", "nas"):
-            c = costs[k]
-            lines.append(
-                f"| {k} | {c['params']:,} | {c['macs'] / 1e6:.2f} M "
-                f"| {c['latency_ms_b1']:.2f} / {c['latency_ms_b64']:.1f} "
-                f"| {c['ort_ms_b1']:.2f} / {c['ort_ms_b64']:.1f} |"
-            )
         curve = costs.get("truncation_curve", {})
         if curve:
+            t_macs = costs["teacher"]["macs"]
+            n = costs["nas"]
+            rows = [
+                [
+                    f"paper-truncated, removed = {k}",
+                    f"{c['params']:,}",
+                    f"{c['macs'] / 1e6:.2f} M",
+                    f"{c['macs'] / t_macs:.1%}",
+                ]
+                for k, c in curve.items()
+            ]
+            rows.append(
+                ["NAS (mbv2)", f"{n['params']:,}", f"{n['macs'] / 1e6:.2f} M", f"{n['macs'] / t_macs:.1%}"]
+            )
             lines += [
                 "",
                 "Truncation cuts parameters much faster than MACs (the paper's way), against the NAS student at the "
                 "same MACs cap:",
                 "",
-                "| student | params | MACs | MACs / teacher |",
-                "|---|---|---|---|",
+                *markdown_table(["student", "params", "MACs", "MACs / teacher"], rows),
             ]
-            t_macs = costs["teacher"]["macs"]
-            for k, c in curve.items():
-                lines.append(
-                    f"| paper-truncated, removed = {k} | {c['params']:,} | {c['macs'] / 1e6:.2f} M "
-                    f"| {c['macs'] / t_macs:.1%} |"
-                )
-            n = costs["nas"]
-            lines.append(
-                f"| NAS (mbv2) | {n['params']:,} | {n['macs'] / 1e6:.2f} M | {n['macs'] / t_macs:.1%} |"
-            )
     svr = r.get("search_vs_random")
     if svr:
         k = len(r.get("random_students", {}).get("students", []))
+        rows = [
+            [
+                m,
+                f"{v['n'][0]}, {v['n'][1]}",
+                f"{v['diff']:+.2f}",
+                f"[{v['ci95'][0]:+.2f}, {v['ci95'][1]:+.2f}]",
+                f"{v['t']:.2f} / {v['p']:.3f}",
+            ]
+            for m, v in svr.items()
+        ]
         lines += [
             "",
             f"The NAS pick against {k} random students of the same space under the same MACs cap (test accuracy, "
             "pick minus random; the pick's seeds against one run per random student; 95 % Welch interval):",
             "",
-            "| method | runs (pick, random) | difference, points | 95 % CI | Welch's t / p |",
-            "|---|---|---|---|---|",
+            *markdown_table(
+                ["method", "runs (pick, random)", "difference, points", "95 % CI", "Welch's t / p"], rows
+            ),
         ]
-        for m, v in svr.items():
-            lo, hi = v["ci95"]
-            lines.append(
-                f"| {m} | {v['n'][0]}, {v['n'][1]} | {v['diff']:+.2f} | [{lo:+.2f}, {hi:+.2f}] "
-                f"| {v['t']:.2f} / {v['p']:.3f} |"
-            )
     return "\n".join(lines)
 
 

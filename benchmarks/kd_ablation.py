@@ -51,6 +51,7 @@ from automl_kd.trial_attrs import metrics_of
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 import common as helpers  # noqa: E402  (beside this script: the benchmarks' shared helpers)
+from common import markdown_table, mean_ci, welch_cell  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
 SWEEP_DEPTHS = [3, 5, 7, 9, 11, 13, 15, 17]
@@ -364,20 +365,8 @@ def _timing(r: dict[str, Any]) -> str:
     return f"{' and '.join(blocks)} recipes {r['wall_clock_s'] / 60:.0f} min with {r['torch_threads']} torch thread(s)"
 
 
-def _fmt(row: dict[str, Any]) -> str:
-    lo, hi = row["test_ci95"]
-    return f"{row['test_mean']:.2f} ± {row['test_std']:.2f} [{lo:.2f}, {hi:.2f}]"
-
-
 def _p(row: dict[str, Any]) -> str:
-    w = row.get("welch_vs_student")
-    if not w:
-        return "—"
-    return (
-        f"{w['t']:+.2f} / {w['p']:.3f} / {w['p_holm']:.2f}"
-        if "p_holm" in w
-        else f"{w['t']:+.2f} / {w['p']:.3f}"
-    )
+    return welch_cell(row.get("welch_vs_student"), holm_digits=2)
 
 
 def markdown(out: Path, scale: str) -> str:
@@ -394,17 +383,16 @@ def markdown(out: Path, scale: str) -> str:
             f"{t['test_acc']:.2f} % test ({t['params']:,} params). Test accuracy %: mean ± std [95 % bootstrap CI]; "
             "Welch's t / p / Holm-adjusted p against the student alone.",
             "",
-            "| method | "
-            + " | ".join(f"{k} recipe | t / p / p Holm" for k in r["ablation"])
-            + " | paper (CIFAR-10, mean of 10) |",
-            "|---|" + "---|---|" * len(r["ablation"]) + "---|",
         ]
+        rows = []
         for m in METHODS:
-            cells = []
+            cells = [m]
             for rec in r["ablation"].values():
                 row = rec["summary"].get(m)
-                cells += [_fmt(row), _p(row)] if row else ["—", "—"]
-            lines.append(f"| {m} | " + " | ".join(cells) + f" | {PAPER_MEANS[m]:.2f} |")
+                cells += [mean_ci(row), _p(row)] if row else ["—", "—"]
+            rows.append([*cells, f"{PAPER_MEANS[m]:.2f}"])
+        head = ["method", *(c for k in r["ablation"] for c in (f"{k} recipe", "t / p / p Holm"))]
+        lines += markdown_table([*head, "paper (CIFAR-10, mean of 10)"], rows)
         lat = r["latency"]
         lines += [
             "",
@@ -422,11 +410,11 @@ def markdown(out: Path, scale: str) -> str:
             f"{r['train_fraction']:.0%} of the training split ({r['recipe']} recipe), "
             f"{r['wall_clock_s'] / 60:.0f} min.",
             "",
-            "| method | test % mean ± std [95 % CI] | Welch t / p / p Holm vs student |",
-            "|---|---|---|",
+            *markdown_table(
+                ["method", "test % mean ± std [95 % CI]", "Welch t / p / p Holm vs student"],
+                [[m, mean_ci(row), _p(row)] for m, row in r["monte_carlo"]["summary"].items()],
+            ),
         ]
-        for m, row in r["monte_carlo"]["summary"].items():
-            lines.append(f"| {m} | {_fmt(row)} | {_p(row)} |")
     path = result_path(out, scale, "sweep")
     if path.exists():
         r = json.loads(path.read_text())
@@ -435,14 +423,22 @@ def markdown(out: Path, scale: str) -> str:
             f"Compression sweep, {scale}: {r['seeds']} seeds per cell ({r['recipe']} recipe), "
             f"{r['wall_clock_s'] / 60:.0f} min.",
             "",
-            "| k removed | params | CF | MACs | student test % | KD test % |",
-            "|---|---|---|---|---|---|",
+            *markdown_table(
+                ["k removed", "params", "CF", "MACs", "student test %", "KD test %"],
+                [
+                    [
+                        k,
+                        f"{s['params']:,}",
+                        f"{s['cf']:.1f}",
+                        f"{s['macs'] / 1e6:.2f}M",
+                        mean_ci(s),
+                        mean_ci(row["kd"]),
+                    ]
+                    for k, row in r["sweep"].items()
+                    for s in (row["student"],)
+                ],
+            ),
         ]
-        for k, row in r["sweep"].items():
-            s, kd = row["student"], row["kd"]
-            lines.append(
-                f"| {k} | {s['params']:,} | {s['cf']:.1f} | {s['macs'] / 1e6:.2f}M | {_fmt(s)} | {_fmt(kd)} |"
-            )
     return "\n".join(lines) if lines else f"no results for {scale} in {out}"
 
 

@@ -13,6 +13,7 @@ import optuna
 import pytest
 from conftest import REPO
 from distill_support import STUDENT_SPACE, TEACHER_SPACE
+from fault_support import assert_one_error, cli
 
 from automl_kd import Search, load_config
 from automl_kd.errors import ConfigError
@@ -86,15 +87,13 @@ def test_ce_baseline_of_a_student_trained_without_augmenters_reproduces_it(tmp_p
 def test_a_bad_ce_baseline_value_is_one_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="ce_baseline"):
         load_config(tiny_config(tmp_path, augmenters=False, n_trials=1), ["search.ce_baseline=maybe"])
-    out = subprocess.run(
-        [*DEMO, "--run-dir", str(tmp_path / "d"), "--set", "search.ce_baseline=maybe"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    res = cli(
+        "demo", "--run-dir", str(tmp_path / "d"), "--set", "search.ce_baseline=maybe", cwd=REPO, timeout=120
     )
-    assert out.returncode != 0 and "Traceback" not in out.stderr
-    assert [line for line in out.stderr.splitlines() if line.startswith("error:")], out.stderr
+    assert_one_error(
+        res, 2, r"^error: config key 'search\.ce_baseline': .*'none', 'best' or 'all' \(got 'maybe'\)"
+    )
+    assert not (tmp_path / "d").exists()  # refused before anything is written
 
 
 @pytest.mark.slow

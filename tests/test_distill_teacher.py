@@ -103,3 +103,38 @@ def test_the_paper_truncated_teacher_is_the_spaces_reference(tmp_path: Path) -> 
     assert "features.18" in dict(teacher.named_modules())
     with pytest.raises(ConfigError, match="exactly one"):
         load_config({"teacher": {"model": "test_resnet", "space": "mbv2"}})
+
+
+def test_the_teachers_precision_is_resolved_once_per_teacher(tmp_path: Path) -> None:
+    """`precision: auto` on a CPU with fast bf16 kernels looks at the network (a hooked batch-1 forward): for the
+    teacher that happens once, when get_teacher trains or loads it; its record and its cached outputs for every
+    trial reuse that dtype."""
+    from automl_kd.distill.teacher import teacher_record
+    from automl_kd.distill.teacher_info import teacher_dtype
+    from automl_kd.distill.teacher_outputs import teacher_output_provider
+    from automl_kd.precision import autocast_dtype
+
+    data = tiny_data()
+    teacher = get_teacher(
+        teacher_config(), data, CPU, ArtifactCache(tmp_path / "cache"), pm=PM, precision="auto"
+    )
+    info = teacher_info(teacher)
+    assert info is not None and ("auto", "cpu") in info.dtypes  # resolved with the teacher's training plan
+    probes: list[int] = []
+    teacher.register_forward_pre_hook(lambda _m, args: probes.append(1) if args[0].shape[0] == 1 else None)
+    records = [teacher_record(teacher, data, "auto") for _ in range(2)]
+    for i in range(2):  # two trials, each building the teacher's cached views afresh
+        teacher_output_provider(
+            teacher,
+            [],
+            data,
+            2,
+            True,
+            mode="cached",
+            cache=ArtifactCache(tmp_path / f"views{i}"),
+            precision="auto",
+        )
+    assert probes == []
+    assert records[0] == records[1]
+    expected = autocast_dtype("auto", CPU, teacher, data.input_shape)
+    assert teacher_dtype(teacher, "auto", CPU, data.input_shape) == expected == info.dtypes[("auto", "cpu")]

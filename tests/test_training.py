@@ -262,3 +262,42 @@ def test_a_trial_resolves_its_precision_once_per_network() -> None:
     assert len(probes) == (1 if plan.pending else 0) and not fitted.plan.pending
     assert fitted.result.precision == fitted.plan.precision
     assert TrainSettings().precision == load_config({}).precision  # one default
+
+
+class _Draws(torch.nn.Module):
+    """Records one draw of torch's global generator per training forward (what dropout draws from)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[float] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            self.seen.append(float(torch.rand(())))
+        return x
+
+
+def _drawing_net() -> torch.nn.Module:
+    return torch.nn.Sequential(_Draws(), torch.nn.Flatten(), torch.nn.Linear(28 * 28, 10))
+
+
+def test_a_run_is_seeded_at_one_point() -> None:
+    """fit seeds the global generators once, before the build; the training continues that stream (dropout's
+    draws follow the initialisation's) and takes its batch order and augmentation draws from a generator of the
+    plan's own. train_student on its own seeds at its start, once."""
+    from automl_kd.distill.fit import fit
+    from automl_kd.distill.plan import TrialPlan
+
+    data = load_data(DataConfig(train_size=200, val_fraction=0.2, crop_padding=0, flip=False))
+    settings = TrainSettings(epochs=1, batch_size=50, crop_padding=0, flip=False, precision="fp32")
+    plan = TrialPlan.make(settings, seed=11, device=torch.device("cpu"))
+    fitted = fit(_drawing_net, data, plan)
+    seen = fitted.model[0].seen
+    torch.manual_seed(11)
+    _drawing_net()  # the build's draws (the linear layer's initialisation)
+    assert seen == [float(torch.rand(())) for _ in seen] and len(seen) == 4
+    assert fit(_drawing_net, data, plan).model[0].seen == seen  # the same seed, the same run
+    alone = _drawing_net()
+    train_student(alone, data, plan)
+    torch.manual_seed(11)
+    assert alone[0].seen == [float(torch.rand(())) for _ in alone[0].seen] != seen

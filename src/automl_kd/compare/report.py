@@ -1,5 +1,8 @@
 """The comparison's outputs: one PNG per benchmark, a markdown report, and the JSON file.
 
+:func:`markdown_table` and :func:`pair_tests_table` write every markdown table of the report and of the
+benchmarks' result files (``benchmarks/``): one table writer.
+
 Kept apart from :mod:`automl_kd.compare.stats` so that the statistics import no plotting library.
 """
 
@@ -13,7 +16,7 @@ import numpy as np
 
 from automl_kd.plotting import pyplot
 
-__all__ = ["markdown_report", "plot_benchmark", "write_outputs"]
+__all__ = ["markdown_report", "markdown_table", "pair_tests_table", "plot_benchmark", "write_outputs"]
 
 
 # -- plots --------------------------------------------------------------------------------------------------
@@ -52,6 +55,35 @@ def plot_benchmark(name: str, entry: dict[str, Any], path: Path) -> None:
 
 
 # -- markdown -----------------------------------------------------------------------------------------------
+def markdown_table(head: list[str], rows: list[list[str]]) -> list[str]:
+    """The lines of a markdown table: the header, its rule, then one line per row of cells."""
+    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + [
+        "| " + " | ".join(cells) + " |" for cells in rows
+    ]
+
+
+def pair_tests_table(tests: list[dict[str, Any]]) -> list[str]:
+    """The pairwise tests (:func:`automl_kd.compare.stats.pair_tests`' records) as a markdown table."""
+    head = ["at", "a vs b", "median a", "median b", "U", "p", "p (Holm)", "A12", "verdict"]
+    return markdown_table(
+        head,
+        [
+            [
+                str(t["at"]),
+                f"{t['a']} vs {t['b']}",
+                f"{t['median_a']:.2f}",
+                f"{t['median_b']:.2f}",
+                f"{t['U']:.1f}",
+                f"{t['p']:.3g}",
+                f"{t['p_holm']:.3g}",
+                f"{t['a12']:.2f}",
+                str(t["verdict"]),
+            ]
+            for t in tests
+        ],
+    )
+
+
 def _ci(s: dict[str, Any]) -> str:
     if s.get("median") is None:
         return "-"
@@ -132,7 +164,7 @@ def markdown_report(results: dict[str, Any], pngs: dict[str, str] | None = None)
                 "cost $",
             ]
         )
-        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines += markdown_table(head, [])
         lines += [_row(label, row, marks) for label, row in entry["proposers"].items()]
         if entry["tests"]:
             lines += [
@@ -140,14 +172,8 @@ def markdown_report(results: dict[str, Any], pngs: dict[str, str] | None = None)
                 "Mann-Whitney U (two-sided) on best-so-far; A12 = P(a beats b); p Holm-adjusted over the "
                 "pairs at each budget.",
                 "",
-                "| at | a vs b | median a | median b | U | p | p (Holm) | A12 | verdict |",
-                "|---|---|---|---|---|---|---|---|---|",
+                *pair_tests_table(entry["tests"]),
             ]
-            for t in entry["tests"]:
-                lines.append(
-                    f"| {t['at']} | {t['a']} vs {t['b']} | {t['median_a']:.2f} | {t['median_b']:.2f} | "
-                    f"{t['U']:.1f} | {t['p']:.3g} | {t['p_holm']:.3g} | {t['a12']:.2f} | {t['verdict']} |"
-                )
         if pngs and bench in pngs:
             lines += ["", f"![{bench}]({pngs[bench]})"]
     return "\n".join(lines) + "\n"

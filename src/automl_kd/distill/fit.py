@@ -2,8 +2,9 @@
 
 The ``train`` evaluator (one trial), ``finalize`` (the chosen trial, longer), the CE-alone baseline and the teacher
 (trained once and cached) all call :func:`fit` with a :class:`~automl_kd.distill.plan.TrialPlan`; the first three
-turn its result into their metrics record with :func:`train_and_score`. Seeding comes first, before the network is
-built, so the same seed, parameters and config give the same initial weights and, on the CPU, the same metrics.
+turn its result into their metrics record with :func:`train_and_score`. Seeding comes first, once, before the
+network is built (:meth:`~automl_kd.distill.plan.TrialPlan.seeded`), so the same seed, parameters and config give
+the same initial weights and, on the CPU, the same metrics.
 
 Example::
 
@@ -66,8 +67,7 @@ def fit(
     ``plan`` may be bare settings with ``seed`` and ``device``. ``data`` must already live on the device.
     ``report(epoch, val_acc)`` is called after every epoch.
     """
-    plan = as_plan(plan, seed, device or data.train.x.device)
-    plan.seed_globals()
+    plan = as_plan(plan, seed, device or data.train.x.device).seeded()  # the run's one seeding point
     model = build().to(plan.device)
     plan = plan.for_network(model, data.input_shape)
     if augmenters:

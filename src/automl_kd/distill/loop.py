@@ -145,11 +145,15 @@ def train_student(
     ``cache`` overrides the artifact cache the teacher-output cache lives in (see
     :mod:`automl_kd.distill.teacher_outputs`). ``normalize`` turns [0, 1] images into ``model``'s input
     (default: the training split's mean and std); the teacher gets its own (``teacher.input``). Forward passes
-    run under autocast to the plan's dtype (:mod:`automl_kd.precision`); weights and losses stay fp32.
+    run under autocast to the plan's dtype (:mod:`automl_kd.precision`); weights and losses stay fp32. A plan
+    that :func:`~automl_kd.distill.fit.fit` has seeded is not seeded again; on its own, this seeds the run
+    (:meth:`~automl_kd.distill.plan.TrialPlan.seeded`).
     """
-    plan = as_plan(plan, seed, data.train.x.device)
+    plan = as_plan(
+        plan, seed, data.train.x.device
+    ).seeded()  # seeds only when fit has not (a call on its own)
     settings, device = plan.settings, plan.device
-    gen = plan.training_generator()  # dropout and other module-level randomness, the batch order, the draws
+    gen = plan.training_generator()  # the batch order and the augmentation draws
     # on the plan's device (fit built it there: then only the layout changes); channels_last speeds up depthwise
     # convolutions about 2x on CPUs too (measured on the 2-core CI machine)
     model.to(device).to(memory_format=torch.channels_last).train()

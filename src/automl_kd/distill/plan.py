@@ -10,6 +10,12 @@ seed, the device, and the autocast dtype that ``precision`` resolves to (:mod:`a
 exist before the seeded build; such a plan is *pending* until :meth:`TrialPlan.for_network` resolves it, once, for
 the network just built (``fit`` does). Everywhere else the dtype is known when the plan is made.
 
+Seeding happens at one point per run, :meth:`TrialPlan.seeded`: ``fit`` seeds torch, numpy and ``random`` from the
+plan's seed once, before the network is built, and the training continues that global stream (dropout's draws
+follow the initialisation's); the batch order and the augmentation draws come from a generator of the plan's own
+(:meth:`TrialPlan.training_generator`), which touches no global state. ``train_student`` called on its own seeds
+at its start instead; a plan that has seeded its run does not seed again.
+
 Example::
 
     plan = TrialPlan.make(TrainSettings(epochs=2), seed=7, device=torch.device("cpu"))
@@ -44,6 +50,8 @@ class TrialPlan:
     dtype: torch.dtype | None = None
     #: ``precision: auto`` that waits for the network (see the module docstring)
     pending: bool = False
+    #: the global generators were seeded from this plan for its run (:meth:`seeded`)
+    is_seeded: bool = dataclasses.field(default=False, compare=False)
 
     @classmethod
     def make(cls, settings: TrainSettings, *, seed: int, device: torch.device) -> TrialPlan:
@@ -72,13 +80,13 @@ class TrialPlan:
 
     def with_seed(self, seed: int) -> TrialPlan:
         """This plan for another run from ``seed`` (the CE-alone baseline retrains each trial from its own)."""
-        return dataclasses.replace(self, seed=seed)
+        return dataclasses.replace(self, seed=seed, is_seeded=False)
 
     def with_settings(self, **update: Any) -> TrialPlan:
         """This plan with some settings changed (``epochs``, ...; not ``precision``, which the dtype came from)."""
         if "precision" in update:
             raise ValueError("a plan's precision is resolved when it is made: make a new plan")
-        return dataclasses.replace(self, settings=self.settings.model_copy(update=update))
+        return dataclasses.replace(self, settings=self.settings.model_copy(update=update), is_seeded=False)
 
     @property
     def precision(self) -> str:
@@ -87,18 +95,21 @@ class TrialPlan:
             raise RuntimeError("precision: auto is resolved with the network (TrialPlan.for_network)")
         return dtype_name(self.dtype)
 
-    def seed_globals(self) -> None:
-        """Seed torch, numpy and ``random`` before the network is built: initialisation (timm, torch.nn.init)
-        draws from the global generators."""
+    def seeded(self) -> TrialPlan:
+        """Seed torch, numpy and ``random`` from the plan's seed, the run's one seeding point, and return the plan
+        marked as seeded; a plan already seeded returns itself and seeds nothing (``fit`` seeds before the build,
+        so the ``train_student`` it calls does not seed again). Initialisation (timm, torch.nn.init) and dropout
+        draw from these global generators."""
+        if self.is_seeded:
+            return self
         torch.manual_seed(self.seed)
         np.random.seed(self.seed % 2**32)
         random.seed(self.seed)
+        return dataclasses.replace(self, is_seeded=True)
 
     def training_generator(self) -> torch.Generator:
-        """Where training's randomness starts: torch's global generator seeded again (dropout, whatever the
-        build and the augmenters' preparation drew before) and a generator of its own for the batch order and
-        the augmentation draws."""
-        torch.manual_seed(self.seed)
+        """The training's own generator, from the plan's seed: the batch order and the augmentation draws (no
+        global state is seeded here)."""
         return torch.Generator().manual_seed(self.seed)
 
 

@@ -37,7 +37,6 @@ from automl_kd.data import DataSplits, load_data
 from automl_kd.errors import ConfigError
 from automl_kd.manager import PluginManager, get_plugin_manager
 from automl_kd.metrics import count_params, resolve_device
-from automl_kd.precision import autocast_dtype
 
 from .checkpoints import load_weights
 from .fit import fit
@@ -50,6 +49,7 @@ from .teacher_info import (
     attach_info,
     check_input,
     input_normalizer,
+    teacher_dtype,
     teacher_info,
     teacher_normalizer,
 )
@@ -241,20 +241,23 @@ def get_teacher(
                 meta = {"metrics": metrics, "config": teacher_cfg.model_dump(mode="json")}
                 cache.save(CACHE_KIND, key, model.state_dict(), meta)
                 info = TeacherInfo("trained", model_fingerprint(model), teacher_cfg, cache, key, metrics)
+                info.dtypes[(precision, device.type)] = plan.dtype  # resolved once, for training and for use
                 log.info("teacher: trained, val_acc=%.2f%%, cached as %s", metrics["val_acc"], key[:12])
                 return _ready(model, info, device)
     metrics = dict(art.meta.get("metrics") or {})
     info = TeacherInfo("cache", model_fingerprint(model), teacher_cfg, cache, key, metrics)
+    info.dtypes[(precision, device.type)] = plan.dtype  # the plan its cached weights were trained with
     log.info("teacher: reusing cached weights %s (val_acc=%s%%)", key[:12], metrics.get("val_acc"))
     return _ready(model, info, device)
 
 
 def teacher_record(teacher: nn.Module, data: DataSplits, precision: str) -> dict[str, Any]:
     """What a finalize or CE-baseline run records about its teacher: where it came from, its weights' fingerprint,
-    its parameter count, its validation and (report only) test accuracy in ``precision``, resolved once for it."""
+    its parameter count, its validation and (report only) test accuracy in ``precision`` (the teacher's dtype,
+    resolved once per teacher: :func:`~automl_kd.distill.teacher_info.teacher_dtype`)."""
     info = teacher_info(teacher)
     normalize = teacher_normalizer(teacher, data)
-    dtype = autocast_dtype(precision, data.val.x.device, teacher, data.input_shape)
+    dtype = teacher_dtype(teacher, precision, data.val.x.device, data.input_shape)
     return {
         "source": getattr(info, "source", None),
         "fingerprint": getattr(info, "fingerprint", None),

@@ -1,8 +1,8 @@
 """Where a teacher came from and how its outputs are served: :class:`TeacherInfo`, attached to the frozen module.
 
 :func:`automl_kd.distill.teacher.get_teacher` attaches it; the teacher-output cache reads it back (the teacher's
-``outputs`` settings and the artifact cache it was loaded from). It lives apart from both so that neither imports
-the other.
+``outputs`` settings, the artifact cache it was loaded from, the autocast dtype of its forward passes). It lives
+apart from both so that neither imports the other.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from torch import nn
 from automl_kd.config import InputNorm
 from automl_kd.data import DataSplits
 from automl_kd.errors import ConfigError
+from automl_kd.precision import autocast_dtype
 
 Normalizer = Callable[[torch.Tensor], torch.Tensor]
 
@@ -33,6 +34,9 @@ class TeacherInfo:
     cache: Any = None  # the ArtifactCache it was loaded from / stored in
     cache_key: str | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
+    #: (precision, device type) -> the autocast dtype of the teacher's forward passes, resolved once
+    #: (:func:`teacher_dtype`; get_teacher fills in the run's precision from the teacher's own plan)
+    dtypes: dict[tuple[str, str], torch.dtype | None] = field(default_factory=dict)
 
     @property
     def val_acc(self) -> float | None:
@@ -48,6 +52,23 @@ def teacher_info(teacher: nn.Module | None) -> TeacherInfo | None:
 
 def attach_info(model: nn.Module, info: TeacherInfo) -> None:
     setattr(model, ATTR, info)
+
+
+def teacher_dtype(
+    teacher: nn.Module, precision: str, device: torch.device, input_shape: tuple[int, ...]
+) -> torch.dtype | None:
+    """The autocast dtype of ``teacher``'s forward passes in ``precision`` (:mod:`automl_kd.precision`): the one
+    place it is resolved. A teacher from :func:`~automl_kd.distill.teacher.get_teacher` keeps it in its
+    :class:`TeacherInfo`, so ``precision: auto`` looks at the network once per teacher, not once per trial or
+    record; any other module is resolved on each call."""
+    info = teacher_info(teacher)
+    key = (precision, device.type)
+    if info is not None and key in info.dtypes:
+        return info.dtypes[key]
+    dtype = autocast_dtype(precision, device, teacher, input_shape)
+    if info is not None:
+        info.dtypes[key] = dtype
+    return dtype
 
 
 def input_normalizer(convention: str | InputNorm, data: DataSplits | None) -> Normalizer:

@@ -30,10 +30,10 @@ from automl_kd.cache import Artifact, ArtifactCache
 from automl_kd.data import DataSplits
 from automl_kd.distill.augmenter import Augmenter, Outputs
 from automl_kd.errors import ConfigError
-from automl_kd.precision import autocast, autocast_dtype, dtype_name
+from automl_kd.precision import autocast, dtype_name
 
 from .taps import forward, model_fingerprint
-from .teacher_info import teacher_info, teacher_input, teacher_normalizer
+from .teacher_info import teacher_dtype, teacher_info, teacher_input, teacher_normalizer
 from .views import apply_crop_flip, crop_flip_draws
 
 log = logging.getLogger("automl_kd")
@@ -198,11 +198,12 @@ def build_teacher_outputs(
 ) -> TeacherOutputCache:
     """Load the teacher-output cache for the training split, building what is missing (once, under a lock).
 
-    The teacher runs under autocast in ``precision`` (:mod:`automl_kd.precision`), on inputs in its own
-    convention (``teacher.input``); both are part of the key when they are not the defaults."""
+    The teacher runs under autocast in ``precision`` (resolved once per teacher:
+    :func:`~automl_kd.distill.teacher_info.teacher_dtype`), on inputs in its own convention (``teacher.input``);
+    both are part of the key when they are not the defaults."""
     part = data.train
     device = part.x.device
-    run_dtype = autocast_dtype(precision, device, teacher, tuple(part.x.shape[1:]))
+    run_dtype = teacher_dtype(teacher, precision, device, tuple(part.x.shape[1:]))
     reducers = teacher_reducers(augmenters)
     moving = [a for a in augmenters if _transforms(a)]
     base = {
