@@ -114,6 +114,26 @@ def test_the_students_are_compared_per_method_with_holm(bench: ModuleType) -> No
     )
 
 
+def test_the_pick_is_compared_with_random_students_with_welchs_interval(bench: ModuleType) -> None:
+    from scipy import stats
+
+    pick = [62.28, 61.05, 62.07]
+    rand = [59.1, 61.9, 57.4]
+    r = {
+        "grid": {"nas": {"runs": {"ce": [{"test_acc": a} for a in pick], "kd": [{"test_acc": 65.0}] * 2}}},
+        "random_students": {
+            "students": [{"runs": {"ce": [{"test_acc": a}]}} for a in rand]  # no KD run yet: no kd row
+        },
+    }
+    vs = bench.search_vs_random(r)
+    assert set(vs) == {"ce"} and vs["ce"]["n"] == [3, 3]
+    ref = stats.ttest_ind(pick, rand, equal_var=False)
+    lo, hi = ref.confidence_interval(0.95)
+    assert vs["ce"]["diff"] == pytest.approx(sum(pick) / 3 - sum(rand) / 3)
+    assert vs["ce"]["ci95"] == pytest.approx([lo, hi]) and vs["ce"]["p"] == pytest.approx(ref.pvalue)
+    assert "| ce | 3, 3 | +2.33 |" in bench.markdown({"epochs": 1, "seeds": 3, **r, "search_vs_random": vs})
+
+
 def test_a_run_left_running_by_a_killed_process_is_run_again_once(
     bench: ModuleType, root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
