@@ -607,9 +607,9 @@ def markdown(r: dict[str, Any]) -> str:
     used = r.get("grid_teachers") or []
     if used:  # fine-tuned again on each new machine (bf16 or fp32, as `precision: auto` finds the CPU)
         rows = "; ".join(
-            f"{str(u['fingerprint'])[:12]} (val {u['val_acc']:.2f} %, test {u['test_acc']:.2f} %, {u['at']}"
+            f"{str(u['fingerprint'])[:12]} (val {u['val_acc']:.2f} %, test {u['test_acc']:.2f} %"
             + (f", {u['cpu']}, {'bf16' if u['fast_bf16'] else 'fp32'}" if "cpu" in u else "")
-            + ")"
+            + ")"  # when each was trained is in the JSON's `at`, not in the docs
             for u in used
         )
         lines += [
