@@ -101,10 +101,14 @@ def run_searches(args: argparse.Namespace, base_url: str, runs: Path) -> dict[st
                 bench.path_argument,
             )
         per_seed = []
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             d = runs / args.label / name / f"seed{seed}"
-            d.mkdir(parents=True, exist_ok=True)
             log = d / "llm_transcripts.jsonl"
+            if args.collect:  # figures of runs already made (e.g. a run stopped part-way): complete logs only
+                if log.is_file() and len(log.read_text().splitlines()) >= args.proposals:
+                    per_seed.append({**transcript_figures(log), "seed": seed, "collected": True})
+                continue
+            d.mkdir(parents=True, exist_ok=True)
             log.unlink(missing_ok=True)  # the cache replays a finished call; the log is written again
             opts = {
                 "model": "smollm2",
@@ -126,10 +130,14 @@ def run_searches(args: argparse.Namespace, base_url: str, runs: Path) -> dict[st
             fig["wall_s"] = round(time.perf_counter() - t0, 1)
             per_seed.append(fig)
             print(f"{args.label} {name} seed {seed}: {json.dumps(fig)}", flush=True)
+        if not per_seed:
+            continue
         rounds = sum(f["rounds"] for f in per_seed)
         cands = sum(sum(f["candidates"].values()) for f in per_seed)
         dups = sum(f["candidates"].get("duplicate", 0) for f in per_seed)
         out[name] = {
+            "seeds": [f["seed"] for f in per_seed],
+            "proposals_per_run": args.proposals,
             "rounds": rounds,
             "first_new_valid_share": round(sum(f["first_new_valid"] for f in per_seed) / rounds, 4),
             "fallback_share": round(sum(f["fallbacks"] for f in per_seed) / rounds, 4),
@@ -170,6 +178,7 @@ def control(args: argparse.Namespace, base_url: str) -> dict[str, Any]:
 
     out: dict[str, Any] = {}
     pm = plugin_manager()
+    client = ChatClient("smollm2", base_url=base_url, structured_output="json_object_schema")
     for name in args.benches.split(","):
         bench = BENCHMARKS[name]
         space = pm.spaces.create(bench.space, bench.space_options)
@@ -197,7 +206,6 @@ def control(args: argparse.Namespace, base_url: str) -> dict[str, Any]:
             schema = strategy.schema(space, 1)
             answers = {}
             for order, s in (("as written", schema), ("reversed", reverse_choices(schema))):
-                client = ChatClient("smollm2", base_url=base_url, structured_output="json_object_schema")
                 r = client.complete(messages, temperature=0.0, max_tokens=200, seed=0, schema=s)
                 answers[order] = r.content
             rows.append({"history": size, "answers": answers, "same": len(set(answers.values())) == 1})
@@ -212,6 +220,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--benches", default="nasbench-macro,nb201-cifar10")
     ap.add_argument("--strategy", default="genius-benchmark")
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--first-seed", type=int, default=0)
+    ap.add_argument(
+        "--collect", action="store_true", help="no search: read the figures of the runs already in --runs"
+    )
     ap.add_argument("--proposals", type=int, default=20)
     ap.add_argument("--options", default="{}", help="JSON: further llm proposer options")
     ap.add_argument("--macro-path", default=os.environ.get("AUTOML_KD_NASBENCH_MACRO"))
@@ -224,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("OPENAI_API_KEY", "no-key")
     server = None
     base_url = args.base_url
-    if base_url is None:
+    if base_url is None and not (args.collect and not args.control):
         from llm_local import LlamaServer
 
         server = LlamaServer(n_ctx=4096, n_threads=1).start()
@@ -232,8 +244,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         entry: dict[str, Any] = {
             "strategy": args.strategy,
-            "seeds": args.seeds,
-            "proposals": args.proposals,
             "options": json.loads(args.options),
             "command": "python benchmarks/llm_answer_form.py "
             + " ".join(sys.argv[1:] if argv is None else argv),
@@ -242,15 +252,19 @@ def main(argv: list[str] | None = None) -> int:
             "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         if not args.no_search:
-            entry["tables"] = run_searches(args, base_url, Path(args.runs))
+            entry["tables"] = run_searches(args, str(base_url), Path(args.runs))
         if args.control or args.no_search:
-            entry["order_control"] = control(args, base_url)
+            entry["order_control"] = control(args, str(base_url))
     finally:
         if server is not None:
             server.stop()
     out = Path(args.out)
     data = json.loads(out.read_text()) if out.is_file() else {}
-    data.setdefault(args.label, {}).update(entry)
+    old = data.setdefault(args.label, {})
+    for key in ("tables", "order_control"):  # one table's runs do not replace another's
+        if key in entry:
+            entry[key] = {**old.get(key, {}), **entry[key]}
+    old.update(entry)
     out.write_text(json.dumps(data, indent=1) + "\n")
     print(f"wrote {out} [{args.label}]")
     return 0

@@ -197,3 +197,22 @@ def test_an_empty_schedule_keeps_reasks_at_the_temperature(server: ChatServer, t
     server.push(Reply('{"architecture": "0122222"}'), Reply('{"architecture": "01222222"}'))
     proposer.propose(space, [], 1)
     assert [r.body["temperature"] for r in server.chat_requests] == [0.2, 0.2]
+
+
+def test_a_design_sent_back_in_a_round_is_left_out_of_its_next_grammar(
+    server: ChatServer, tmp_path: Path
+) -> None:
+    from automl_kd import Constraints
+
+    space = NASBenchMacroSpace()
+    small = space.cost(space.decode("10000000")).macs
+    proposer = LLMProposer(
+        space, seed=0, run_dir=tmp_path, base_url=server.base_url, prompt="genius-benchmark",
+        structured_output="json_object_schema", constraints=Constraints(macs=(0, small)), max_retries=0,
+    )  # fmt: skip
+    server.push(Reply('{"architecture": "12012111"}'), Reply('{"architecture": "10000000"}'))
+    (cand,) = proposer.propose(space, [], 1)
+    assert space.encode(cand.params) == "10000000"
+    first, second = (design_pattern(r.body["response_format"]) for r in server.chat_requests)
+    assert re.fullmatch(first, "12012111") and not re.fullmatch(second, "12012111")
+    assert re.fullmatch(second, "10000000")

@@ -59,3 +59,8 @@ def test_replay_of_real_answers_needs_no_http(name: str, tmp_path: Path) -> None
         for call, answer in zip(m["transcript"]["calls"], m["transcript"]["messages"][2::2], strict=True):
             assert answer["role"] == "assistant"
             assert all(isinstance(p["raw"], str) and len(p["raw"]) == 8 for p in call["parsed"]), answer
+    # re-asks go at the schedule's temperatures with the next seeds (the narrow MACs window forces them)
+    sampling = {(c["temperature"], c["seed"]) for m in metas for c in m["transcript"]["calls"][1:]}
+    assert sampling <= {(0.7, 1), (1.0, 2), (1.0, 3)}
+    if name == "macro-reask":
+        assert sampling and sum(expected["reasks"]) > 0

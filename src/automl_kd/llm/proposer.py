@@ -241,6 +241,7 @@ class LLMProposer(Proposer):
         accepted: list[Candidate] = []
         usage = Usage()
         reasks = 0
+        refused: set[str] = set()  # texts of this round's designs that were sent back: not allowed again
         try:
             while True:
                 if self.accountant.exhausted() and accepted:
@@ -248,7 +249,8 @@ class LLMProposer(Proposer):
                     break
                 self.accountant.check()
                 attempt = len(record["calls"])  # 0: the round's first ask; k: its k-th re-ask
-                schema = self.strategy.schema(space, n - len(accepted), self._tried(space, history, accepted))
+                tried = self._tried(space, history, accepted) | refused if self._excludes(space) else set()
+                schema = self.strategy.schema(space, n - len(accepted), tried)
                 temperature, seed = self._sampling(attempt)
                 try:
                     result = self.client.complete(
@@ -275,6 +277,11 @@ class LLMProposer(Proposer):
                 finish = "length" if result.truncated else result.finish_reason
                 reasons, screened = self._screen(space, parsed, known, accepted, n, finish)
                 self.answers.count(screened, first=attempt == 0)
+                refused |= {
+                    space.encode(e["params"])
+                    for e in screened
+                    if e["params"] is not None and e.get("status") in ("rejected", "duplicate")
+                }
                 record["calls"].append(
                     {
                         **result.as_dict(),
@@ -340,12 +347,16 @@ class LLMProposer(Proposer):
             )
         return temperature, None if self.request_seed is None else self.request_seed + attempt
 
+    def _excludes(self, space: SearchSpace) -> bool:
+        return self.exclude_tried and space.text_form() is not None
+
     def _tried(
         self, space: SearchSpace, history: Sequence[HistoryEntry], accepted: list[Candidate]
     ) -> set[str]:
         """The text forms of every design tried or proposed so far (``exclude_tried``: they are left out of the
-        answer's grammar where the space has a text form and the pattern stays small)."""
-        if not self.exclude_tried or space.text_form() is None:
+        answer's grammar where the space has a text form and the pattern stays small, with the designs of the
+        round's earlier answers that broke a constraint or were duplicates)."""
+        if not self._excludes(space):
             return set()
         texts = set(self._proposed_text)
         for params in [h.params for h in history] + [c.params for c in accepted]:
