@@ -216,3 +216,22 @@ def test_a_design_sent_back_in_a_round_is_left_out_of_its_next_grammar(
     first, second = (design_pattern(r.body["response_format"]) for r in server.chat_requests)
     assert re.fullmatch(first, "12012111") and not re.fullmatch(second, "12012111")
     assert re.fullmatch(second, "10000000")
+
+
+def test_a_design_that_broke_a_constraint_stays_out_of_later_rounds(
+    server: ChatServer, tmp_path: Path
+) -> None:
+    from automl_kd import Constraints
+
+    space = NASBenchMacroSpace()
+    small = space.cost(space.decode("10000000")).macs
+    proposer = LLMProposer(
+        space, seed=0, run_dir=tmp_path, base_url=server.base_url, prompt="genius-benchmark",
+        structured_output="json_object_schema", constraints=Constraints(macs=(0, small)), max_retries=0,
+    )  # fmt: skip
+    server.push(Reply('{"architecture": "12012111"}'), Reply('{"architecture": "10000000"}'))
+    proposer.propose(space, [], 1)
+    server.push(Reply('{"architecture": "00000000"}'))
+    proposer.propose(space, [], 1)  # a new round, with nothing in the history
+    pattern = design_pattern(server.chat_requests[-1].body["response_format"])
+    assert not re.fullmatch(pattern, "12012111") and not re.fullmatch(pattern, "10000000")

@@ -183,6 +183,7 @@ class LLMProposer(Proposer):
         self._round = 0
         self._proposed: set[str] = set()
         self._proposed_text: set[str] = set()  # their text forms, excluded from the grammar
+        self._infeasible_text: set[str] = set()  # designs an answer gave that broke a hard constraint
         self.answers = AnswerStats()
         self._meta: dict[str, dict[str, Any]] = {}
         self._costs: dict[str, Cost | None] = {}
@@ -241,7 +242,7 @@ class LLMProposer(Proposer):
         accepted: list[Candidate] = []
         usage = Usage()
         reasks = 0
-        refused: set[str] = set()  # texts of this round's designs that were sent back: not allowed again
+        refused: set[str] = set()  # texts of this round's duplicates: not allowed again in the round
         try:
             while True:
                 if self.accountant.exhausted() and accepted:
@@ -249,7 +250,11 @@ class LLMProposer(Proposer):
                     break
                 self.accountant.check()
                 attempt = len(record["calls"])  # 0: the round's first ask; k: its k-th re-ask
-                tried = self._tried(space, history, accepted) | refused if self._excludes(space) else set()
+                tried = (
+                    self._tried(space, history, accepted) | refused | self._infeasible_text
+                    if self._excludes(space)
+                    else set()
+                )
                 schema = self.strategy.schema(space, n - len(accepted), tried)
                 temperature, seed = self._sampling(attempt)
                 try:
@@ -277,11 +282,11 @@ class LLMProposer(Proposer):
                 finish = "length" if result.truncated else result.finish_reason
                 reasons, screened = self._screen(space, parsed, known, accepted, n, finish)
                 self.answers.count(screened, first=attempt == 0)
-                refused |= {
-                    space.encode(e["params"])
-                    for e in screened
-                    if e["params"] is not None and e.get("status") in ("rejected", "duplicate")
-                }
+                for e in screened:
+                    if e["params"] is not None and e.get("status") == "duplicate":
+                        refused.add(space.encode(e["params"]))
+                    elif e["params"] is not None and e.get("status") == "rejected":
+                        self._infeasible_text.add(space.encode(e["params"]))  # its cost never changes
                 record["calls"].append(
                     {
                         **result.as_dict(),
@@ -354,8 +359,8 @@ class LLMProposer(Proposer):
         self, space: SearchSpace, history: Sequence[HistoryEntry], accepted: list[Candidate]
     ) -> set[str]:
         """The text forms of every design tried or proposed so far (``exclude_tried``: they are left out of the
-        answer's grammar where the space has a text form and the pattern stays small, with the designs of the
-        round's earlier answers that broke a constraint or were duplicates)."""
+        answer's grammar where the space has a text form and the pattern stays small, with the duplicates of the
+        round's earlier answers and every design an answer gave that broke a hard constraint)."""
         if not self._excludes(space):
             return set()
         texts = set(self._proposed_text)
