@@ -246,8 +246,10 @@ def genius_designs(space: Any, n: int, macs: tuple[float, float], seed: int = 0)
 
 
 def json_answer(space: Any, *designs: list[list[int]], rationale: str = "a scripted design") -> str:
-    """The default strategy's structured answer holding ``designs``."""
-    cands = [{"params": space.params_from_answer(d), "rationale": rationale} for d in designs]
+    """The default strategy's structured answer holding ``designs``, each in the space's text form."""
+    cands = [
+        {"architecture": space.encode(space.params_from_answer(d)), "rationale": rationale} for d in designs
+    ]
     return json.dumps({"candidates": cands})
 
 

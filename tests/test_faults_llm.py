@@ -201,7 +201,11 @@ def test_answers_far_over_max_tokens_are_cut_before_anything_stores_them(
     says so."""
     big = "This design is excellent. " * 80_000  # 2 MB of prose
     server.responder = lambda body: Reply(big, completion_tokens=400)
-    base = write_yaml(tmp_path / "macro.yaml", macro_config("big", server.base_url))
+    # one candidate, one re-ask: two calls a round (re-asks sample, so every re-ask is sent; 4 candidates with
+    # 3 re-asks each would send 13, each a longer conversation of cut answers, and the bounds are for 2)
+    base = write_yaml(
+        tmp_path / "macro.yaml", macro_config("big", server.base_url, candidates_per_call=1, max_reasks=1)
+    )
     run = tmp_path / "r"
     res = cli("run", str(base), "--run-dir", str(run), "--json", cwd=tmp_path, timeout=300)
     assert_no_traceback(res)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -153,8 +154,35 @@ def test_reask_after_a_real_answer_that_breaks_a_constraint(
     reask = meta["transcript"]["messages"][3]
     assert reask["role"] == "user" and reason in reask["content"]
     assert second["sent_messages"] == 4 and meta["llm_reasks"] == 1
+    # the re-ask samples (the schedule's first temperature, the next seed): a greedy answer can change
+    assert (first["temperature"], first["seed"]) == (0.0, 0) and (second["temperature"], second["seed"]) == (
+        0.7,
+        1,
+    )
     macs_of = Search(load_config(cfg)).space.cost(study.trials[0].params).macs
     assert abs(macs_of - macs) <= 1e5  # the trial itself is feasible: the model's second try or the fallback
+
+
+def test_the_answer_form_on_the_real_server(llama_server: LlamaServer, tmp_path: Path) -> None:
+    """genius-benchmark asks for 8 digits and the grammar allows exactly 8 digits, without the designs already
+    tried: every first answer of the real model is then a new, valid design, and no round needs the fallback."""
+    cfg = macro_config(tmp_path, llama_server.base_url, 4, prompt="genius-benchmark")
+    study = Search(load_config(cfg)).run()
+    ms = metas(study)
+    texts = [
+        "".join(str(t.params[f"layer{i}"]) for i in range(1, 9)) for t in study.get_trials(deepcopy=False)
+    ]
+    assert len(set(texts)) == 4 and not any(m["llm_fallback"] for m in ms)
+    for i, m in enumerate(ms):
+        first = m["transcript"]["calls"][0]
+        answer = json.loads(m["transcript"]["messages"][2]["content"])
+        assert set(answer) == {"architecture"} and answer["architecture"] == texts[i]
+        assert [p["status"] for p in first["parsed"]] == ["accepted"]
+        # the transcript holds the grammar sent: the pattern leaves out every design tried before
+        pattern = first["schema"]["properties"]["architecture"]["pattern"]
+        assert re.fullmatch(pattern, texts[i]) and not any(re.fullmatch(pattern, t) for t in texts[:i])
+        assert 'for example:\n{"architecture": ' in m["transcript"]["messages"][1]["content"]
+    assert ms[-1]["study_answers"]["first_new_valid"] == 4 and ms[-1]["study_answers"]["fallbacks"] == 0
 
 
 class StopServerEvaluator(Evaluator):

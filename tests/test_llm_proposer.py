@@ -286,7 +286,7 @@ def test_a_repeated_answer_ends_the_reasks(
     space: GeniusImageNetSpace, designs: list, server: ChatServer, tmp_path: Path
 ) -> None:
     history = [entry(space, 0, designs[0], 70.0)]
-    proposer = make(space, server, tmp_path, candidates_per_call=1, max_reasks=3)
+    proposer = make(space, server, tmp_path, candidates_per_call=1, max_reasks=3, reask_temperatures=[])
     same = json_answer(space, designs[0])
     server.push(Reply(same), Reply(same), Reply(json_answer(space, designs[1])))
     (cand,) = proposer.propose(space, history, 1)

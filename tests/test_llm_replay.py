@@ -51,5 +51,16 @@ def test_replay_of_real_answers_needs_no_http(name: str, tmp_path: Path) -> None
     assert not any(c["usage_estimated"] for c in calls)
     assert [m["llm_fallback"] for m in metas] == expected["fallbacks"]
     assert [m["llm_reasks"] for m in metas] == expected["reasks"]
-    # the real answers: JSON constrained by the schema, in the form llama-cpp-python's server takes
+    # the real answers: JSON constrained by the schema, in the form llama-cpp-python's server takes; the
+    # design is one string of the space's text form (8 digits), and the transcript keeps the grammar sent
     assert {c["structured_form"] for c in calls} == {"json_object_schema"}
+    assert all('"pattern": "^' in json.dumps(c["schema"]) for c in calls)
+    for m in metas:
+        for call, answer in zip(m["transcript"]["calls"], m["transcript"]["messages"][2::2], strict=True):
+            assert answer["role"] == "assistant"
+            assert all(isinstance(p["raw"], str) and len(p["raw"]) == 8 for p in call["parsed"]), answer
+    # re-asks go at the schedule's temperatures with the next seeds (the narrow MACs window forces them)
+    sampling = {(c["temperature"], c["seed"]) for m in metas for c in m["transcript"]["calls"][1:]}
+    assert sampling <= {(0.7, 1), (1.0, 2), (1.0, 3)}
+    if name == "macro-reask":
+        assert sampling and sum(expected["reasks"]) > 0

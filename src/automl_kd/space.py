@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Mapping
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -57,6 +58,114 @@ class Candidate:
     def key(self) -> str:
         """Canonical text key: equal candidates have equal keys (used for duplicate detection and caches)."""
         return json.dumps(dict(self.items), sort_keys=True, separators=(",", ":"))
+
+
+def _esc(text: str) -> str:
+    """``text`` with the metacharacters of a regular expression escaped, and nothing else (JSON-schema
+    ``pattern`` engines, ECMA-262 in unicode mode among them, reject escapes such as ``\\~``)."""
+    return "".join("\\" + c if c in ".^$*+?()[]{}|\\/" else c for c in text)
+
+
+@dataclass(frozen=True)
+class TextForm:
+    """A space's text form as fixed text around slots, each slot one of a few strings: NAS-Bench-Macro's
+    ``01201120`` is 8 slots of ``0``/``1``/``2`` with nothing between them, NAS-Bench-201's arch string 6 slots of
+    op names inside ``|...~0|+|...``. It gives the regular expression of the form (the ``pattern`` of the answer's
+    JSON schema and what the parser looks for in free text), optionally without some texts (the designs already
+    tried), and the longest text of the form.
+
+    Example::
+
+        form = TextForm(("",) * 9, (("0", "1", "2"),) * 8)
+        form.pattern()                          # '^[012]{8}$'
+        form.pattern(exclude=["00000000"])      # every 8-digit text but that one
+    """
+
+    #: the text before each slot and after the last (one more than ``slots``)
+    separators: tuple[str, ...]
+    #: the strings each slot may hold, in the space's order
+    slots: tuple[tuple[str, ...], ...]
+
+    def __post_init__(self) -> None:
+        if len(self.separators) != len(self.slots) + 1:
+            raise ValueError("a text form has one separator more than slots")
+
+    def size(self) -> int:
+        """How many texts the form has."""
+        n = 1
+        for choices in self.slots:
+            n *= len(choices)
+        return n
+
+    def max_length(self) -> int:
+        return sum(len(s) for s in self.separators) + sum(max(len(c) for c in cs) for cs in self.slots)
+
+    def text(self, values: Iterable[str]) -> str:
+        """The text of one slot value per slot."""
+        values = list(values)
+        return "".join(sep + v for sep, v in zip(self.separators, [*values, ""], strict=True))
+
+    def split(self, text: str) -> tuple[str, ...] | None:
+        """The slot values of ``text``, or None when it is not of the form."""
+        m = re.fullmatch(self._body(self.slots, capture=True), text)
+        return None if m is None else m.groups()
+
+    @staticmethod
+    def _choice(choices: Iterable[str], capture: bool = False) -> str:
+        choices = list(choices)
+        if not capture and len(choices) > 1 and all(len(c) == 1 for c in choices):
+            return "[" + "".join("\\" + c if c in "]\\^-" else c for c in choices) + "]"
+        inner = "|".join(_esc(c) for c in choices)
+        return f"({inner})" if capture or len(choices) > 1 else inner
+
+    def _body(self, slots: Iterable[tuple[str, ...]], start: int = 0, capture: bool = False) -> str:
+        """The expression of the form from slot ``start`` on; runs of equal slots with no text between them
+        are written once with a count (``[012]{8}``)."""
+        slots = list(slots)
+        out: list[str] = []
+        i = 0
+        while i < len(slots):
+            out.append(_esc(self.separators[start + i]))
+            j = i + 1
+            while not capture and j < len(slots) and slots[j] == slots[i] and not self.separators[start + j]:
+                j += 1
+            piece = self._choice(slots[i], capture)
+            out.append(piece if j - i == 1 else f"{piece}{{{j - i}}}")
+            i = j
+        out.append(_esc(self.separators[start + len(slots)]))
+        return "".join(out)
+
+    def pattern(self, exclude: Iterable[str] = ()) -> str:
+        """The anchored regular expression of every text of the form but those in ``exclude`` (a prefix tree
+        of the excluded texts: its size grows with their number times the slots, not with the space)."""
+        rows = {self.split(t) for t in exclude}
+        rows.discard(None)
+        if not rows:
+            return "^" + self._body(self.slots) + "$"
+        body = self._without(0, [r for r in rows if r is not None])
+        return "^(?!)$" if body is None else "^" + body + "$"
+
+    def _without(self, i: int, rows: list[tuple[str, ...]]) -> str | None:
+        if not rows:
+            return self._body(self.slots[i:], i)
+        if i == len(self.slots):
+            return None  # this very text is excluded
+        by_value: dict[str, list[tuple[str, ...]]] = {}
+        for r in rows:
+            by_value.setdefault(r[i], []).append(r)
+        alts = []
+        free = [c for c in self.slots[i] if c not in by_value]
+        if free:
+            alts.append(self._choice(free) + self._body(self.slots[i + 1 :], i + 1))
+        for c in self.slots[i]:
+            if c in by_value:
+                rest = self._without(i + 1, by_value[c])
+                if rest is not None:
+                    alts.append(_esc(c) + rest)
+        if not alts:
+            return None
+        joined = alts[0] if len(alts) == 1 else "(" + "|".join(alts) + ")"
+        return _esc(self.separators[i]) + joined
 
 
 class SearchSpace:
@@ -128,6 +237,12 @@ class SearchSpace:
         if not isinstance(obj, dict):
             raise InvalidCandidate("expected a JSON object of parameter values")
         return self.validate(obj)
+
+    def text_form(self) -> TextForm | None:
+        """The space's text form (:meth:`encode`'s output, which :meth:`decode` reads) as slots, when it is one:
+        the LLM proposer asks for it, constrains the answer to it, and finds it in free text. None (the
+        default) leaves the answer a JSON object of the parameters."""
+        return None
 
     # -- cost and build -------------------------------------------------------------------------------------
     def cost(self, params: Mapping[str, Any]) -> Cost:

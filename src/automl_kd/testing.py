@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,19 @@ class SearchSpaceContract:
             text = space.encode(params)
             assert isinstance(text, str) and text
             assert space.decode(text) == params
+
+    def test_text_form_is_encodes_output(self, space: SearchSpace) -> None:
+        """A stated text form (``text_form()``) is exactly what ``encode`` writes and ``decode`` reads."""
+        form = space.text_form()
+        if form is None:
+            return
+        rng = random.Random(3)
+        for _ in range(5):
+            params = space.sample(rng)
+            text = space.encode(params)
+            values = form.split(text)
+            assert values is not None and form.text(values) == text and len(text) <= form.max_length()
+            assert re.fullmatch(form.pattern(), text) and space.decode(text) == params
 
     def test_describe_is_text(self, space: SearchSpace) -> None:
         text = space.describe()

@@ -10,7 +10,9 @@ Accepted answers, in the order they are tried:
 3. lists in prose: one list with a value per parameter, or consecutive lists that together give one value per
    parameter (GENIUS's ``Stage 1 (Layers 2-7): [1, 0, 1, 0, 1, 0]`` lines), skipping unrelated lists such as
    ``[270, 330]``;
-4. ``name: value`` lines naming the space's parameters.
+4. designs in the space's text form (``SearchSpace.text_form``: ``22212220`` for NAS-Bench-Macro, an arch
+   string for NAS-Bench-201) anywhere in the text, also as the string value of ``architecture`` in JSON;
+5. ``name: value`` lines naming the space's parameters.
 
 Each candidate object goes through the space: ``space.params_from_answer(obj)`` when the space defines it,
 else a generic reading (mapping of parameters, or values in parameter order, a categorical value given by its
@@ -201,8 +203,8 @@ def _items(value: Any, names: set[str], total: int, explicit: bool = False) -> l
                 ]
         rationale = next((str(value[k]) for k in _RATIONALE_KEYS if isinstance(value.get(k), str)), "")
         for k in _PARAM_KEYS:
-            if k in value and not _is_scalar(value[k]):
-                return [(value[k], rationale, True)]
+            if k in value and (not _is_scalar(value[k]) or isinstance(value[k], str)):
+                return [(value[k], rationale, True)]  # a string: the design in the space's text form
         keys = {str(k).strip() for k in value}
         if keys & names or any(re.fullmatch(r"(?i)(stage|s)[\s_-]*\d", k) for k in keys):
             obj = {k: v for k, v in value.items() if str(k).strip() not in _RATIONALE_KEYS}
@@ -305,6 +307,8 @@ def _line_mapping(text: str, names: Sequence[str]) -> dict[str, Any] | None:
 # -- from candidate objects to parameters --------------------------------------------------------------------
 def params_from_object(space: SearchSpace, obj: Any) -> dict[str, Any]:
     """Validated parameters of ``space`` from one decoded candidate object, or :class:`InvalidCandidate`."""
+    if isinstance(obj, str):  # the space's text form ("01201120", an arch string)
+        return space.decode(obj.strip())
     hook = getattr(space, "params_from_answer", None)
     if callable(hook):
         params: dict[str, Any] = hook(obj)
@@ -372,6 +376,8 @@ def parse_answer(text: str, space: SearchSpace) -> ParseResult:
                 )
             else:
                 objects.append((obj, why))
+    if not objects:
+        objects = [(t, "") for t in _text_forms(text, space)]
     if not objects and partial:
         objects = [(g, "") for g in _group_lists(partial, total)]
     if not objects:
@@ -400,6 +406,16 @@ def parse_answer(text: str, space: SearchSpace) -> ParseResult:
         seen.add(key)
         out.append(ParsedCandidate(raw=obj, params=params, rationale=why or prose))
     return ParseResult(candidates=out)
+
+
+def _text_forms(text: str, space: SearchSpace) -> list[str]:
+    """Every design in the space's text form (``SearchSpace.text_form``) written in ``text``, e.g. the
+    ``22212220`` of "The best architecture is 22212220." (not inside a longer word or number)."""
+    form = space.text_form()
+    if form is None:
+        return []
+    core = form.pattern()[1:-1]  # unanchored
+    return [m.group(0) for m in re.finditer(rf"(?<![\w|])(?:{core})(?![\w|])", text)]
 
 
 def _prose(text: str, blocks: list[tuple[int, int, Any]], limit: int = 600) -> str:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import random
 import string
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -204,17 +204,47 @@ def params_schema(space: SearchSpace) -> dict[str, Any]:
     return {"type": "object", "properties": props, "required": list(props), "additionalProperties": False}
 
 
-def answer_schema(space: SearchSpace, n: int | None = None) -> dict[str, Any]:
-    """JSON schema of the default strategy's answer: ``{"candidates": [{"params": {...}, "rationale":
-    "..."}]}``; with ``n``, exactly ``n`` candidates (``minItems``/``maxItems``, which bound the answer's
-    length on grammar-based servers and are dropped for OpenAI's strict mode)."""
+#: the field of a structured answer that holds a design in the space's text form
+ANSWER_FIELD = "architecture"
+#: the longest ``pattern`` sent: beyond it the tried designs are no longer excluded from the grammar
+MAX_PATTERN_CHARS = 65536
+
+
+def text_schema(space: SearchSpace, exclude: Collection[str] = ()) -> dict[str, Any] | None:
+    """JSON schema of one design in the space's text form (a string with the form's ``pattern`` and
+    ``maxLength``), without the texts in ``exclude`` when the pattern stays under :data:`MAX_PATTERN_CHARS`;
+    None when the space has no text form."""
+    form = space.text_form()
+    if form is None:
+        return None
+    pattern = form.pattern()
+    if exclude and len(exclude) < form.size():
+        narrower = form.pattern(exclude)
+        if len(narrower) <= MAX_PATTERN_CHARS:
+            pattern = narrower
+    return {"type": "string", "pattern": pattern, "maxLength": form.max_length()}
+
+
+def design_schema(space: SearchSpace, exclude: Collection[str] = ()) -> tuple[str, dict[str, Any]]:
+    """The field and the schema of one design in a structured answer: ``architecture``, one string of the
+    space's text form, where the space has one; else ``params``, an object of its parameters."""
+    text = text_schema(space, exclude)
+    return (ANSWER_FIELD, text) if text is not None else ("params", params_schema(space))
+
+
+def answer_schema(space: SearchSpace, n: int | None = None, exclude: Collection[str] = ()) -> dict[str, Any]:
+    """JSON schema of the default strategy's answer: ``{"candidates": [{"architecture": "...", "rationale":
+    "..."}]}`` (``params: {...}`` for a space without a text form); with ``n``, exactly ``n`` candidates
+    (``minItems``/``maxItems``, which bound the answer's length on grammar-based servers and are dropped for
+    OpenAI's strict mode)."""
+    field, design = design_schema(space, exclude)
     item = {
         "type": "object",
         "properties": {
-            "params": params_schema(space),
+            field: design,
             "rationale": {"type": "string", "maxLength": RATIONALE_MAX_CHARS},
         },
-        "required": ["params", "rationale"],
+        "required": [field, "rationale"],
         "additionalProperties": False,
     }
     items: dict[str, Any] = {"type": "array", "items": item}
@@ -282,6 +312,8 @@ class PromptStrategy:
 
     def __init__(self, templates: Templates) -> None:
         self.t = templates
+        #: whether the answer is constrained by the schema (the proposer sets it from ``structured_output``)
+        self.structured_output = True
 
     def start(self, ctx: RoundContext) -> list[dict[str, str]]:
         raise NotImplementedError
@@ -289,9 +321,12 @@ class PromptStrategy:
     def reask(self, ctx: RoundContext, reasons: Sequence[str], missing: int) -> str:
         raise NotImplementedError
 
-    def schema(self, space: SearchSpace, n: int | None = None) -> dict[str, Any] | None:
-        """The answer's JSON schema for ``n`` candidates (None: the strategy asks for prose)."""
-        return answer_schema(space, n) if self.structured else None
+    def schema(
+        self, space: SearchSpace, n: int | None = None, exclude: Collection[str] = ()
+    ) -> dict[str, Any] | None:
+        """The answer's JSON schema for ``n`` candidates, without the designs whose texts are in ``exclude``
+        where the space's text form allows (None: the strategy asks for prose)."""
+        return answer_schema(space, n, exclude) if self.structured else None
 
     def end_round(self, round_index: int, first_answer: str) -> None:
         """Called after each round with the text of its first answer."""
@@ -308,8 +343,14 @@ class DefaultStrategy(PromptStrategy):
     default_history = "best-recent"
 
     def answer_format(self, space: SearchSpace) -> str:
-        example = dict.fromkeys(space.distributions(), "<value>")
-        return json.dumps({"candidates": [{"params": example, "rationale": "one sentence: why this design"}]})
+        """The answer's form, in the words of the schema: one string of the space's text form, else an object
+        of its parameters."""
+        if space.text_form() is not None:
+            design: Any = space.encode(space.sample(random.Random(0)))
+            field = ANSWER_FIELD
+        else:
+            design, field = dict.fromkeys(space.distributions(), "<value>"), "params"
+        return json.dumps({"candidates": [{field: design, "rationale": "one sentence: why this design"}]})
 
     def start(self, ctx: RoundContext) -> list[dict[str, str]]:
         shown, note = select_history(ctx)
@@ -352,10 +393,28 @@ class GeniusBenchmarkStrategy(PromptStrategy):
     one_per_call = True
     structured = True  # the answer is one design: with structured output, a JSON object of its parameters
 
-    def schema(self, space: SearchSpace, n: int | None = None) -> dict[str, Any] | None:
-        """One design as a JSON object of the space's parameters (GENIUS's prose with ``structured_output:
-        off``)."""
-        return params_schema(space)
+    def schema(
+        self, space: SearchSpace, n: int | None = None, exclude: Collection[str] = ()
+    ) -> dict[str, Any] | None:
+        """One design: ``{"architecture": "<the space's text form>"}``, or a JSON object of the space's
+        parameters for a space without a text form (GENIUS's prose with ``structured_output: off``)."""
+        text = text_schema(space, exclude)
+        if text is None:
+            return params_schema(space)
+        return {
+            "type": "object",
+            "properties": {ANSWER_FIELD: text},
+            "required": [ANSWER_FIELD],
+            "additionalProperties": False,
+        }
+
+    def example(self, space: SearchSpace) -> str:
+        """The example answer of the prompt, in the form the schema allows: ``{"architecture": "01201120"}``
+        under structured output, GENIUS's bare text form without it."""
+        text = space.encode(space.sample(random.Random(0)))
+        if self.structured_output and space.text_form() is not None:
+            return json.dumps({ANSWER_FIELD: text})
+        return text
 
     def start(self, ctx: RoundContext) -> list[dict[str, str]]:
         shown, _ = select_history(ctx)
@@ -375,7 +434,7 @@ class GeniusBenchmarkStrategy(PromptStrategy):
             space_description=ctx.space.describe(),
             objective=ctx.objective(),
             constraints=describe_constraints(ctx.constraints),
-            answer_example=ctx.space.encode(ctx.space.sample(random.Random(0))),
+            answer_example=self.example(ctx.space),
             experiments=experiments,
         )
         return [
@@ -387,7 +446,7 @@ class GeniusBenchmarkStrategy(PromptStrategy):
         return self.t.render(
             "genius_reask",
             reasons="\n".join(reasons),
-            answer_example=ctx.space.encode(ctx.space.sample(random.Random(0))),
+            answer_example=self.example(ctx.space),
         )
 
 

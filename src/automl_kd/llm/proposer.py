@@ -16,6 +16,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -36,6 +37,38 @@ PROSE_MIN_TOKENS = 1024  # the least max_tokens of a prose answer
 
 class NoValidCandidate(AutomlKdError):
     """The LLM gave no usable candidate within the re-asks, and ``fallback`` is ``error``."""
+
+
+@dataclass
+class AnswerStats:
+    """What the model's answers in one search held: rounds, first answers with a new valid candidate, the
+    candidates of every answer by status, and the rounds that ended in the fallback. The duplicate share is
+    ``duplicate / candidates``."""
+
+    rounds: int = 0
+    first_new_valid: int = 0
+    fallbacks: int = 0
+    candidates: int = 0
+    by_status: dict[str, int] = field(default_factory=dict)
+
+    def count(self, screened: Sequence[Mapping[str, Any]], first: bool) -> None:
+        for entry in screened:
+            status = str(entry.get("status", "?"))
+            self.candidates += 1
+            self.by_status[status] = self.by_status.get(status, 0) + 1
+        if first and any(e.get("status") == "accepted" for e in screened):
+            self.first_new_valid += 1
+
+    def as_dict(self) -> dict[str, Any]:
+        dup = self.by_status.get("duplicate", 0)
+        return {
+            "rounds": self.rounds,
+            "first_new_valid": self.first_new_valid,
+            "fallbacks": self.fallbacks,
+            "candidates": self.candidates,
+            "by_status": dict(self.by_status),
+            "duplicate_share": round(dup / self.candidates, 4) if self.candidates else None,
+        }
 
 
 class LLMProposer(Proposer):
@@ -75,6 +108,8 @@ class LLMProposer(Proposer):
         metric: str = "validation accuracy",
         templates: dict[str, str] | None = None,
         max_reasks: int = 3,
+        reask_temperatures: tuple[float, ...] = (0.7, 1.0),
+        exclude_tried: bool = True,
         structured_output: StructuredMode = "auto",
         timeout_s: float = 60.0,
         max_retries: int = 4,
@@ -103,12 +138,17 @@ class LLMProposer(Proposer):
                 raise ConfigError(f"{key} must be >= {low}, got {value}")
         if temperature is not None and temperature < 0:
             raise ConfigError(f"temperature must be >= 0, got {temperature}")
+        if any(t < 0 for t in reask_temperatures):
+            raise ConfigError(f"reask_temperatures must be >= 0, got {list(reask_temperatures)}")
         self.space = space
         self.seed = seed
         self.directions = list(directions) if directions else None
         self.constraints = constraints
         self.model = model
         self.strategy = STRATEGIES[prompt](Templates(templates))
+        self.strategy.structured_output = structured_output != "off"
+        self.reask_temperatures = tuple(float(t) for t in reask_temperatures)
+        self.exclude_tried = exclude_tried
         self.batch_size = 1 if self.strategy.one_per_call else candidates_per_call
         self.temperature, self.top_p, self.max_tokens = temperature, top_p, max_tokens
         self.request_seed = seed if send_seed else None
@@ -142,6 +182,9 @@ class LLMProposer(Proposer):
         self._rng = random.Random(seed)
         self._round = 0
         self._proposed: set[str] = set()
+        self._proposed_text: set[str] = set()  # their text forms, excluded from the grammar
+        self._infeasible_text: set[str] = set()  # designs an answer gave that broke a hard constraint
+        self.answers = AnswerStats()
         self._meta: dict[str, dict[str, Any]] = {}
         self._costs: dict[str, Cost | None] = {}
 
@@ -199,20 +242,28 @@ class LLMProposer(Proposer):
         accepted: list[Candidate] = []
         usage = Usage()
         reasks = 0
+        refused: set[str] = set()  # texts of this round's duplicates: not allowed again in the round
         try:
             while True:
                 if self.accountant.exhausted() and accepted:
                     record["stopped"] = "budget spent; returning the candidates accepted so far"
                     break
                 self.accountant.check()
-                schema = self.strategy.schema(space, n - len(accepted))
+                attempt = len(record["calls"])  # 0: the round's first ask; k: its k-th re-ask
+                tried = (
+                    self._tried(space, history, accepted) | refused | self._infeasible_text
+                    if self._excludes(space)
+                    else set()
+                )
+                schema = self.strategy.schema(space, n - len(accepted), tried)
+                temperature, seed = self._sampling(attempt)
                 try:
                     result = self.client.complete(
                         list(messages),
-                        temperature=self.temperature,
+                        temperature=temperature,
                         top_p=self.top_p,
                         max_tokens=self._max_tokens(schema),
-                        seed=self.request_seed,
+                        seed=seed,
                         schema=schema,
                     )
                 except ContextOverflow as exc:
@@ -230,9 +281,19 @@ class LLMProposer(Proposer):
                 parsed = parse_answer(result.content, space)
                 finish = "length" if result.truncated else result.finish_reason
                 reasons, screened = self._screen(space, parsed, known, accepted, n, finish)
+                self.answers.count(screened, first=attempt == 0)
+                for e in screened:
+                    if e["params"] is not None and e.get("status") == "duplicate":
+                        refused.add(space.encode(e["params"]))
+                    elif e["params"] is not None and e.get("status") == "rejected":
+                        self._infeasible_text.add(space.encode(e["params"]))  # its cost never changes
                 record["calls"].append(
                     {
                         **result.as_dict(),
+                        "temperature": temperature,
+                        "seed": seed,
+                        # the grammar sent (in the form structured_form names), or None for prose
+                        "schema": schema if result.structured else None,
                         "sent_messages": len(messages) - 1,
                         "cost_usd": round(call_usage.cost_usd, 8),
                         "parsed": screened,
@@ -242,7 +303,12 @@ class LLMProposer(Proposer):
                 if len(accepted) >= n or reasks >= self.max_reasks * n:
                     break
                 previous = [m["content"] for m in messages[:-1] if m["role"] == "assistant"]
-                if previous and previous[-1] == result.content and self._deterministic():
+                if (
+                    previous
+                    and previous[-1] == result.content
+                    and temperature == 0.0
+                    and (self._sampling(attempt + 1)[0] == 0.0)
+                ):
                     # the same answer again at temperature 0: a further re-ask would get it a third time
                     record["stopped"] = (
                         "the model repeated its previous answer word for word; no more re-asks"
@@ -267,11 +333,43 @@ class LLMProposer(Proposer):
         if not accepted:
             accepted = [self._fallback(space, known, reasks)]
             fallback = True
+        self.answers.rounds += 1
+        self.answers.fallbacks += fallback
         self._remember(accepted, record, usage, reasks, fallback)
         return accepted
 
-    def _deterministic(self) -> bool:
-        return self.temperature is not None and self.temperature == 0.0
+    def _sampling(self, attempt: int) -> tuple[float | None, int | None]:
+        """Temperature and seed of a round's ``attempt``-th call: the options for the first ask; for re-ask
+        ``k``, the ``k``-th entry of ``reask_temperatures`` (the last one for later re-asks; never below
+        ``temperature``) and the request seed plus ``k``, so that a re-ask can change a greedy answer while a
+        replay sends the same requests."""
+        if attempt == 0:
+            return self.temperature, self.request_seed
+        temperature = self.temperature
+        if temperature is not None and self.reask_temperatures:
+            temperature = max(
+                temperature, self.reask_temperatures[min(attempt, len(self.reask_temperatures)) - 1]
+            )
+        return temperature, None if self.request_seed is None else self.request_seed + attempt
+
+    def _excludes(self, space: SearchSpace) -> bool:
+        return self.exclude_tried and space.text_form() is not None
+
+    def _tried(
+        self, space: SearchSpace, history: Sequence[HistoryEntry], accepted: list[Candidate]
+    ) -> set[str]:
+        """The text forms of every design tried or proposed so far (``exclude_tried``: they are left out of the
+        answer's grammar where the space has a text form and the pattern stays small, with the duplicates of the
+        round's earlier answers and every design an answer gave that broke a hard constraint)."""
+        if not self._excludes(space):
+            return set()
+        texts = set(self._proposed_text)
+        for params in [h.params for h in history] + [c.params for c in accepted]:
+            try:
+                texts.add(space.encode(space.validate(params)))
+            except (InvalidCandidate, TypeError, KeyError, ValueError):
+                continue  # a trial of another space, or one that failed before sampling
+        return texts
 
     def _max_tokens(self, schema: dict[str, Any] | None) -> int | None:
         """``max_tokens``, bounded by the size of the answer asked for: the longest text the answer's schema
@@ -403,6 +501,7 @@ class LLMProposer(Proposer):
         # The round's usage is attributed to its first candidate, so that sums over trials are study totals.
         for i, cand in enumerate(accepted):
             self._proposed.add(cand.key())
+            self._proposed_text.add(self.space.encode(cand.params))
             mine = usage if i == 0 else Usage()
             self._meta[cand.key()] = {
                 "llm_tokens_prompt": mine.prompt_tokens,
@@ -420,6 +519,7 @@ class LLMProposer(Proposer):
                 "strategy": self.strategy.name,
                 "round_usage": usage.as_dict(),
                 "study_usage": self.accountant.spent.as_dict(),
+                "study_answers": self.answers.as_dict(),
                 "transcript": {"messages": record["messages"], "calls": record["calls"]},
             }
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from optuna.distributions import BaseDistribution, CategoricalDistribution
 
 from automl_kd.errors import InvalidCandidate
-from automl_kd.space import Cost, SearchSpace
+from automl_kd.space import Cost, SearchSpace, TextForm
 
 if TYPE_CHECKING:
     from torch import nn
@@ -179,6 +179,11 @@ class NASBenchMacroSpace(SearchSpace):
 
     def encode(self, params: Mapping[str, Any]) -> str:
         return "".join(str(params[name]) for name in LAYERS)
+
+    def text_form(self) -> TextForm:
+        """8 digits, one op id per layer: ``^[012]{8}$`` (the form the LLM proposer asks for and allows)."""
+        ids = tuple(str(i) for i in range(len(OP_TEXT)))
+        return TextForm(("",) * (len(LAYERS) + 1), (ids,) * len(LAYERS))
 
     def decode(self, text: str) -> dict[str, Any]:
         ops = parse_ops(text)

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from optuna.distributions import BaseDistribution, CategoricalDistribution
 
 from automl_kd.errors import InvalidCandidate
-from automl_kd.space import Cost, SearchSpace
+from automl_kd.space import Cost, SearchSpace, TextForm
 
 from .tables import NB201_OPS, nb201_dataset
 
@@ -80,6 +80,10 @@ def nb201_cost(ops: list[str], dataset: str = "cifar10") -> Cost:
     params += 2 * last + (last + 1) * classes
     macs += last * classes
     return Cost(params=params, macs=macs)
+
+
+#: the fixed text around the 6 ops of an arch string
+ARCH_SEPARATORS = ("|", "~0|+|", "~0|", "~1|+|", "~0|", "~1|", "~2|")
 
 
 def arch_string(ops: list[str]) -> str:
@@ -147,6 +151,11 @@ class NASBench201Space(SearchSpace):
 
     def encode(self, params: Mapping[str, Any]) -> str:
         return arch_string(self.ops(params))
+
+    def text_form(self) -> TextForm:
+        """The arch string: 6 op names between ``|``, ``~k`` and ``+`` (the form the LLM proposer asks for and
+        allows)."""
+        return TextForm(ARCH_SEPARATORS, (tuple(NB201_OPS),) * len(EDGE_NAMES))
 
     def decode(self, text: str) -> dict[str, Any]:
         m = _ARCH.match(text.strip())

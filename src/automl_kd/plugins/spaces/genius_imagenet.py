@@ -41,7 +41,7 @@ from torch import nn
 
 from automl_kd.errors import InvalidCandidate
 from automl_kd.hookspecs import hookimpl
-from automl_kd.space import Cost, SearchSpace
+from automl_kd.space import Cost, SearchSpace, TextForm
 
 from .genius_net import (
     _ALIASES,
@@ -154,6 +154,14 @@ class GeniusImageNetSpace(SearchSpace):
         """Per-stage op-id lists, e.g. ``[[1,0,1,0,1,0],[...],...]`` (GENIUS's form); :meth:`decode` inverts
         it."""
         return json.dumps(self.stage_ids(params), separators=(",", ":"))
+
+    def text_form(self) -> TextForm:
+        """The per-stage op-id lists of :meth:`encode`, ``[[1,0,1,0,1,0],...]``: 5 x 6 ids 0-6."""
+        seps = ["[["]
+        for i in range(len(STAGES)):
+            seps += [","] * (SLOTS - 1) + (["],["] if i < len(STAGES) - 1 else ["]]"])
+        ids = tuple(str(i) for i in range(len(OPS)))
+        return TextForm(tuple(seps), (ids,) * (len(STAGES) * SLOTS))
 
     def decode(self, text: str) -> dict[str, Any]:
         try:
