@@ -130,7 +130,7 @@ def test_options_that_are_the_hybrids_own_are_refused() -> None:
     space = pm.spaces.create("nasbench-macro", {})
     with pytest.raises(ConfigError, match=r"llm\.fallback: set by llm-evolution"):
         pm.proposers.create("llm-evolution", {"llm": {"fallback": "random"}}, space=space, seed=0)
-    with pytest.raises(ConfigError, match="llm: .*unexpected keyword argument 'no_such'"):
+    with pytest.raises(ConfigError, match=r"llm: .*unexpected keyword argument 'no_such'"):
         pm.proposers.create("llm-evolution", {"llm": {"no_such": 1}}, space=space, seed=0)
 
 
