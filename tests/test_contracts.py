@@ -29,6 +29,14 @@ OPTIONS: dict[tuple[str, str], dict[str, Any]] = {
     ("space", "mbv2"): {"stages": [[16, 1, 1], [24, 2, 2]], "head_channels": 64},
     ("evaluator", "train"): {"epochs": 1, "batch_size": 32, "max_steps_per_epoch": 3, "latency": False},
     ("evaluator", "nasbench-macro"): {"path": MACRO},
+    # an endpoint that refuses every connection at once: after its initial population every child is the
+    # classical mutation (the model's children are tested against a scripted and a real server in
+    # tests/test_llm_evolution.py)
+    ("proposer", "llm-evolution"): {
+        "population": 4,
+        "sample_size": 2,
+        "llm": {"base_url": "http://127.0.0.1:9/v1", "max_retries": 0, "cache": "off"},
+    },
 }
 #: proposers whose contract runs elsewhere, with the reason
 ELSEWHERE = {"llm": "needs an HTTP endpoint: tests/test_llm_*.py run the proposer against a local server"}

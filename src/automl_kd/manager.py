@@ -45,6 +45,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "automl_kd.plugins.evaluators.train",
     "automl_kd.plugins.proposers.evolution",
     "automl_kd.plugins.proposers.llm",
+    "automl_kd.plugins.proposers.llm_evolution",
     "automl_kd.plugins.proposers.optuna_samplers",
     "automl_kd.plugins.proposers.random",
     "automl_kd.plugins.spaces.genius_imagenet",

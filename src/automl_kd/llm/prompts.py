@@ -42,6 +42,10 @@ TEMPLATES: dict[str, frozenset[str]] = {
         {"space_description", "objective", "constraints", "history", "history_note", "n", "answer_format"}
     ),
     "default_reask": frozenset({"reasons", "n", "answer_format"}),
+    "mutation_user": frozenset(
+        {"space_description", "objective", "constraints", "best", "parent", "parent_result", "answer_format"}
+    ),
+    "mutation_reask": frozenset({"reasons", "parent", "answer_format"}),
     "genius_benchmark_system": frozenset(),
     "genius_benchmark_user": frozenset(
         {"space_description", "objective", "constraints", "answer_example", "experiments"}

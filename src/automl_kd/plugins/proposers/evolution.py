@@ -47,16 +47,21 @@ class RegularizedEvolution(Proposer):
                 params = space.sample(self.rng)
                 out.append(space.candidate(params, rationale="random initial population"))
                 continue
-            pop = done[-self.population :]
-            tournament = self.rng.sample(pop, self.sample_size)
-            sign = 1.0 if self.maximize else -1.0
-            parent = max(tournament, key=lambda h: sign * float(h.value or 0.0))
-            child = self._mutate(space, parent.params, seen)
+            parent = self.select_parent(done)
+            child = self.mutate(space, parent.params, seen)
             out.append(space.candidate(child, rationale=f"mutation of trial {parent.number}"))
             seen.add(out[-1].key())
         return out
 
-    def _mutate(self, space: SearchSpace, parent: dict[str, Any], seen: set[str]) -> dict[str, Any]:
+    def select_parent(self, done: Sequence[HistoryEntry]) -> HistoryEntry:
+        """The best of ``sample_size`` random members of the population (the most recent completed trials)."""
+        pop = list(done[-self.population :])
+        tournament = self.rng.sample(pop, min(self.sample_size, len(pop)))
+        sign = 1.0 if self.maximize else -1.0
+        return max(tournament, key=lambda h: sign * float(h.value or 0.0))
+
+    def mutate(self, space: SearchSpace, parent: dict[str, Any], seen: set[str]) -> dict[str, Any]:
+        """``parent`` with one parameter changed at random, not in ``seen`` (a random sample after 100 tries)."""
         dists = space.distributions()
         for _ in range(100):
             child = dict(parent)
