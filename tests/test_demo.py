@@ -15,6 +15,9 @@ from conftest import REPO
 from distill_support import STUDENT_SPACE, TEACHER_SPACE
 
 from automl_kd import Search, load_config
+from automl_kd.cli import demo_config_path
+from automl_kd.data import load_data
+from automl_kd.distill.teacher import teacher_data
 from automl_kd.errors import ConfigError
 from automl_kd.results.baseline import run_ce_baseline
 from automl_kd.results.html import write_report
@@ -95,6 +98,18 @@ def test_a_bad_ce_baseline_value_is_one_clear_error(tmp_path: Path) -> None:
     )
     assert out.returncode != 0 and "Traceback" not in out.stderr
     assert [line for line in out.stderr.splitlines() if line.startswith("error:")], out.stderr
+
+
+def test_the_demo_teacher_learns_from_more_images_than_its_students_but_none_they_are_scored_on() -> None:
+    # a teacher from the students' own space and data barely beats its best student, and then KD has nothing to
+    # pass on: the demo's teacher trains on six times their images, never on one of their validation split
+    cfg = load_config(demo_config_path())
+    assert cfg.teacher is not None
+    data = load_data(cfg.data)
+    seen = teacher_data(cfg.teacher, data)
+    assert len(seen.train) >= 6 * len(data.train)
+    assert not set(seen.train.index.tolist()) & set(data.val.index.tolist())
+    assert seen.val is data.val
 
 
 @pytest.mark.slow
