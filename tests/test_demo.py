@@ -16,6 +16,9 @@ from distill_support import STUDENT_SPACE, TEACHER_SPACE
 from fault_support import assert_one_error, cli
 
 from automl_kd import Search, load_config
+from automl_kd.cli import demo_config_path
+from automl_kd.data import load_data
+from automl_kd.distill.teacher import teacher_data
 from automl_kd.errors import ConfigError
 from automl_kd.results.baseline import run_ce_baseline
 from automl_kd.results.html import write_report
@@ -94,6 +97,18 @@ def test_a_bad_ce_baseline_value_is_one_clear_error(tmp_path: Path) -> None:
         res, 2, r"^error: config key 'search\.ce_baseline': .*'none', 'best' or 'all' \(got 'maybe'\)"
     )
     assert not (tmp_path / "d").exists()  # refused before anything is written
+
+
+def test_the_demo_teacher_learns_from_more_images_than_its_students_but_none_they_are_scored_on() -> None:
+    # a teacher from the students' own space and data barely beats its best student, and then KD has nothing to
+    # pass on: the demo's teacher trains on six times their images, never on one of their validation split
+    cfg = load_config(demo_config_path())
+    assert cfg.teacher is not None
+    data = load_data(cfg.data)
+    seen = teacher_data(cfg.teacher, data)
+    assert len(seen.train) >= 6 * len(data.train)
+    assert not set(seen.train.index.tolist()) & set(data.val.index.tolist())
+    assert seen.val is data.val
 
 
 @pytest.mark.slow

@@ -13,6 +13,7 @@ from distill_support import CPU, PM, one_thread, teacher_config, tiny_data
 from automl_kd import load_config
 from automl_kd.cache import ArtifactCache
 from automl_kd.config import TeacherConfig
+from automl_kd.data import with_training_pool
 from automl_kd.distill.teacher import get_teacher, teacher_cache_key, teacher_info
 from automl_kd.errors import ConfigError
 from automl_kd.plugins.spaces.paper_truncated import PaperTruncatedSpace
@@ -45,6 +46,36 @@ def test_trained_once_then_reused_and_frozen(tmp_path: Path, caplog: pytest.LogC
     assert teacher_cache_key(teacher_config(), tiny_data(train_size=200)) != teacher_cache_key(
         teacher_config(), data
     )
+
+
+def test_a_teacher_trains_on_more_images_than_its_students_never_on_a_validation_one(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    data = tiny_data()  # 240 training and 60 validation images of Fashion-MNIST's 60,000
+    val = set(data.val.index.tolist())
+    big = with_training_pool(data, 600)
+    assert len(big.train) == 600 and not val & set(big.train.index.tolist())
+    assert torch.bincount(big.train.y).tolist() == [60] * 10  # stratified
+    assert big.val is data.val and big.test is data.test and (big.mean, big.std) == (data.mean, data.std)
+    assert big.fingerprint != data.fingerprint
+    assert torch.equal(with_training_pool(data, 600).train.index, big.train.index)  # deterministic
+    with caplog.at_level(logging.WARNING, logger="automl_kd"):
+        everything = with_training_pool(data, 10**6)
+    assert len(everything.train) == 60_000 - len(val)
+    assert "using all 59940" in caplog.text
+
+    plain = teacher_config()
+    more = TeacherConfig(**{**plain.model_dump(), "train": {**plain.train.model_dump(), "train_size": 600}})
+    assert teacher_cache_key(more, data) != teacher_cache_key(plain, data)
+    cache = ArtifactCache(tmp_path / "cache")
+    small_run = teacher_info(get_teacher(plain, data, CPU, cache, pm=PM))
+    big_run = teacher_info(get_teacher(more, data, CPU, cache, pm=PM))
+    assert small_run is not None and big_run is not None and big_run.source == "trained"
+    # scored on the students' validation split, after an epoch over 600 images instead of 240 (batches of 32)
+    assert (small_run.metrics["steps"], big_run.metrics["steps"]) == (2 * 8, 2 * 19)
+    assert big_run.val_acc is not None
+    again = teacher_info(get_teacher(more, data, CPU, cache, pm=PM))
+    assert again is not None and again.source == "cache" and again.fingerprint == big_run.fingerprint
 
 
 def test_a_corrupt_cached_teacher_is_retrained(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -126,6 +126,9 @@ class TeacherTrainConfig(_Model):
     weight_decay: float = Field(0.0, ge=0)
     #: cap on optimisation steps per epoch (None = the whole training split)
     max_steps_per_epoch: int | None = Field(None, ge=1)
+    #: train on this many images of the dataset's whole training set (stratified, none of them a validation
+    #: image) instead of the students' training split (None); the teacher is validated on the students' split
+    train_size: int | None = Field(None, ge=10)
     crop_padding: int = Field(4, ge=0, le=64)
     flip: bool = True
     seed: int = 0

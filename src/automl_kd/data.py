@@ -77,6 +77,9 @@ class DataSplits:
     std: tuple[float, ...]
     #: hash of the data and the split; part of every cache key that depends on the data
     fingerprint: str
+    #: the data config it was loaded with (by :func:`load_data`), so that a teacher can draw a larger training
+    #: split from the same dataset (:func:`with_training_pool`)
+    source: DataConfig | None = None
 
     @property
     def num_classes(self) -> int:
@@ -105,6 +108,7 @@ class DataSplits:
             self.mean,
             self.std,
             self.fingerprint,
+            self.source,
         )
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
@@ -273,15 +277,19 @@ def stratified_indices(
     return np.sort(np.concatenate(first)), np.sort(np.concatenate(second))
 
 
-def load_data(cfg: DataConfig) -> DataSplits:
-    """Load, subset and split a dataset as configured; deterministic for a given ``split_seed``."""
+def _read(cfg: DataConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str]]:
     loader = {
         "fashion-mnist": load_fashion_mnist,
         "cifar10": load_cifar,
         "cifar100": load_cifar,
         "imagefolder": load_imagefolder,
     }[cfg.dataset]
-    xtr, ytr, xte, yte, classes = loader(cfg)
+    return loader(cfg)
+
+
+def load_data(cfg: DataConfig) -> DataSplits:
+    """Load, subset and split a dataset as configured; deterministic for a given ``split_seed``."""
+    xtr, ytr, xte, yte, classes = _read(cfg)
     ytr = ytr.astype(np.int64)
     yte = yte.astype(np.int64)
     rng = np.random.default_rng(cfg.split_seed)
@@ -332,6 +340,54 @@ def load_data(cfg: DataConfig) -> DataSplits:
         mean,
         std,
         h.hexdigest()[:16],
+        cfg,
+    )
+
+
+def with_training_pool(data: DataSplits, size: int) -> DataSplits:
+    """``data`` with a larger training split: ``size`` images of the dataset's whole training set, stratified
+    (seeded by the data config's ``split_seed``), none of them a validation image; all of them when there are
+    fewer.
+
+    What a teacher trains on with ``teacher.train.train_size`` (the students keep ``data.train_size``). The
+    validation and test splits, the normalisation statistics (the students' training split's, so the teacher is
+    fed the same inputs it is trained on) and the device stay ``data``'s; the fingerprint covers the new split.
+    """
+    if data.source is None:
+        raise DataError("a larger teacher training split needs data loaded with load_data (its config)")
+    cfg = data.source
+    xtr, ytr, _, _, _ = _read(cfg)
+    ytr = ytr.astype(np.int64)
+    pool = np.setdiff1d(np.arange(len(ytr)), data.val.index.cpu().numpy())
+    if size < len(pool):
+        rel, _ = stratified_indices(ytr[pool], size / len(pool), np.random.default_rng(cfg.split_seed))
+        pool = pool[rel]
+    elif size > len(pool):
+        log.warning(
+            "teacher.train.train_size %d is more than the %d training images outside the validation split: "
+            "using all %d",
+            size,
+            len(pool),
+            len(pool),
+        )
+    device = data.train.x.device
+    train = Split(
+        torch.from_numpy(np.ascontiguousarray(xtr[pool])),
+        torch.from_numpy(ytr[pool]),
+        torch.from_numpy(pool.astype(np.int64)),
+    ).to(device)
+    h = hashlib.sha256(data.fingerprint.encode())
+    h.update(hashlib.sha256(pool.astype(np.int64).tobytes()).digest())
+    return DataSplits(
+        data.name,
+        train,
+        data.val,
+        data.test,
+        data.classes,
+        data.mean,
+        data.std,
+        h.hexdigest()[:16],
+        data.source,
     )
 
 

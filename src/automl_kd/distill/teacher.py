@@ -33,7 +33,7 @@ from torch import nn
 
 from automl_kd.cache import ArtifactCache
 from automl_kd.config import Config, TeacherConfig
-from automl_kd.data import DataSplits, load_data
+from automl_kd.data import DataSplits, load_data, with_training_pool
 from automl_kd.errors import ConfigError
 from automl_kd.manager import PluginManager, get_plugin_manager
 from automl_kd.metrics import count_params, resolve_device
@@ -58,6 +58,7 @@ __all__ = [
     "TeacherInfo",
     "get_teacher",
     "teacher_cache_key",
+    "teacher_data",
     "teacher_for_config",
     "teacher_info",
     "teacher_plan",
@@ -136,6 +137,8 @@ def teacher_cache_key(
     for k, default in (("finetune", False), ("input", "dataset")):
         if spec.get(k) == default:
             spec.pop(k)
+    if spec["train"].get("train_size") is None:
+        spec["train"].pop("train_size", None)
     parts: dict[str, Any] = {"teacher": spec, "data": data.fingerprint}
     if start is not None:
         parts["start"] = start
@@ -145,14 +148,23 @@ def teacher_cache_key(
 
 
 def teacher_settings(cfg: TeacherConfig) -> TrainSettings:
-    """The training settings of ``teacher.train`` (its ``seed`` is the run's seed, not a setting)."""
-    return TrainSettings(**cfg.train.model_dump(exclude={"seed"}))
+    """The training settings of ``teacher.train`` (its ``seed`` is the run's seed and its ``train_size`` the data
+    it trains on (:func:`teacher_data`), not settings)."""
+    return TrainSettings(**cfg.train.model_dump(exclude={"seed", "train_size"}))
 
 
 def teacher_plan(cfg: TeacherConfig, device: torch.device, precision: str) -> TrialPlan:
     """The plan of the teacher's training: ``teacher.train``'s settings and seed, on ``device``, in ``precision``."""
     settings = teacher_settings(cfg).model_copy(update={"precision": precision})
     return TrialPlan.make(settings, seed=cfg.train.seed, device=device)
+
+
+def teacher_data(cfg: TeacherConfig, data: DataSplits) -> DataSplits:
+    """The data the teacher trains on: ``data`` itself, or with ``teacher.train.train_size`` a larger training
+    split drawn from the same dataset outside the validation split (:func:`automl_kd.data.with_training_pool`)."""
+    if cfg.train.train_size is None:
+        return data
+    return with_training_pool(data, cfg.train.train_size)
 
 
 def train_teacher(
@@ -165,7 +177,7 @@ def train_teacher(
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Build and train the teacher on ``data.train`` with its ``plan`` (:func:`teacher_plan`, through
     :func:`automl_kd.distill.fit.fit`), from ``start``'s weights when fine-tuning a checkpoint; return it and its
-    metrics (validation accuracy, and test accuracy for the report only)."""
+    metrics (validation accuracy, and test accuracy for the report only). ``data`` is :func:`teacher_data`'s."""
     normalize = input_normalizer(cfg.input, data)
 
     def build() -> nn.Module:
@@ -227,6 +239,7 @@ def get_teacher(
         start, start_fp = model, fingerprint
         model = build_teacher_model(teacher_cfg, data, pm)
     plan = teacher_plan(teacher_cfg, device, precision).for_network(model, data.input_shape)
+    data = teacher_data(teacher_cfg, data)
     key = teacher_cache_key(teacher_cfg, data, start_fp, plan.precision)
     art = None if retrain else _load_cached(model, cache, key)
     if art is None:
