@@ -29,6 +29,7 @@ OPTIONS: dict[tuple[str, str], dict[str, Any]] = {
     ("space", "mbv2"): {"stages": [[16, 1, 1], [24, 2, 2]], "head_channels": 64},
     ("evaluator", "train"): {"epochs": 1, "batch_size": 32, "max_steps_per_epoch": 3, "latency": False},
     ("evaluator", "nasbench-macro"): {"path": MACRO},
+    ("proposer", "screen"): {"proxy": "params", "k": 4},  # the toy space has a cost but builds no network
 }
 #: proposers whose contract runs elsewhere, with the reason
 ELSEWHERE = {"llm": "needs an HTTP endpoint: tests/test_llm_*.py run the proposer against a local server"}

@@ -47,6 +47,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "automl_kd.plugins.proposers.llm",
     "automl_kd.plugins.proposers.optuna_samplers",
     "automl_kd.plugins.proposers.random",
+    "automl_kd.plugins.proposers.screen",
     "automl_kd.plugins.spaces.genius_imagenet",
     "automl_kd.plugins.spaces.mbv2",
     "automl_kd.plugins.spaces.paper_truncated",
