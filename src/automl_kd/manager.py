@@ -44,6 +44,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "automl_kd.plugins.evaluators.synthetic",
     "automl_kd.plugins.evaluators.train",
     "automl_kd.plugins.proposers.evolution",
+    "automl_kd.plugins.proposers.largest",
     "automl_kd.plugins.proposers.llm",
     "automl_kd.plugins.proposers.optuna_samplers",
     "automl_kd.plugins.proposers.random",
