@@ -638,7 +638,8 @@ def capped_run(args: argparse.Namespace) -> int:
     base = [PROPOSERS[p] for p in ("random", "tpe", "evolution", "largest-first")]
     merged: dict[str, Any] = {"benchmarks": {}}
     t0 = time.perf_counter()
-    for name in CAPPED_BENCHMARKS:
+    names = [n for n in CAPPED_BENCHMARKS if n in args.benchmarks.split(",")]
+    for name in names:
         bench = _with_path(BENCHMARKS[name], args.macro_path)
         rows = base + (list(SCREENED.values()) if name in SCREENED_ON else [])
         print(f"{name}: {', '.join(r.label for r in rows)}", flush=True)
@@ -666,7 +667,7 @@ def capped_run(args: argparse.Namespace) -> int:
     merged["settings"].update(
         {
             "elapsed_s": round(time.perf_counter() - t0, 1),
-            "benchmarks": list(CAPPED_BENCHMARKS),
+            "benchmarks": names,
             "screen": {
                 "k": SCREEN_K,
                 "proxy": "naswot",

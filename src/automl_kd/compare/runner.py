@@ -204,8 +204,9 @@ class MacsCap:
         return f"MACs {cost.macs / 1e6:.1f}M exceed the cap {self.macs / 1e6:.1f}M"
 
 
-#: proposals over a benchmark's cap in a row, for one evaluation, before the evaluation counts as invalid
-MAX_REJECTED = 1000
+#: proposals over a benchmark's cap in a row, for one evaluation, before the evaluation counts as invalid (a
+#: proposer that does not see the cap, such as Optuna's TPE, which ignores failed trials, can get stuck over it)
+MAX_REJECTED = 100
 
 
 def run_one(bench: BenchmarkSpec, prop: ProposerSpec, seed: int, budget: int) -> dict[str, Any]:
@@ -248,9 +249,12 @@ def run_one(bench: BenchmarkSpec, prop: ProposerSpec, seed: int, budget: int) ->
             error = f"{type(exc).__name__}: {exc}"
             break
         propose_s.append(time.perf_counter() - t0)
+        if reason is not None:  # stuck over the cap: this evaluation is spent on nothing (its trial is told)
+            invalid += 1
+            values.append(None)
+            observed.append(None)
+            continue
         try:
-            if reason is not None:
-                raise InvalidCandidate(f"{MAX_REJECTED} proposals in a row over the cap: {reason}")
             cand = space.candidate(trial.params)
             key = cand.key()
             duplicates += key in seen
