@@ -8,11 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import optuna
 import pytest
 from conftest import MACRO_JSON
 
 from automl_kd.compare import BENCHMARKS, PROPOSERS, ProposerSpec, compare, plugin_manager, write_outputs
-from automl_kd.compare.runner import bench_info, macs_cap, run_one, table_rows
+from automl_kd.compare.runner import MAX_REJECTED, bench_info, macs_cap, run_one, table_rows
 from automl_kd.space import Candidate, SearchSpace
 
 CAPPED = dataclasses.replace(BENCHMARKS["nasbench-macro-capped"], evaluator_options={"path": str(MACRO_JSON)})
@@ -91,3 +92,26 @@ def test_a_screened_row_counts_its_proxy_work_and_tables_it(tmp_path: Path) -> N
     md = write_outputs(res, tmp_path, "capped", plots=False)[1].read_text()
     assert "Capped at 55.4 M MACs: 3,282 of the 6,561 architectures" in md
     assert "| screen-random | 0.0 | " in md and "rejected over the cap/run" in md
+
+
+class AlwaysLargest(optuna.samplers.BaseSampler):
+    """A sampler blind to the cap: the last choice of every layer (the largest network) every time."""
+
+    def __init__(self, seed: int | None = None) -> None:
+        pass
+
+    def infer_relative_search_space(self, study: Any, trial: Any) -> dict[str, Any]:
+        return {}
+
+    def sample_relative(self, study: Any, trial: Any, search_space: Any) -> dict[str, Any]:
+        return {}
+
+    def sample_independent(self, study: Any, trial: Any, name: str, distribution: Any) -> Any:
+        return distribution.choices[-1]
+
+
+def test_a_proposer_stuck_over_the_cap_spends_its_evaluations_as_invalid() -> None:
+    stuck = ProposerSpec("stuck", "optuna", {"sampler": "test_compare_capped:AlwaysLargest"})
+    run = run_one(CAPPED, stuck, seed=0, budget=3)
+    assert run["error"] is None and run["values"] == [None, None, None] and run["invalid"] == 3
+    assert run["rejected"] == 3 * MAX_REJECTED
