@@ -37,6 +37,7 @@ OPTIONS: dict[tuple[str, str], dict[str, Any]] = {
         "sample_size": 2,
         "llm": {"base_url": "http://127.0.0.1:9/v1", "max_retries": 0, "cache": "off"},
     },
+    ("proposer", "screen"): {"proxy": "params", "k": 4},  # the toy space has a cost but builds no network
 }
 #: proposers whose contract runs elsewhere, with the reason
 ELSEWHERE = {"llm": "needs an HTTP endpoint: tests/test_llm_*.py run the proposer against a local server"}

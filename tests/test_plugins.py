@@ -21,7 +21,7 @@ from automl_kd.registry import Registry
 
 BUILTINS = {
     "spaces": {"mbv2", "paper-truncated"},
-    "proposers": {"random", "optuna", "evolution"},
+    "proposers": {"random", "optuna", "evolution", "screen"},
     "evaluators": {"train"},
 }
 

@@ -22,7 +22,18 @@ from .errors import ConfigError
 
 # Parameters a host passes itself; they are not user options.
 HOST_PARAMS = frozenset(
-    {"self", "space", "seed", "directions", "context", "constraints", "run_dir", "should_stop"}
+    {
+        "self",
+        "space",
+        "seed",
+        "directions",
+        "context",
+        "constraints",
+        "run_dir",
+        "should_stop",
+        "plugins",
+        "resource",
+    }
 )
 
 

@@ -7,6 +7,7 @@ text encode/decode, validation with precise messages, analytic cost, and ``build
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import re
@@ -323,3 +324,37 @@ def suggest(trial: optuna.Trial, name: str, dist: BaseDistribution) -> Any:
     if isinstance(dist, FloatDistribution):
         return trial.suggest_float(name, dist.low, dist.high, step=dist.step, log=dist.log)
     raise TypeError(f"unsupported distribution for {name}: {dist!r}")
+
+
+#: the most assignments :func:`enumerate_space` goes through
+MAX_ARCHITECTURES = 1_000_000
+
+
+def _choices(d: Any) -> list[Any]:
+    if isinstance(d, CategoricalDistribution):
+        return list(d.choices)
+    if isinstance(d, IntDistribution):
+        return list(range(d.low, d.high + 1, d.step))
+    raise ValueError(f"only categorical and integer parameters can be enumerated, not {type(d).__name__}")
+
+
+def enumerate_space(space: SearchSpace) -> list[Candidate]:
+    """Every valid candidate of a finite space (each architecture once)."""
+    dists = space.distributions()
+    names = list(dists)
+    grid = [_choices(dists[n]) for n in names]
+    size = 1
+    for g in grid:
+        size *= len(g)
+    if size > MAX_ARCHITECTURES:
+        raise ValueError(
+            f"the space has {size:,} assignments; at most {MAX_ARCHITECTURES:,} can be enumerated"
+        )
+    out: dict[str, Candidate] = {}
+    for values in itertools.product(*grid):
+        try:
+            cand = space.candidate(dict(zip(names, values, strict=True)))
+        except InvalidCandidate:
+            continue
+        out.setdefault(cand.key(), cand)
+    return list(out.values())

@@ -16,6 +16,12 @@ from typing import Any
 STORED_AS = {"params": "n_params"}
 _METRIC_OF = {stored: metric for metric, stored in STORED_AS.items()}
 
+#: what the ``screen`` proposer records on each trial it proposes: the candidates scored for it, the CPU seconds of
+#: the proxy scores it needed, the chosen candidate's score
+SCREENED = "screened"
+SCREEN_PROXY_CPU_S = "screen_proxy_cpu_s"
+SCREEN_SCORE = "screen_score"
+
 
 def stored_name(metric: str) -> str:
     """The user attribute a metric is written to."""

@@ -122,6 +122,22 @@ def _row(label: str, row: dict[str, Any], marks: list[str]) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
+def _cap_and_screening_rows(rows: dict[str, Any]) -> list[str]:
+    """Rows of the cap-and-screening table: proposals rejected over a cap, and the screen proposer's proxy work."""
+    out = []
+    for label, row in rows.items():
+        if row["status"] != "ok":
+            continue
+        rejected = (row.get("rejected_over_cap") or {}).get("mean_per_run") or 0.0
+        screening = row.get("screening")
+        if not rejected and not screening:
+            continue
+        screened = f"{screening['screened_per_run']:.0f}" if screening else "-"
+        cpu = f"{screening['proxy_cpu_s_per_run']:.1f}" if screening else "-"
+        out.append(f"| {label} | {rejected:.1f} | {screened} | {cpu} |")
+    return out
+
+
 def markdown_report(results: dict[str, Any], pngs: dict[str, str] | None = None) -> str:
     """The results as markdown: one table per benchmark, the pairwise tests, and the plots."""
     s = results["settings"]
@@ -150,6 +166,14 @@ def markdown_report(results: dict[str, Any], pngs: dict[str, str] | None = None)
             f"Accuracy: {info.get('accuracy_source', 'see the evaluator')}.",
             "",
         ]
+        if info.get("macs_cap") is not None:
+            lines[-1:-1] = [
+                "",
+                f"Capped at {info['macs_cap'] / 1e6:.1f} M MACs: {info['table_size']:,} of the "
+                f"{info['table_size_uncapped']:,} architectures; the optimum, the top 1 % and the rank "
+                "percentiles are inside the cap. The proposers get the cap as the search's hard constraint; "
+                "a proposal over it is rejected without using an evaluation.",
+            ]
         head = (
             ["proposer", "seeds"]
             + [f"best@{m}" for m in marks]
@@ -166,6 +190,14 @@ def markdown_report(results: dict[str, Any], pngs: dict[str, str] | None = None)
         )
         lines += markdown_table(head, [])
         lines += [_row(label, row, marks) for label, row in entry["proposers"].items()]
+        extra = _cap_and_screening_rows(entry["proposers"])
+        if extra:
+            lines += [
+                "",
+                "| proposer | rejected over the cap/run | candidates screened/run | proxy CPU s/run |",
+                "|---|---|---|---|",
+                *extra,
+            ]
         if entry["tests"]:
             lines += [
                 "",

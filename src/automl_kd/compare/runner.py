@@ -15,6 +15,7 @@ CLI: :mod:`automl_kd.compare.cli`.
 
 from __future__ import annotations
 
+import importlib
 import math
 import os
 import random
@@ -36,7 +37,8 @@ from automl_kd.errors import ConfigError, InfeasibleCandidate, InvalidCandidate
 from automl_kd.evaluator import TrialContext
 from automl_kd.manager import PluginManager, get_plugin_manager
 from automl_kd.proposer import ATTR_META, Proposer
-from automl_kd.trial_attrs import stored_name
+from automl_kd.space import Cost, enumerate_space
+from automl_kd.trial_attrs import SCREEN_PROXY_CPU_S, SCREENED, stored_name
 
 
 @dataclass(frozen=True)
@@ -50,11 +52,20 @@ class BenchmarkSpec:
     evaluator_options: dict[str, Any] = field(default_factory=dict)
     #: the ``compare`` option whose value (a local table file) becomes the evaluator's ``path`` option
     path_argument: str | None = None
+    #: a cap on the analytic MACs (``space.cost``): a number, or ``"median"`` (the median over the table's
+    #: architectures). The proposers get it as the search's hard constraint; the optimum and the top 1 % are
+    #: computed inside it; a proposal over it is rejected without using an evaluation.
+    macs_cap: float | str | None = None
 
 
 @dataclass(frozen=True)
 class ProposerSpec:
-    """A row of the comparison: a registered proposer with options; ``max_seeds`` caps costly ones."""
+    """A row of the comparison: a registered proposer with options; ``max_seeds`` caps costly ones.
+
+    ``scorer``: ``"module:function"`` of a function ``(bench, space) -> scorer`` whose result is passed as the
+    proposer's ``scorer`` option (the ``screen`` proposer's proxy scores, e.g. read from a precomputed store); an
+    import path, so that the comparison's worker processes build their own.
+    """
 
     label: str
     proposer: str
@@ -62,6 +73,7 @@ class ProposerSpec:
     max_seeds: int | None = None
     needs_llm: bool = False
     numeric_only: bool = False  # CMA-ES: would silently sample categorical spaces at random
+    scorer: str | None = None
 
 
 class _RegisteredBenchmarks(Mapping[str, BenchmarkSpec]):
@@ -91,6 +103,7 @@ PROPOSERS: dict[str, ProposerSpec] = {
     "random": ProposerSpec("random", "random"),
     "tpe": ProposerSpec("tpe", "optuna", {"sampler": "tpe"}),
     "evolution": ProposerSpec("evolution", "evolution"),
+    "largest-first": ProposerSpec("largest-first", "largest-first"),
     "gp": ProposerSpec("gp", "optuna", {"sampler": "gp"}, max_seeds=10),
     "cmaes": ProposerSpec("cmaes", "optuna", {"sampler": "cmaes"}, numeric_only=True),
     "llm": ProposerSpec("llm", "llm", {}, max_seeds=5, needs_llm=True),
@@ -143,13 +156,73 @@ def _context(space: Any, number: int, seed: int) -> Any:
     return TrialContext(number=number, seed=seed, device=None, run_dir=Path("."), space=space)  # type: ignore[arg-type]
 
 
+def _load(path: str) -> Any:
+    module, _, attr = path.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def table_rows(bench: BenchmarkSpec, pm: Any) -> list[tuple[dict[str, Any], float, int]]:
+    """Every architecture of the benchmark's table: (parameters, table value, analytic MACs), enumerated from the
+    space's choices (kept per process)."""
+    key = f"rows:{bench.name}:{sorted(bench.space_options.items())}"
+    if key not in _WORKER_CACHE:
+        space = pm.spaces.create(bench.space, bench.space_options)
+        evaluator = pm.evaluators.create(bench.evaluator, bench.evaluator_options)
+        rows = []
+        for cand in enumerate_space(space):
+            try:
+                rec = evaluator.evaluate(cand, _context(space, 0, 0))
+            except (InvalidCandidate, InfeasibleCandidate):
+                continue
+            value = float(rec.get("table_value", rec["val_acc"]))
+            rows.append((dict(cand.params), value, int(space.cost(cand.params).macs)))
+        _WORKER_CACHE[key] = rows
+    return _WORKER_CACHE[key]
+
+
+def macs_cap(bench: BenchmarkSpec, pm: Any) -> float | None:
+    """The benchmark's MACs cap in MACs (``"median"``: the median over its table's architectures), or None."""
+    if bench.macs_cap is None:
+        return None
+    if bench.macs_cap == "median":
+        return float(np.median([macs for _, _, macs in table_rows(bench, pm)]))
+    try:
+        return float(bench.macs_cap)
+    except ValueError:
+        raise ConfigError(f"benchmark {bench.name!r}: macs_cap must be a number or 'median'") from None
+
+
+@dataclass(frozen=True)
+class MacsCap:
+    """A benchmark's cap as a search's hard constraint: ``check(cost)`` gives the reason a cost breaks it, or None."""
+
+    macs: float
+
+    def check(self, cost: Cost) -> str | None:
+        if cost.macs <= self.macs:
+            return None
+        return f"MACs {cost.macs / 1e6:.1f}M exceed the cap {self.macs / 1e6:.1f}M"
+
+
+#: proposals over a benchmark's cap in a row, for one evaluation, before the evaluation counts as invalid (a
+#: proposer that does not see the cap, such as Optuna's TPE, which ignores failed trials, can get stuck over it)
+MAX_REJECTED = 100
+
+
 def run_one(bench: BenchmarkSpec, prop: ProposerSpec, seed: int, budget: int) -> dict[str, Any]:
     """One search of ``budget`` proposals; returns per-trial table values and proposal statistics."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     pm = plugin_manager()
     space = pm.spaces.create(bench.space, bench.space_options)
     evaluator = pm.evaluators.create(bench.evaluator, bench.evaluator_options)
-    made = pm.proposers.create(prop.proposer, prop.options, space=space, seed=seed, directions=["maximize"])
+    cap = macs_cap(bench, pm)
+    constraints = MacsCap(cap) if cap is not None else None
+    options = dict(prop.options)
+    if prop.scorer:
+        options["scorer"] = _load(prop.scorer)(bench, space)
+    made = pm.proposers.create(
+        prop.proposer, options, space=space, seed=seed, directions=["maximize"], constraints=constraints
+    )
     sampler = made.as_sampler(space, seed) if isinstance(made, Proposer) else made
     study = optuna.create_study(direction="maximize", sampler=sampler)
     dists = space.distributions()
@@ -157,17 +230,30 @@ def run_one(bench: BenchmarkSpec, prop: ProposerSpec, seed: int, budget: int) ->
     observed: list[float | None] = []
     propose_s: list[float] = []
     seen: set[str] = set()
-    duplicates = invalid = 0
+    duplicates = invalid = rejected = 0
     error = None
     t_run = time.perf_counter()
     for number in range(budget):
         t0 = time.perf_counter()
         try:
-            trial = study.ask(fixed_distributions=dists)
+            for _ in range(MAX_REJECTED):
+                trial = study.ask(fixed_distributions=dists)
+                reason = constraints.check(space.cost(trial.params)) if constraints is not None else None
+                if reason is None:
+                    break
+                # over the cap: rejected before any evaluation, as a search's hard constraint rejects it
+                rejected += 1
+                trial.set_user_attr("fail_reason", f"rejected: {reason}")
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
         except Exception as exc:  # an LLM budget or endpoint failure ends this run, recorded, not fatal
             error = f"{type(exc).__name__}: {exc}"
             break
         propose_s.append(time.perf_counter() - t0)
+        if reason is not None:  # stuck over the cap: this evaluation is spent on nothing (its trial is told)
+            invalid += 1
+            values.append(None)
+            observed.append(None)
+            continue
         try:
             cand = space.candidate(trial.params)
             key = cand.key()
@@ -187,6 +273,7 @@ def run_one(bench: BenchmarkSpec, prop: ProposerSpec, seed: int, budget: int) ->
         study.tell(trial, float(rec["val_acc"]))
         observed.append(float(rec["val_acc"]))
         values.append(float(rec.get("table_value", rec["val_acc"])))
+    screened = [t.user_attrs for t in study.get_trials(deepcopy=False) if SCREENED in t.user_attrs]
     return {
         "seed": seed,
         "llm": _llm_answers(study),
@@ -195,6 +282,9 @@ def run_one(bench: BenchmarkSpec, prop: ProposerSpec, seed: int, budget: int) ->
         "propose_s": propose_s,
         "duplicates": duplicates,
         "invalid": invalid,
+        "rejected": rejected,
+        "screened": sum(int(a[SCREENED]) for a in screened) if screened else None,
+        "proxy_cpu_s": sum(float(a.get(SCREEN_PROXY_CPU_S) or 0.0) for a in screened) if screened else None,
         "usage": _usage_of(sampler),
         "error": error,
         "wall_s": time.perf_counter() - t_run,
@@ -248,7 +338,12 @@ def bench_info(bench: BenchmarkSpec, pm: Any) -> dict[str, Any]:
             f"benchmark {bench.name!r}: evaluator {bench.evaluator!r} is not a table evaluator "
             "(it has no table_values(), so there is no optimum to measure regret against)"
         )
-    table = np.sort(np.asarray(evaluator.table_values(space), dtype=float))[::-1]
+    cap = macs_cap(bench, pm)
+    if cap is None:
+        table = np.sort(np.asarray(evaluator.table_values(space), dtype=float))[::-1]
+    else:  # the optimum, the top 1 % and the rank percentiles inside the cap
+        rows = table_rows(bench, pm)
+        table = np.sort(np.asarray([v for _, v, macs in rows if macs <= cap], dtype=float))[::-1]
     k = max(1, math.ceil(len(table) / 100))  # the top 1 % are the best ceil(N / 100) architectures
     # one look-up, to copy the evaluator's own statement of which split its accuracy is
     rng, source = random.Random(0), None
@@ -259,10 +354,12 @@ def bench_info(bench: BenchmarkSpec, pm: Any) -> dict[str, Any]:
             break
         except (InvalidCandidate, InfeasibleCandidate):
             continue
+    capped = {} if cap is None else {"macs_cap": cap, "table_size_uncapped": len(table_rows(bench, pm))}
     return {
         "space": bench.space,
         "evaluator": bench.evaluator,
         "space_options": bench.space_options,
+        **capped,
         "accuracy_source": source,
         "table_size": len(table),
         "optimum": float(table[0]),

@@ -199,10 +199,27 @@ def aggregate_runs(
             "mean": float(np.mean(props)) if props else None,
             "median": float(np.median(props)) if props else None,
         },
+        "rejected_over_cap": {
+            "total": sum(int(r.get("rejected") or 0) for r in runs),
+            "mean_per_run": float(np.mean([int(r.get("rejected") or 0) for r in runs])),
+        },
+        "screening": _screening_totals(runs),
         "usage": usage or None,
         "llm_answers": _llm_totals(runs),
         "run_seconds_total": float(sum(r["wall_s"] for r in runs)),
         "errors": [f"seed {r['seed']}: {r['error']}" for r in runs if r["error"]],
+    }
+
+
+def _screening_totals(runs: list[dict[str, Any]]) -> dict[str, float] | None:
+    """The ``screen`` proposer's candidates scored and proxy CPU seconds per run (None for other proposers)."""
+    done = [r for r in runs if r.get("screened") is not None]
+    if not done:
+        return None
+    return {
+        "screened_per_run": float(np.mean([r["screened"] for r in done])),
+        "proxy_cpu_s_per_run": round(float(np.mean([r["proxy_cpu_s"] for r in done])), 3),
+        "proxy_cpu_s_total": round(float(sum(r["proxy_cpu_s"] for r in done)), 3),
     }
 
 

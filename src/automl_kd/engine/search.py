@@ -146,6 +146,8 @@ class Search:
             constraints=self.constraints,
             run_dir=self.run_dir,
             should_stop=lambda: self._stop,  # SIGTERM, Ctrl-C: e.g. an LLM request is abandoned at once
+            plugins=self.pm,  # a wrapper (screen) builds its inner proposer with them
+            resource=self.resource,  # the data and the cache, e.g. for the screen proposer's proxy
         )
         if isinstance(obj, Proposer):
             return ProposerSampler(obj, self.space, seed=seed)

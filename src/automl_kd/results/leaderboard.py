@@ -14,7 +14,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from automl_kd.engine.outcome import ATTR_OUTCOME, TrialOutcome
 from automl_kd.storage.urls import display_url
-from automl_kd.trial_attrs import metrics_of
+from automl_kd.trial_attrs import SCREEN_PROXY_CPU_S, SCREENED, metrics_of
 
 #: columns of the leaderboard, in order
 METRIC_KEYS = (
@@ -148,6 +148,15 @@ def summary(study: optuna.Study, storage: str, extra: dict[str, Any] | None = No
     }
     if llm_tokens:
         out["llm_tokens"] = llm_tokens
+    screened = [t for t in trials if SCREENED in t.user_attrs]
+    if screened:  # the screen proposer: the candidates its proxy scored and their CPU seconds, over the run
+        out["screening"] = {
+            "trials": len(screened),
+            "screened": sum(int(t.user_attrs[SCREENED]) for t in screened),
+            "proxy_cpu_s": round(
+                sum(float(t.user_attrs.get(SCREEN_PROXY_CPU_S) or 0.0) for t in screened), 4
+            ),
+        }
     if extra:
         out.update(extra)
     return out

@@ -69,6 +69,15 @@ BENCHMARKS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "nb201-imagenet16-120": ("nasbench201", "nasbench201", {"dataset": "imagenet16-120"}),
     "nasbench-macro-permuted": ("nasbench-macro-permuted", "nasbench-macro", {"perm_seed": 0}),
     "nb201-cifar10-permuted": ("nasbench201-permuted", "nasbench201", {"dataset": "cifar10", "perm_seed": 0}),
+    # under the table's median MACs (FLOPs): without a cap both tables reward size
+    "nasbench-macro-capped": ("nasbench-macro", "nasbench-macro", {}),
+    "nb201-cifar10-capped": ("nasbench201", "nasbench201", {"dataset": "cifar10"}),
+    "nasbench-macro-capped-permuted": ("nasbench-macro-permuted", "nasbench-macro", {"perm_seed": 0}),
+    "nb201-cifar10-capped-permuted": (
+        "nasbench201-permuted",
+        "nasbench201",
+        {"dataset": "cifar10", "perm_seed": 0},
+    ),
 }
 
 
@@ -76,7 +85,8 @@ def _spec(name: str) -> BenchmarkSpec:
     space, evaluator, options = BENCHMARKS[name]
     # `automl-kd compare --macro-path FILE` points the NAS-Bench-Macro evaluator at a local table
     path_argument = "macro_path" if evaluator == "nasbench-macro" else None
-    return BenchmarkSpec(name, space, evaluator, dict(options), path_argument=path_argument)
+    cap = "median" if "-capped" in name else None
+    return BenchmarkSpec(name, space, evaluator, dict(options), path_argument=path_argument, macs_cap=cap)
 
 
 @hookimpl
