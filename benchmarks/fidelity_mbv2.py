@@ -207,15 +207,18 @@ def summarise(r: dict[str, Any]) -> dict[str, Any]:
     ]
     if paired:
         # the NAS stage's fidelity: how far two seeds of one candidate are apart, against the spread of candidates
-        first = [p[0]["val_acc"] for p in paired]
+        a = np.array([p[0]["val_acc"] for p in paired])
+        b = np.array([p[1]["val_acc"] for p in paired])
+        seed_var = float(np.mean((a - b) ** 2) / 2)  # the variance of one run around its candidate's mean
+        one_seed_var = float(np.var(a, ddof=1)) if len(a) > 1 else float("nan")
         out["e1_f20_seed_noise"] = {
             "candidates": len(paired),
-            "mean_abs_seed_difference": round(
-                float(np.mean([abs(a["val_acc"] - b["val_acc"]) for a, b in paired])), 2
-            ),
-            "std_across_candidates_one_seed": round(float(np.std(first, ddof=1)), 2)
-            if len(first) > 1
-            else None,
+            "mean_abs_seed_difference": round(float(np.mean(np.abs(a - b))), 2),
+            "seed_std": round(seed_var**0.5, 2),
+            "std_across_candidates_one_seed": round(one_seed_var**0.5, 2) if len(a) > 1 else None,
+            # the share of one run's variance across candidates that is seed noise (1: the ranking is all noise)
+            "seed_share_of_variance": round(min(1.0, seed_var / one_seed_var), 2) if len(a) > 1 else None,
+            "seed_to_seed_spearman": round(float(stats.spearmanr(a, b).statistic), 3) if len(a) > 2 else None,
         }
     if len(done) < 3:
         return out
@@ -269,13 +272,15 @@ def markdown(r: dict[str, Any]) -> str:
     noise = s.get("e1_f20_seed_noise")
     noise_line = (
         [
-            f"The NAS stage's fidelity (`e1_f20`, 1 epoch on 20 %): two seeds of the same candidate differ by "
-            f"{noise['mean_abs_seed_difference']:.2f} points of validation accuracy on average "
-            f"({noise['candidates']} candidates); one seed's values vary by a standard deviation of "
-            f"{noise['std_across_candidates_one_seed']} points across candidates.",
+            f"The NAS stage's fidelity (`e1_f20`, 1 epoch on 20 %), two seeds of each of {noise['candidates']} "
+            f"candidates: the two seeds differ by {noise['mean_abs_seed_difference']:.2f} points of validation "
+            f"accuracy on average (a seed standard deviation of {noise['seed_std']:.2f}), one seed's values vary "
+            f"across candidates by a standard deviation of {noise['std_across_candidates_one_seed']:.2f}, so "
+            f"{noise['seed_share_of_variance']:.0%} of that variance is seed noise; the two seeds rank the "
+            f"candidates at Spearman {noise['seed_to_seed_spearman']:.2f} with each other.",
             "",
         ]
-        if noise and noise["std_across_candidates_one_seed"] is not None
+        if noise and noise.get("seed_to_seed_spearman") is not None
         else []
     )
     lines = [
