@@ -112,3 +112,23 @@ def postgres() -> Iterator[Any]:
     server.start()
     yield server
     server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """llama.cpp's server with SmolLM2-135M on a free loopback port, one per session (the real-model tests);
+    skipped without the llm-local extra and the model, a failure with AUTOML_KD_REQUIRE_LLM_LOCAL=1."""
+    from llm_local import REQUIRE_ENV, LlamaServer, missing
+
+    reason = missing()
+    if reason:
+        if os.environ.get(REQUIRE_ENV) == "1":
+            pytest.fail(f"{REQUIRE_ENV}=1 but the local LLM server cannot run: {reason}")
+        pytest.skip(reason)
+    log = tmp_path_factory.mktemp("llama") / "server.log"
+    server = LlamaServer(n_ctx=4096, n_threads=1, log_path=log).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+    assert server.proc is None

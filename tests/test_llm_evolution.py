@@ -8,9 +8,7 @@ server) in a short search.
 from __future__ import annotations
 
 import json
-import os
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +23,10 @@ from automl_kd.manager import get_plugin_manager
 from automl_kd.proposer import ATTR_META
 
 try:
-    from llm_local import MODEL_ALIAS, REQUIRE_ENV, LlamaServer, missing
+    from llm_local import MODEL_ALIAS, LlamaServer
     from llm_server import Action, ChatServer, Reply
 except ImportError:  # tests/ is a package
-    from tests.llm_local import MODEL_ALIAS, REQUIRE_ENV, LlamaServer, missing
+    from tests.llm_local import MODEL_ALIAS, LlamaServer
     from tests.llm_server import Action, ChatServer, Reply
 
 POPULATION = 4
@@ -132,20 +130,6 @@ def test_options_that_are_the_hybrids_own_are_refused() -> None:
         pm.proposers.create("llm-evolution", {"llm": {"fallback": "random"}}, space=space, seed=0)
     with pytest.raises(ConfigError, match=r"llm: .*unexpected keyword argument 'no_such'"):
         pm.proposers.create("llm-evolution", {"llm": {"no_such": 1}}, space=space, seed=0)
-
-
-@pytest.fixture(scope="module")
-def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServer]:
-    reason = missing()
-    if reason:
-        if os.environ.get(REQUIRE_ENV) == "1":
-            pytest.fail(f"{REQUIRE_ENV}=1 but the local LLM server cannot run: {reason}")
-        pytest.skip(reason)
-    server = LlamaServer(n_ctx=4096, n_threads=1, log_path=tmp_path_factory.mktemp("llama") / "log").start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.mark.slow

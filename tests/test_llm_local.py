@@ -19,7 +19,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,22 +41,6 @@ ROOT = Path(__file__).resolve().parents[1]
 MACRO = MACRO_JSON
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="session")
-def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServer]:
-    reason = missing()
-    if reason:
-        if os.environ.get(REQUIRE_ENV) == "1":
-            pytest.fail(f"{REQUIRE_ENV}=1 but the local LLM server cannot run: {reason}")
-        pytest.skip(reason)
-    log = tmp_path_factory.mktemp("llama") / "server.log"
-    server = LlamaServer(n_ctx=4096, n_threads=1, log_path=log).start()
-    try:
-        yield server
-    finally:
-        server.stop()
-    assert server.proc is None
 
 
 @pytest.fixture(autouse=True)
